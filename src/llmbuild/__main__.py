@@ -1,0 +1,5 @@
+import sys
+
+from llmbuild.cli import main
+
+sys.exit(main())

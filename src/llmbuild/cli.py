@@ -1,0 +1,56 @@
+"""`llmbuild <group> <verb>`: the one command every rule calls and a user can run by hand.
+
+Each group lives in its own module exposing ``register(subparsers)``; those modules import
+only argparse-level things, and load torch, megatron, vLLM and the rest inside the handlers,
+so `llmbuild --help` is instant and each environment needs only its own stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from llmbuild.errors import UserError
+
+GROUPS: dict[str, tuple[str, str]] = {
+    "data": ("llmbuild.data.cli", "make and tokenize datasets"),
+    "model": ("llmbuild.model.cli", "make models (the tiny default)"),
+    "convert": ("llmbuild.convert.cli", "Hugging Face <-> Megatron-core checkpoints"),
+    "train": ("llmbuild.train.cli", "pretrain / SFT on megatron-core"),
+    "quant": ("llmbuild.quant.cli", "quantize with llm-compressor"),
+    "serve": ("llmbuild.serve.cli", "run an OpenAI-compatible vLLM service"),
+    "eval": ("llmbuild.evaluate.cli", "task accuracy through a service"),
+    "bench": ("llmbuild.bench.cli", "benchmark a service"),
+    "plot": ("llmbuild.plot.cli", "plots and report pieces"),
+    "env": ("llmbuild.envs.cli", "per-stage environments"),
+    "catalog": ("llmbuild.catalog_cli", "the model catalog: recommendations and support"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmbuild", description=__doc__.splitlines()[0])
+    groups = parser.add_subparsers(dest="group", metavar="<group>", required=True)
+    for name, (module, help_text) in GROUPS.items():
+        gp = groups.add_parser(name, help=help_text)
+        verbs = gp.add_subparsers(dest="verb", metavar="<verb>", required=True)
+        importlib.import_module(module).register(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except UserError as exc:
+        print(f"llmbuild {args.group} {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
