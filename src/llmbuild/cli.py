@@ -28,19 +28,21 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``selected`` group's module is imported (all when None)."""
     parser = argparse.ArgumentParser(prog="llmbuild", description=__doc__.splitlines()[0])
     groups = parser.add_subparsers(dest="group", metavar="<group>", required=True)
     for name, (module, help_text) in GROUPS.items():
         gp = groups.add_parser(name, help=help_text)
-        verbs = gp.add_subparsers(dest="verb", metavar="<verb>", required=True)
-        importlib.import_module(module).register(verbs)
+        if selected is None or selected == name:
+            verbs = gp.add_subparsers(dest="verb", metavar="<verb>", required=True)
+            importlib.import_module(module).register(verbs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(argv[0] if argv and argv[0] in GROUPS else "")
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

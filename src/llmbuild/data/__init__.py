@@ -1,0 +1,1 @@
+"""Datasets: the synthetic default, readers for real formats, and tokenization into shards."""

@@ -1,0 +1,112 @@
+"""`llmbuild data ...`: make the synthetic default inputs and tokenize datasets into shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from llmbuild import provenance
+from llmbuild.atomic import atomic_dir, atomic_file
+from llmbuild.errors import UserError
+
+
+def _synth_corpus(args: argparse.Namespace) -> int:
+    from llmbuild.data.synth import corpus_documents
+
+    started = time.time()
+    if args.num_docs < 1:
+        raise UserError("must be >= 1", field="--num-docs")
+    out = Path(args.output)
+    with atomic_file(out) as fh:
+        for doc in corpus_documents(args.num_docs, args.seed):
+            fh.write(json.dumps({"text": doc}) + "\n")
+    provenance.write(out, command="data synth-corpus", args=vars(args), started=started)
+    print(f"wrote {args.num_docs} documents to {out}")
+    return 0
+
+
+def _synth_task(args: argparse.Namespace) -> int:
+    from llmbuild.data.synth import TaskSpec, task_split
+
+    started = time.time()
+    spec = TaskSpec(args.task, args.num_train, args.num_heldout, args.min_len, args.max_len,
+                    args.seed)
+    train, heldout = task_split(spec)
+    with atomic_dir(args.output) as tmp:
+        for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout)):
+            with open(tmp / name, "w") as fh:
+                for ex in rows:
+                    fh.write(json.dumps(ex.as_alpaca()) + "\n")
+        provenance.write(tmp, command="data synth-task", args=vars(args), started=started)
+    print(f"wrote {len(train)} train and {len(heldout)} held-out {args.task} examples to "
+          f"{args.output}")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace) -> int:
+    from llmbuild.data import formats
+    from llmbuild.data import tokenize as tk
+    from llmbuild.progress import RateLog
+
+    started = time.time()
+    if args.seq_length < 8:
+        raise UserError("must be >= 8", field="--seq-length")
+    if not (Path(args.tokenizer) / "tokenizer.json").is_file():
+        raise UserError("no tokenizer.json here; point --tokenizer at a HF model directory",
+                        path=args.tokenizer, field="tokenizer")
+    log = RateLog(f"tokenize {args.kind}", unit="docs")
+    with atomic_dir(args.output) as tmp:
+        progress = lambda docs, toks: log.update(docs, f"{toks} tokens")  # noqa: E731
+        if args.kind == "pretrain":
+            docs = formats.read_pretrain(args.input, args.text_key)
+            stats = tk.tokenize_pretrain(docs, args.tokenizer, tmp, args.seq_length,
+                                         args.workers, progress)
+        else:
+            convs = formats.read_instructions(args.input, args.format)
+            stats = tk.tokenize_instructions(convs, args.tokenizer, tmp, args.seq_length,
+                                             args.overlong, args.workers, progress)
+        if stats.documents == 0:
+            raise UserError("no usable documents (all empty, dropped or masked)",
+                            path=args.input)
+        log.close()
+        tk.write_meta(tmp, stats, args.tokenizer, args.seq_length)
+        provenance.write(tmp, command="data tokenize", args=vars(args),
+                         inputs=[args.input, args.tokenizer], started=started)
+    s = stats.as_dict(args.seq_length)
+    print(f"{args.kind}: {s['documents']} documents, {s['tokens']} tokens "
+          f"({s['trained_tokens']} trained); over seq_length {args.seq_length}: "
+          f"{s['over_seq_length']} ({100 * s['over_seq_length_fraction']:.2f}%), dropped "
+          f"{s['dropped']}, truncated {s['truncated']}")
+    return 0
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("synth-corpus", help="a synthetic pretraining corpus (JSONL)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--num-docs", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_synth_corpus)
+
+    p = verbs.add_parser("synth-task", help="an exact-answer instruction task, train + held-out")
+    p.add_argument("--output", required=True, help="directory for train.jsonl, heldout.jsonl")
+    p.add_argument("--task", default="uppercase")
+    p.add_argument("--num-train", type=int, default=4000)
+    p.add_argument("--num-heldout", type=int, default=200)
+    p.add_argument("--min-len", type=int, default=3)
+    p.add_argument("--max-len", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_synth_task)
+
+    p = verbs.add_parser("tokenize", help="text or instructions -> Megatron indexed dataset")
+    p.add_argument("--kind", choices=["pretrain", "sft"], required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--tokenizer", required=True, help="HF model/tokenizer directory")
+    p.add_argument("--output", required=True, help="shard directory")
+    p.add_argument("--format", default="alpaca", help="sft: alpaca, sharegpt or openai")
+    p.add_argument("--text-key", default="text", help="pretrain: the text field/column")
+    p.add_argument("--seq-length", type=int, required=True)
+    p.add_argument("--overlong", default="drop", help="sft: drop, truncate or error")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_tokenize)

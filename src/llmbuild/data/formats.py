@@ -1,0 +1,170 @@
+"""Readers for the input formats users bring: pretraining text and instruction data.
+
+Every reader yields plain Python values and raises UserError naming the file, the record
+(line number for JSONL, index for a JSON list) and the field on malformed input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmbuild.errors import UserError
+
+Message = dict[str, str]
+INSTRUCTION_FORMATS = ("alpaca", "sharegpt", "openai")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system", "chatgpt": "assistant", "bing": "assistant"}
+
+
+def _records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(location, record) pairs from a .jsonl/.json file."""
+    if not path.is_file():
+        raise UserError("file not found; check the path in the config", path=path)
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"not valid JSON ({exc.msg} at line {exc.lineno}); "
+                            "fix the file or use .jsonl with one record per line",
+                            path=path) from None
+        if not isinstance(data, list):
+            raise UserError("a .json dataset must be a list of records", path=path)
+        for i, rec in enumerate(data):
+            yield f"record {i}", rec
+        return
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {lineno}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"malformed JSON ({exc.msg}); each line must be one JSON object",
+                                path=f"{path}:{lineno}") from None
+
+
+def _field(rec: Any, key: str, path: Path, where: str, kind: type = str) -> Any:
+    if not isinstance(rec, dict):
+        raise UserError(f"expected a JSON object, got {type(rec).__name__}",
+                        path=f"{path}:{where}")
+    if key not in rec:
+        raise UserError(f"missing; every record needs {key!r}", path=f"{path}:{where}", field=key)
+    val = rec[key]
+    if not isinstance(val, kind):
+        raise UserError(f"must be a {kind.__name__}, got {type(val).__name__}",
+                        path=f"{path}:{where}", field=key)
+    return val
+
+
+def read_pretrain(path: str | Path, text_key: str = "text") -> Iterator[str]:
+    """Documents from parquet, json/jsonl (``text_key`` field) or plain text (paragraphs)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise UserError("file not found; check the path in the config", path=path)
+        table = pq.read_table(path)
+        if text_key not in table.column_names:
+            raise UserError(f"no column {text_key!r}; columns are {table.column_names}; "
+                            "set text_key", path=path, field=text_key)
+        for batch in table.to_batches():
+            for value in batch.column(text_key).to_pylist():
+                if value:
+                    yield value
+        return
+    if path.suffix in (".txt", ".text", ".md"):
+        if not path.is_file():
+            raise UserError("file not found; check the path in the config", path=path)
+        para: list[str] = []
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    para.append(line.rstrip("\n"))
+                elif para:
+                    yield "\n".join(para)
+                    para = []
+        if para:
+            yield "\n".join(para)
+        return
+    if path.suffix not in (".json", ".jsonl"):
+        raise UserError("unknown pretraining format; use .parquet, .json, .jsonl or .txt",
+                        path=path)
+    for where, rec in _records(path):
+        text = _field(rec, text_key, path, where)
+        if text:
+            yield text
+
+
+def alpaca_messages(rec: Any, path: Path, where: str) -> list[Message]:
+    instruction = _field(rec, "instruction", path, where)
+    output = _field(rec, "output", path, where)
+    inp = rec.get("input", "") or ""
+    if not isinstance(inp, str):
+        raise UserError("must be a string", path=f"{path}:{where}", field="input")
+    msgs: list[Message] = []
+    if rec.get("system"):
+        msgs.append({"role": "system", "content": str(rec["system"])})
+    for turn in rec.get("history") or []:
+        if not (isinstance(turn, list) and len(turn) == 2):
+            raise UserError("each history item must be [prompt, answer]",
+                            path=f"{path}:{where}", field="history")
+        msgs += [{"role": "user", "content": str(turn[0])},
+                 {"role": "assistant", "content": str(turn[1])}]
+    prompt = instruction + ("\n" + inp if inp else "")
+    msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return msgs
+
+
+def alpaca_prompt(rec: dict[str, str]) -> str:
+    """The user turn of an Alpaca record, as the instruction handler renders it."""
+    inp = rec.get("input") or ""
+    return rec["instruction"] + ("\n" + inp if inp else "")
+
+
+def _sharegpt_messages(rec: Any, path: Path, where: str) -> list[Message]:
+    conv = _field(rec, "conversations", path, where, list)
+    msgs: list[Message] = []
+    for j, turn in enumerate(conv):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise UserError("each turn needs 'from' and 'value'", path=f"{path}:{where}",
+                            field=f"conversations[{j}]")
+        role = _SHAREGPT_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise UserError(f"unknown speaker {turn['from']!r}; use human/gpt/system",
+                            path=f"{path}:{where}", field=f"conversations[{j}].from")
+        msgs.append({"role": role, "content": str(turn["value"])})
+    return msgs
+
+
+def _openai_messages(rec: Any, path: Path, where: str) -> list[Message]:
+    raw = _field(rec, "messages", path, where, list)
+    msgs: list[Message] = []
+    for j, m in enumerate(raw):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get(
+                "role") not in ("system", "user", "assistant"):
+            raise UserError("each message needs role system/user/assistant and string content",
+                            path=f"{path}:{where}", field=f"messages[{j}]")
+        msgs.append({"role": m["role"], "content": m["content"]})
+    return msgs
+
+
+_READERS = {"alpaca": alpaca_messages, "sharegpt": _sharegpt_messages,
+            "openai": _openai_messages}
+
+
+def read_instructions(path: str | Path, fmt: str) -> Iterator[list[Message]]:
+    """Conversations (lists of role/content messages) from an instruction dataset."""
+    path = Path(path)
+    if fmt not in _READERS:
+        raise UserError(f"unknown instruction format {fmt!r}; choose one of "
+                        f"{list(INSTRUCTION_FORMATS)}", field="format")
+    read = _READERS[fmt]
+    for where, rec in _records(path):
+        msgs = read(rec, path, where)
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise UserError("no assistant turn to train on", path=f"{path}:{where}")
+        yield msgs

@@ -1,0 +1,1 @@
+"""Models the graph makes itself: the tiny default."""
