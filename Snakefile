@@ -1,0 +1,23 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/envs.smk"
+include: "rules/data.smk"
+include: "rules/convert.smk"
+include: "rules/train.smk"
+include: "rules/quantize.smk"
+include: "rules/serve.smk"
+include: "rules/bench.smk"
+include: "rules/plot.smk"
+
+
+rule all:
+    input:
+        get_final_targets(),
+    default_target: True

@@ -1,0 +1,72 @@
+# Consumers of a running service: task accuracy on the held-out split, and benchmarks.
+
+
+rule eval_accuracy:
+    input:
+        endpoint=get_endpoint,
+        data=get_sft_heldout(),
+        env=env_marker("bench"),
+    output:
+        result="results/{model}/eval/{variant}.json",
+        records="results/{model}/eval/{variant}.jsonl",
+    params:
+        llmbuild=llmbuild("bench"),
+        max_tokens=lookup("eval/max_tokens", within=config),
+        concurrency=lookup("eval/concurrency", within=config),
+        timeout=lookup("serve/ready_timeout", within=config),
+    log:
+        "logs/{model}/eval/{variant}.log",
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/bench.yaml"
+    shell:
+        "{params.llmbuild} eval accuracy --endpoint {input.endpoint} --data {input.data}"
+        " --output {output.result} --records {output.records}"
+        " --max-tokens {params.max_tokens} --concurrency {params.concurrency}"
+        " --ready-timeout {params.timeout} > {log} 2>&1"
+
+
+rule eval_summary:
+    input:
+        get_eval_results,
+    output:
+        report("results/{model}/eval/summary.json", category="Evaluation"),
+    log:
+        "logs/{model}/eval/summary.log",
+    resources:
+        mem_mb=200,
+    conda:
+        "../envs/bench.yaml"
+    script:
+        "../scripts/eval_summary.py"
+
+
+rule bench_static:
+    input:
+        endpoint=get_endpoint,
+        tokenizer=get_serve_model,
+        env=env_marker("bench"),
+    output:
+        csv="results/{model}/bench/{variant}/static.csv",
+        records="results/{model}/bench/{variant}/static.jsonl",
+    params:
+        llmbuild=llmbuild("bench"),
+        concurrency=csv_list(config["bench"]["static"]["concurrency"]),
+        input_len=csv_list(config["bench"]["static"]["input_len"]),
+        output_len=csv_list(config["bench"]["static"]["output_len"]),
+        epochs=lookup("bench/static/epochs", within=config),
+        seed=lookup("bench/static/seed", within=config),
+        timeout=lookup("serve/ready_timeout", within=config),
+    log:
+        "logs/{model}/bench/{variant}/static.log",
+    resources:
+        mem_mb=1000,
+    conda:
+        "../envs/bench.yaml"
+    shell:
+        "{params.llmbuild} bench static --endpoint {input.endpoint} --tokenizer {input.tokenizer}"
+        " --concurrency {params.concurrency} --input-len {params.input_len}"
+        " --output-len {params.output_len} --epochs {params.epochs} --seed {params.seed}"
+        " --output {output.csv} --records {output.records}"
+        " --ready-timeout {params.timeout} > {log} 2>&1"

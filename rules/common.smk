@@ -1,0 +1,157 @@
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from llmbuild.errors import UserError  # noqa: E402
+from llmbuild import plan  # noqa: E402
+
+CONFIG_SOURCE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
+SCHEMA = Path(workflow.basedir) / "config" / "schema.yaml"
+CATALOG = Path(workflow.basedir) / "config" / "catalog.yaml"
+
+try:
+    plan.check_config(config, yaml.safe_load(SCHEMA.read_text()), CONFIG_SOURCE)
+    validate(config, str(SCHEMA), set_default=True)
+    plan.check_plan(config, CATALOG, CONFIG_SOURCE)
+except UserError as exc:
+    sys.exit(f"llmbuild: error: {exc}")
+
+MODEL = config["model"]["name"]
+SERVED = plan.served_variants(config)
+
+
+wildcard_constraints:
+    model=r"[a-z0-9._-]+",
+    phase=r"base|pretrain|sft",
+    variant=r"[a-z0-9._-]+",
+    scheme=r"[a-z0-9_]+",
+    stack=r"[a-z0-9-]+",
+
+
+# --- environments -------------------------------------------------------------------------
+
+
+def env_marker(stack):
+    """The graph node a rule depends on for its environment (none in external mode)."""
+    if config["envs"]["mode"] == "external":
+        return []
+    return f".envs/{stack}/ready.json"
+
+
+def llmbuild(stack):
+    """The llmbuild command inside a stack's environment."""
+    if config["envs"]["mode"] == "external":
+        return "llmbuild"
+    return f".envs/{stack}/bin/llmbuild"
+
+
+def serve_stack():
+    return config["serve"]["stack"]
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def get_corpus():
+    return config["data"]["pretrain"]["path"] or "results/data/corpus.jsonl"
+
+
+def get_sft_train():
+    return config["data"]["sft"]["path"] or "results/data/task/train.jsonl"
+
+
+def get_sft_heldout():
+    return config["data"]["sft"]["heldout"] or "results/data/task/heldout.jsonl"
+
+
+def get_sft_format():
+    return config["data"]["sft"]["format"] if config["data"]["sft"]["path"] else "alpaca"
+
+
+def get_base_hf(wildcards):
+    if config["model"]["source"] == "hf":
+        return config["model"]["path"]
+    return f"results/{wildcards.model}/base/hf"
+
+
+def get_train_load(wildcards):
+    prev = {"pretrain": "base", "sft": "pretrain"}[wildcards.phase]
+    return f"results/{wildcards.model}/{prev}/mcore"
+
+
+def get_shards(wildcards):
+    return f"results/{wildcards.model}/shards/{wildcards.phase}"
+
+
+def get_serve_model(wildcards):
+    if wildcards.variant == "base" and config["model"]["source"] == "hf":
+        return config["model"]["path"]
+    return plan.variant_model_dir(wildcards.model, wildcards.variant)
+
+
+def train_param(name):
+    """A training knob of the rule's phase."""
+
+    def get(wildcards):
+        return config["train"][wildcards.phase][name]
+
+    get.__name__ = f"train_{name}"
+    return get
+
+
+def csv_list(values):
+    return ",".join(str(v) for v in values)
+
+
+# --- targets --------------------------------------------------------------------------------
+
+
+def get_final_targets():
+    return [
+        f"results/{MODEL}/plots/bench.png",
+        f"results/{MODEL}/plots/loss.png",
+        f"results/{MODEL}/eval/summary.json",
+    ]
+
+
+# --- serving --------------------------------------------------------------------------------
+
+_SERVE_NOT_FLAGS = ("stack", "ready_timeout")
+
+
+def serve_flags():
+    """`llmbuild serve run` flags from config["serve"] (booleans as switches, nulls left out)."""
+    flags = []
+    for key, value in config["serve"].items():
+        if key in _SERVE_NOT_FLAGS or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        flags.append(flag if value is True else f"{flag} {value}")
+    return " ".join(flags)
+
+
+def get_endpoint(wildcards):
+    return f"results/{wildcards.model}/serve/{wildcards.variant}/endpoint.json"
+
+
+def get_eval_results(wildcards):
+    return expand(
+        "results/{model}/eval/{variant}.json", model=wildcards.model, variant=SERVED
+    )
+
+
+def get_bench_csvs(wildcards):
+    return expand(
+        "results/{model}/bench/{variant}/static.csv", model=wildcards.model, variant=SERVED
+    )
+
+
+def get_train_logs(wildcards):
+    return expand(
+        "results/{model}/{phase}/train_log.jsonl",
+        model=wildcards.model,
+        phase=["pretrain", "sft"],
+    )

@@ -1,0 +1,44 @@
+# Hugging Face <-> Megatron-core (torch_dist) conversion.
+
+
+rule hf2mg:
+    input:
+        hf=get_base_hf,
+        env=env_marker("train"),
+    output:
+        directory("results/{model}/base/mcore"),
+    params:
+        llmbuild=llmbuild("train"),
+        tp=lookup("train/tp", within=config),
+        pp=lookup("train/pp", within=config),
+    log:
+        "logs/{model}/hf2mg.log",
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{params.llmbuild} convert hf2mg --hf {input.hf} --output {output}"
+        " --tp {params.tp} --pp {params.pp} > {log} 2>&1"
+
+
+rule mg2hf:
+    input:
+        load="results/{model}/{phase}/mcore",
+        source=get_base_hf,
+        env=env_marker("train"),
+    output:
+        directory("results/{model}/{phase}/hf"),
+    wildcard_constraints:
+        phase="pretrain|sft",
+    params:
+        llmbuild=llmbuild("train"),
+    log:
+        "logs/{model}/{phase}/mg2hf.log",
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{params.llmbuild} convert mg2hf --load {input.load} --hf-source {input.source}"
+        " --output {output} > {log} 2>&1"

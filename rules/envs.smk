@@ -1,0 +1,31 @@
+# One node per stack: .envs/<stack>/ready.json, built from the pinned envs/<stack>.txt.
+# Rules list env_marker(<stack>) among their inputs, so a changed spec rebuilds that
+# environment and reruns exactly the rules that use it. In envs.mode: external this rule is
+# never needed: llmbuild comes from the active environment (conda:, container: or your own).
+
+
+rule env:
+    input:
+        spec="envs/{stack}.txt",
+    output:
+        marker=".envs/{stack}/ready.json",
+    params:
+        python=config["envs"]["python"],
+        driver=sys.executable,
+    log:
+        "logs/env/{stack}.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/driver.yaml"
+    shell:
+        "{params.driver} -m llmbuild env create --spec {input.spec} --prefix .envs/{wildcards.stack}"
+        " --marker {output.marker} --python {params.python} > {log} 2>&1"
+
+
+rule envs:
+    input:
+        expand(
+            ".envs/{stack}/ready.json",
+            stack=["train", "quantize", serve_stack(), "bench", "plot"],
+        ),

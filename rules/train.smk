@@ -1,0 +1,40 @@
+# Training on megatron-core: pretrain from the converted base, then SFT from the pretrained.
+
+
+rule train:
+    input:
+        load=get_train_load,
+        data=get_shards,
+        env=env_marker("train"),
+    output:
+        ckpt=directory("results/{model}/{phase}/mcore"),
+        log="results/{model}/{phase}/train_log.jsonl",
+    wildcard_constraints:
+        phase="pretrain|sft",
+    params:
+        llmbuild=llmbuild("train"),
+        device=lookup("train/device", within=config),
+        iters=train_param("iters"),
+        lr=train_param("lr"),
+        min_lr=train_param("min_lr"),
+        warmup=train_param("warmup_iters"),
+        mbs=train_param("micro_batch_size"),
+        gbs=train_param("global_batch_size"),
+        seq_length=train_param("seq_length"),
+        weight_decay=train_param("weight_decay"),
+        seed=train_param("seed"),
+    log:
+        "logs/{model}/{phase}/train.log",
+    threads: 2
+    resources:
+        mem_mb=6000,
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "{params.llmbuild} train run --mode {wildcards.phase} --load {input.load}"
+        " --data {input.data} --save {output.ckpt} --log {output.log}"
+        " --train-iters {params.iters} --lr {params.lr} --min-lr {params.min_lr}"
+        " --warmup-iters {params.warmup} --micro-batch-size {params.mbs}"
+        " --global-batch-size {params.gbs} --seq-length {params.seq_length}"
+        " --weight-decay {params.weight_decay} --seed {params.seed}"
+        " --device {params.device} > {log} 2>&1"
