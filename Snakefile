@@ -18,6 +18,6 @@ include: "rules/plot.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_targets(),
-    default_target: True

@@ -9,17 +9,17 @@ rule eval_accuracy:
     output:
         result="results/{model}/eval/{variant}.json",
         records="results/{model}/eval/{variant}.jsonl",
+    log:
+        "logs/{model}/eval/{variant}.log",
+    conda:
+        "../envs/bench.yaml"
+    resources:
+        mem_mb=1000,
     params:
         llmbuild=llmbuild("bench"),
         max_tokens=lookup("eval/max_tokens", within=config),
         concurrency=lookup("eval/concurrency", within=config),
         timeout=lookup("serve/ready_timeout", within=config),
-    log:
-        "logs/{model}/eval/{variant}.log",
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/bench.yaml"
     shell:
         "{params.llmbuild} eval accuracy --endpoint {input.endpoint} --data {input.data}"
         " --output {output.result} --records {output.records}"
@@ -34,10 +34,10 @@ rule eval_summary:
         report("results/{model}/eval/summary.json", category="Evaluation"),
     log:
         "logs/{model}/eval/summary.log",
-    resources:
-        mem_mb=200,
     conda:
         "../envs/bench.yaml"
+    resources:
+        mem_mb=200,
     script:
         "../scripts/eval_summary.py"
 
@@ -50,6 +50,12 @@ rule bench_static:
     output:
         csv="results/{model}/bench/{variant}/static.csv",
         records="results/{model}/bench/{variant}/static.jsonl",
+    log:
+        "logs/{model}/bench/{variant}/static.log",
+    conda:
+        "../envs/bench.yaml"
+    resources:
+        mem_mb=1000,
     params:
         llmbuild=llmbuild("bench"),
         concurrency=csv_list(config["bench"]["static"]["concurrency"]),
@@ -58,12 +64,6 @@ rule bench_static:
         epochs=lookup("bench/static/epochs", within=config),
         seed=lookup("bench/static/seed", within=config),
         timeout=lookup("serve/ready_timeout", within=config),
-    log:
-        "logs/{model}/bench/{variant}/static.log",
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/bench.yaml"
     shell:
         "{params.llmbuild} bench static --endpoint {input.endpoint} --tokenizer {input.tokenizer}"
         " --concurrency {params.concurrency} --input-len {params.input_len}"

@@ -68,7 +68,9 @@ def get_sft_heldout():
 
 
 def get_sft_format():
-    return config["data"]["sft"]["format"] if config["data"]["sft"]["path"] else "alpaca"
+    return (
+        config["data"]["sft"]["format"] if config["data"]["sft"]["path"] else "alpaca"
+    )
 
 
 def get_base_hf(wildcards):
@@ -128,7 +130,7 @@ def serve_flags():
     for key, value in config["serve"].items():
         if key in _SERVE_NOT_FLAGS or value is None or value is False:
             continue
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         flags.append(flag if value is True else f"{flag} {value}")
     return " ".join(flags)
 
@@ -145,7 +147,9 @@ def get_eval_results(wildcards):
 
 def get_bench_csvs(wildcards):
     return expand(
-        "results/{model}/bench/{variant}/static.csv", model=wildcards.model, variant=SERVED
+        "results/{model}/bench/{variant}/static.csv",
+        model=wildcards.model,
+        variant=SERVED,
     )
 
 

@@ -7,16 +7,16 @@ rule hf2mg:
         env=env_marker("train"),
     output:
         directory("results/{model}/base/mcore"),
+    log:
+        "logs/{model}/hf2mg.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=4000,
     params:
         llmbuild=llmbuild("train"),
         tp=lookup("train/tp", within=config),
         pp=lookup("train/pp", within=config),
-    log:
-        "logs/{model}/hf2mg.log",
-    resources:
-        mem_mb=4000,
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.llmbuild} convert hf2mg --hf {input.hf} --output {output}"
         " --tp {params.tp} --pp {params.pp} > {log} 2>&1"
@@ -29,16 +29,16 @@ rule mg2hf:
         env=env_marker("train"),
     output:
         directory("results/{model}/{phase}/hf"),
-    wildcard_constraints:
-        phase="pretrain|sft",
-    params:
-        llmbuild=llmbuild("train"),
     log:
         "logs/{model}/{phase}/mg2hf.log",
-    resources:
-        mem_mb=4000,
+    wildcard_constraints:
+        phase="pretrain|sft",
     conda:
         "../envs/train.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        llmbuild=llmbuild("train"),
     shell:
         "{params.llmbuild} convert mg2hf --load {input.load} --hf-source {input.source}"
         " --output {output} > {log} 2>&1"

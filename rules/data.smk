@@ -6,16 +6,16 @@ rule synth_corpus:
         env=env_marker("train"),
     output:
         "results/data/corpus.jsonl",
+    log:
+        "logs/data/synth_corpus.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=500,
     params:
         llmbuild=llmbuild("train"),
         num_docs=lookup("data/pretrain/num_docs", within=config),
         seed=lookup("data/pretrain/seed", within=config),
-    log:
-        "logs/data/synth_corpus.log",
-    resources:
-        mem_mb=500,
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.llmbuild} data synth-corpus --output {output} --num-docs {params.num_docs}"
         " --seed {params.seed} > {log} 2>&1"
@@ -27,16 +27,16 @@ rule synth_task:
     output:
         train="results/data/task/train.jsonl",
         heldout="results/data/task/heldout.jsonl",
+    log:
+        "logs/data/synth_task.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=500,
     params:
         llmbuild=llmbuild("train"),
         task=lookup("data/sft", within=config),
         outdir=subpath(output.train, parent=True),
-    log:
-        "logs/data/synth_task.log",
-    resources:
-        mem_mb=500,
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.llmbuild} data synth-task --output {params.outdir} --task {params.task[task]}"
         " --num-train {params.task[num_train]} --num-heldout {params.task[num_heldout]}"
@@ -50,15 +50,15 @@ rule tiny_model:
         env=env_marker("train"),
     output:
         directory("results/{model}/base/hf"),
+    log:
+        "logs/{model}/tiny_model.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=2000,
     params:
         llmbuild=llmbuild("train"),
         tiny=lookup("model/tiny", within=config),
-    log:
-        "logs/{model}/tiny_model.log",
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.llmbuild} model tiny --corpus {input.corpus} --output {output}"
         " --vocab-size {params.tiny[vocab_size]} --hidden-size {params.tiny[hidden_size]}"
@@ -76,17 +76,17 @@ rule tokenize_pretrain:
         env=env_marker("train"),
     output:
         directory("results/{model}/shards/pretrain"),
+    log:
+        "logs/{model}/tokenize_pretrain.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=2000,
     params:
         llmbuild=llmbuild("train"),
         text_key=lookup("data/pretrain/text_key", within=config),
         seq_length=lookup("data/seq_length", within=config),
         workers=lookup("data/workers", within=config),
-    log:
-        "logs/{model}/tokenize_pretrain.log",
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.llmbuild} data tokenize --kind pretrain --input {input.data}"
         " --text-key {params.text_key} --tokenizer {input.tokenizer} --output {output}"
@@ -100,18 +100,18 @@ rule tokenize_sft:
         env=env_marker("train"),
     output:
         directory("results/{model}/shards/sft"),
+    log:
+        "logs/{model}/tokenize_sft.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=2000,
     params:
         llmbuild=llmbuild("train"),
         format=get_sft_format(),
         seq_length=lookup("data/seq_length", within=config),
         overlong=lookup("data/overlong", within=config),
         workers=lookup("data/workers", within=config),
-    log:
-        "logs/{model}/tokenize_sft.log",
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.llmbuild} data tokenize --kind sft --input {input.data} --format {params.format}"
         " --tokenizer {input.tokenizer} --output {output} --seq-length {params.seq_length}"

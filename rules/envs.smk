@@ -9,15 +9,15 @@ rule env:
         spec="envs/{stack}.txt",
     output:
         marker=".envs/{stack}/ready.json",
+    log:
+        "logs/env/{stack}.log",
+    conda:
+        "../envs/driver.yaml"
+    resources:
+        mem_mb=2000,
     params:
         python=config["envs"]["python"],
         driver=sys.executable,
-    log:
-        "logs/env/{stack}.log",
-    resources:
-        mem_mb=2000,
-    conda:
-        "../envs/driver.yaml"
     shell:
         "{params.driver} -m llmbuild env create --spec {input.spec} --prefix .envs/{wildcards.stack}"
         " --marker {output.marker} --python {params.python} > {log} 2>&1"

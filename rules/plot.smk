@@ -7,17 +7,17 @@ rule plot_bench:
         env=env_marker("plot"),
     output:
         report("results/{model}/plots/bench.png", category="Benchmarks"),
+    log:
+        "logs/{model}/plots/bench.log",
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=1000,
     params:
         llmbuild=llmbuild("plot"),
         labels=csv_list(SERVED),
         slo_ttft=lookup("plot/slo_ttft_ms", within=config),
         slo_tpot=lookup("plot/slo_tpot_ms", within=config),
-    log:
-        "logs/{model}/plots/bench.log",
-    resources:
-        mem_mb=1000,
-    conda:
-        "../envs/plot.yaml"
     shell:
         "{params.llmbuild} plot bench --csv {input.csvs} --labels {params.labels}"
         " --slo-ttft-ms {params.slo_ttft} --slo-tpot-ms {params.slo_tpot}"
@@ -30,13 +30,13 @@ rule plot_loss:
         env=env_marker("plot"),
     output:
         report("results/{model}/plots/loss.png", category="Training"),
-    params:
-        llmbuild=llmbuild("plot"),
     log:
         "logs/{model}/plots/loss.log",
-    resources:
-        mem_mb=1000,
     conda:
         "../envs/plot.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        llmbuild=llmbuild("plot"),
     shell:
         "{params.llmbuild} plot loss --log {input.logs} --output {output} > {log} 2>&1"

@@ -9,19 +9,19 @@ rule quantize:
         env=env_marker("quantize"),
     output:
         directory("results/{model}/{phase}/quant/{scheme}"),
+    log:
+        "logs/{model}/{phase}/quantize_{scheme}.log",
+    conda:
+        "../envs/quantize.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
     params:
         llmbuild=llmbuild("quantize"),
         strength=lookup("quantize/smoothing_strength", within=config),
         num_samples=lookup("quantize/num_samples", within=config),
         max_seq_length=lookup("quantize/max_seq_length", within=config),
         seed=lookup("quantize/seed", within=config),
-    log:
-        "logs/{model}/{phase}/quantize_{scheme}.log",
-    threads: 2
-    resources:
-        mem_mb=6000,
-    conda:
-        "../envs/quantize.yaml"
     shell:
         "{params.llmbuild} quant smoothquant --model {input.model} --calib {input.calib}"
         " --output {output} --scheme {wildcards.scheme} --smoothing-strength {params.strength}"

@@ -11,18 +11,18 @@ rule serve:
         env=env_marker(serve_stack()),
     output:
         service("results/{model}/serve/{variant}/endpoint.json"),
-    params:
-        llmbuild=llmbuild(serve_stack()),
-        flags=serve_flags(),
-        timeout=lookup("serve/ready_timeout", within=config),
     log:
         "logs/{model}/serve/{variant}.log",
+    conda:
+        "../envs/serve-cpu.yaml"
     threads: 0
     resources:
         mem_mb=4000,
         serve_slots=1,
-    conda:
-        "../envs/serve-cpu.yaml"
+    params:
+        llmbuild=llmbuild(serve_stack()),
+        flags=serve_flags(),
+        timeout=lookup("serve/ready_timeout", within=config),
     shell:
         "exec {params.llmbuild} serve run --model {input.model} --endpoint {output}"
         " --served-model-name {wildcards.variant} {params.flags}"

@@ -9,8 +9,15 @@ rule train:
     output:
         ckpt=directory("results/{model}/{phase}/mcore"),
         log="results/{model}/{phase}/train_log.jsonl",
+    log:
+        "logs/{model}/{phase}/train.log",
     wildcard_constraints:
         phase="pretrain|sft",
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
     params:
         llmbuild=llmbuild("train"),
         device=lookup("train/device", within=config),
@@ -23,13 +30,6 @@ rule train:
         seq_length=train_param("seq_length"),
         weight_decay=train_param("weight_decay"),
         seed=train_param("seed"),
-    log:
-        "logs/{model}/{phase}/train.log",
-    threads: 2
-    resources:
-        mem_mb=6000,
-    conda:
-        "../envs/train.yaml"
     shell:
         "{params.llmbuild} train run --mode {wildcards.phase} --load {input.load}"
         " --data {input.data} --save {output.ckpt} --log {output.log}"
