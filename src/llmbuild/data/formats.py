@@ -40,7 +40,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield f"line {lineno}", json.loads(line)
+                yield str(lineno), json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"malformed JSON ({exc.msg}); each line must be one JSON object",
                                 path=f"{path}:{lineno}") from None

@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+CORES ?= 2
+VENV := .venv
+SNAKEMAKE := $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
+STACKS := train quantize serve-cpu bench plot
+# Each stack's tests run in that stack's environment.
+TESTS_train := tests/data tests/model tests/convert tests/train
+TESTS_quantize := tests/quant
+TESTS_serve-cpu := tests/serve
+TESTS_bench := tests/bench tests/evaluate
+TESTS_plot := tests/plot
+
+.PHONY: setup envs demo report test test-fast lint clean
+
+# The driver: Snakemake, pytest and linters, plus this package (for planning the graph).
+$(VENV)/.ready: envs/driver.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r envs/driver.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.ready
+
+# Each stack's environment is a node of the graph (.envs/<stack>/ready.json).
+envs: setup
+	$(SNAKEMAKE) envs
+
+demo: envs
+	@start=$$(date +%s); $(SNAKEMAKE); end=$$(date +%s); \
+	  echo "graph run: $$((end - start)) s"
+	$(SNAKEMAKE) --report results/report.html
+	@echo "report: results/report.html"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(VENV)/bin/ruff format --check src tests scripts benchmarks
+	$(VENV)/bin/snakefmt --check .
+	$(VENV)/bin/snakemake --lint
+
+# unit + workflow tests in the driver, then each stack's tests in its own environment, then
+# the whole graph end to end on the embedded default.
+test: envs lint
+	$(VENV)/bin/python -m pytest -q tests/unit tests/workflow
+	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q -m "not gpu" $(TESTS_$(s)) && ) true
+	$(VENV)/bin/python -m pytest -q -m e2e tests/e2e
+
+clean:
+	rm -rf results logs .snakemake
