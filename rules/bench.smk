@@ -3,14 +3,14 @@
 
 rule eval_accuracy:
     input:
-        endpoint=get_endpoint,
+        endpoint=endpoint_for("eval"),
         data=get_sft_heldout(),
         env=env_marker("bench"),
     output:
-        result="results/{model}/eval/{variant}.json",
-        records="results/{model}/eval/{variant}.jsonl",
+        result="results/{model}/eval/{variant}/accuracy.json",
+        records="results/{model}/eval/{variant}/records.jsonl",
     log:
-        "logs/{model}/eval/{variant}.log",
+        "logs/{model}/eval/{variant}/accuracy.log",
     conda:
         "../envs/bench.yaml"
     resources:
@@ -44,7 +44,7 @@ rule eval_summary:
 
 rule bench_static:
     input:
-        endpoint=get_endpoint,
+        endpoint=endpoint_for("bench"),
         tokenizer=get_serve_model,
         env=env_marker("bench"),
     output:

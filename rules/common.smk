@@ -27,8 +27,10 @@ wildcard_constraints:
     model=r"[a-z0-9._-]+",
     phase=r"base|pretrain|sft",
     variant=r"[a-z0-9._-]+",
+    consumer=r"eval|bench",
     scheme=r"[a-z0-9_]+",
     stack=r"[a-z0-9-]+",
+    split=r"train|heldout",
 
 
 # --- environments -------------------------------------------------------------------------
@@ -71,6 +73,16 @@ def get_sft_format():
     return (
         config["data"]["sft"]["format"] if config["data"]["sft"]["path"] else "alpaca"
     )
+
+
+def task_params(wildcards):
+    """The synthetic task's knobs that shape this split (the held-out split ignores num_train,
+    so more training examples leave evaluation's input untouched)."""
+    keys = ["task", "num_train", "num_heldout", "min_len", "max_len", "seed"]
+    params = {k: config["data"]["sft"][k] for k in keys}
+    if wildcards.split == "heldout":
+        params["num_train"] = 1
+    return params
 
 
 def get_base_hf(wildcards):
@@ -135,13 +147,24 @@ def serve_flags():
     return " ".join(flags)
 
 
-def get_endpoint(wildcards):
-    return f"results/{wildcards.model}/serve/{wildcards.variant}/endpoint.json"
+def endpoint_for(consumer):
+    """The service a consumer talks to. Each consumer (eval, bench) gets its own fresh server:
+    a service's endpoint file is temporary, so Snakemake reruns every consumer of a service
+    it restarts; separate services keep a benchmark change from rerunning the evaluation, and
+    keep one consumer's cache state (prefix caching) out of the other's measurements."""
+
+    def get(wildcards):
+        return f"results/{wildcards.model}/serve/{wildcards.variant}/{consumer}.json"
+
+    get.__name__ = f"endpoint_{consumer}"
+    return get
 
 
 def get_eval_results(wildcards):
     return expand(
-        "results/{model}/eval/{variant}.json", model=wildcards.model, variant=SERVED
+        "results/{model}/eval/{variant}/accuracy.json",
+        model=wildcards.model,
+        variant=SERVED,
     )
 
 

@@ -25,23 +25,21 @@ rule synth_task:
     input:
         env=env_marker("train"),
     output:
-        train="results/data/task/train.jsonl",
-        heldout="results/data/task/heldout.jsonl",
+        "results/data/task/{split}.jsonl",
     log:
-        "logs/data/synth_task.log",
+        "logs/data/synth_task_{split}.log",
     conda:
         "../envs/train.yaml"
     resources:
         mem_mb=500,
     params:
         llmbuild=llmbuild("train"),
-        task=lookup("data/sft", within=config),
-        outdir=subpath(output.train, parent=True),
+        task=task_params,
     shell:
-        "{params.llmbuild} data synth-task --output {params.outdir} --task {params.task[task]}"
-        " --num-train {params.task[num_train]} --num-heldout {params.task[num_heldout]}"
-        " --min-len {params.task[min_len]} --max-len {params.task[max_len]}"
-        " --seed {params.task[seed]} > {log} 2>&1"
+        "{params.llmbuild} data synth-task --split {wildcards.split} --output {output}"
+        " --task {params.task[task]} --num-train {params.task[num_train]}"
+        " --num-heldout {params.task[num_heldout]} --min-len {params.task[min_len]}"
+        " --max-len {params.task[max_len]} --seed {params.task[seed]} > {log} 2>&1"
 
 
 rule tiny_model:

@@ -10,9 +10,9 @@ rule serve:
         model=get_serve_model,
         env=env_marker(serve_stack()),
     output:
-        service("results/{model}/serve/{variant}/endpoint.json"),
+        service("results/{model}/serve/{variant}/{consumer}.json"),
     log:
-        "logs/{model}/serve/{variant}.log",
+        "logs/{model}/serve/{variant}/{consumer}.log",
     conda:
         "../envs/serve-cpu.yaml"
     threads: 0

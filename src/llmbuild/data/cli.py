@@ -34,14 +34,13 @@ def _synth_task(args: argparse.Namespace) -> int:
     spec = TaskSpec(args.task, args.num_train, args.num_heldout, args.min_len, args.max_len,
                     args.seed)
     train, heldout = task_split(spec)
-    with atomic_dir(args.output) as tmp:
-        for name, rows in (("train.jsonl", train), ("heldout.jsonl", heldout)):
-            with open(tmp / name, "w") as fh:
-                for ex in rows:
-                    fh.write(json.dumps(ex.as_alpaca()) + "\n")
-        provenance.write(tmp, command="data synth-task", args=vars(args), started=started)
-    print(f"wrote {len(train)} train and {len(heldout)} held-out {args.task} examples to "
-          f"{args.output}")
+    rows = train if args.split == "train" else heldout
+    out = Path(args.output)
+    with atomic_file(out) as fh:
+        for ex in rows:
+            fh.write(json.dumps(ex.as_alpaca()) + "\n")
+    provenance.write(out, command="data synth-task", args=vars(args), started=started)
+    print(f"wrote {len(rows)} {args.split} {args.task} examples to {out}")
     return 0
 
 
@@ -90,7 +89,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_synth_corpus)
 
     p = verbs.add_parser("synth-task", help="an exact-answer instruction task, train + held-out")
-    p.add_argument("--output", required=True, help="directory for train.jsonl, heldout.jsonl")
+    p.add_argument("--output", required=True, help="JSONL file (Alpaca records)")
+    p.add_argument("--split", choices=["train", "heldout"], required=True)
     p.add_argument("--task", default="uppercase")
     p.add_argument("--num-train", type=int, default=4000)
     p.add_argument("--num-heldout", type=int, default=200)
