@@ -8,7 +8,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from llmbuild.errors import UserError  # noqa: E402
 from llmbuild import plan  # noqa: E402
 
-CONFIG_SOURCE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
+CONFIG_SOURCE = plan.display_path(
+    (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
+)
 SCHEMA = Path(workflow.basedir) / "config" / "schema.yaml"
 CATALOG = Path(workflow.basedir) / "config" / "catalog.yaml"
 

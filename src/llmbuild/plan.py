@@ -6,11 +6,18 @@ model/quantization pair stops before any job runs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from llmbuild import catalog
 from llmbuild.errors import UserError
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
 
 
 def _dotted(path: Any) -> str:

@@ -24,7 +24,7 @@ STACKS = ["train", "quantize", "serve-cpu", "bench", "plot"]
 def snakemake(workdir, *args, check=True):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
            "--cores", "2", "--resources", "serve_slots=1", "--latency-wait", "5", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=workdir)
     if check and proc.returncode:
         raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

@@ -1,12 +1,15 @@
-"""A tiny random Llama with a byte-level BPE tokenizer and a chat template, for quant tests.
+"""Fixtures for quant tests: a tiny random Llama (byte-level BPE tokenizer, chat template).
 
 Same shape as the embedded default (vocab 512, hidden 128, 4 layers, 4 heads of 32, 2 kv heads).
+Made here rather than with llmbuild.model so these tests need only the quantize stack.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
@@ -107,3 +110,27 @@ def make_tiny_llama(out: str | Path, seed: int = 0, vocab_size: int = 512) -> Pa
         max_new_tokens=32,
     ).save_pretrained(out)
     return out
+
+
+CALIB = [
+    {"instruction": "Give three tips for staying healthy.", "input": "",
+     "output": "Eat well, sleep, exercise."},
+    {"instruction": "Convert the letters to capitals.", "input": "a b c", "output": "A B C"},
+    {"text": "Quantization maps floating point weights to small integers."},
+    {"instruction": "What is the capital of France?", "input": "",
+     "output": "The capital of France is Paris."},
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "fp32")
+
+
+@pytest.fixture(scope="session")
+def calib_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("calib") / "calib.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in CALIB * 4))
+    return p

@@ -1,0 +1,180 @@
+"""A mock OpenAI-compatible server for client tests (aiohttp, loopback only).
+
+Streams /v1/completions as server-sent events with a configurable time to first token, a
+configurable gap between tokens, a fraction of HTTP 500 errors and of streams cut mid-way;
+answers /v1/chat/completions (non-streamed) with a fixed string or a function of the prompt.
+Runs in its own thread and event loop, so synchronous code (CLI handlers) can call it.
+
+    with MockOpenAI(MockConfig(ttft_s=0.05, itl_s=0.01)) as srv:
+        srv.write_endpoint(tmp_path / "endpoint.json")
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+
+@dataclass
+class MockConfig:
+    ttft_s: float = 0.0  # delay before the first token
+    itl_s: float = 0.0  # delay between later tokens
+    error_rate: float = 0.0  # fraction of requests answered with HTTP 500
+    disconnect_rate: float = 0.0  # fraction of streams whose connection is cut mid-way
+    disconnect_after: int = 2  # tokens sent before the cut
+    send_usage: bool = True  # honour stream_options.include_usage
+    chat_answer: str | Callable[[str], str] = "42"
+    model: str = "mock-model"
+    api_key: str | None = None  # when set, require "Authorization: Bearer <key>"
+    healthy: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    errors: int = 0
+    disconnects: int = 0
+    completed: int = 0
+    bodies: list[dict] = field(default_factory=list)
+    # per streamed request: (arrival, [time each token chunk was written]), perf_counter s
+    streams: list[tuple[float, list[float]]] = field(default_factory=list)
+
+
+def _sse(obj: object) -> bytes:
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+class MockOpenAI:
+    def __init__(self, config: MockConfig | None = None):
+        self.config = config or MockConfig()
+        self.counters = Counters()
+        self._rng = random.Random(self.config.seed)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> MockOpenAI:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def write_endpoint(self, path: str | Path, state: str = "ready") -> Path:
+        p = Path(path)
+        p.write_text(json.dumps({"state": state, "base_url": self.base_url, "host": "127.0.0.1",
+                                 "port": self.port, "model": self.config.model, "pid": 0}))
+        return p
+
+    # -- handlers -------------------------------------------------------------------------
+    def _denied(self, request: web.Request) -> web.Response | None:
+        key = self.config.api_key
+        if key and request.headers.get("Authorization") != f"Bearer {key}":
+            return web.json_response({"error": {"message": "bad api key"}}, status=401)
+        return None
+
+    def _fail_now(self) -> bool:
+        return self.config.error_rate > 0 and self._rng.random() < self.config.error_rate
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.config.healthy else 503)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": self.config.model, "object": "model"}]})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()  # delays count from the request's arrival
+        arrival = time.perf_counter()
+        cfg, cnt = self.config, self.counters
+        cnt.requests += 1
+        if (denied := self._denied(request)) is not None:
+            return denied
+        body = await request.json()
+        cnt.bodies.append(body)
+        if self._fail_now():
+            cnt.errors += 1
+            return web.json_response({"error": {"message": "mock failure"}}, status=500)
+        cut = cfg.disconnect_rate > 0 and self._rng.random() < cfg.disconnect_rate
+        n_tokens = int(body.get("max_tokens", 16))
+        prompt_tokens = len(str(body.get("prompt", "")).split())
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        writes: list[float] = []
+        cnt.streams.append((arrival, writes))
+        for i in range(n_tokens):
+            # absolute deadlines, so sleep overshoot does not accumulate over the tokens
+            await asyncio.sleep(max(0.0, t0 + cfg.ttft_s + i * cfg.itl_s - loop.time()))
+            if cut and i == cfg.disconnect_after:
+                cnt.disconnects += 1
+                assert request.transport is not None
+                request.transport.close()  # drop the connection mid-stream
+                return resp
+            chunk = {"id": "cmpl-mock", "object": "text_completion", "model": cfg.model,
+                     "choices": [{"index": 0, "text": f" t{i}", "finish_reason":
+                                  "length" if i == n_tokens - 1 else None}]}
+            await resp.write(_sse(chunk))
+            writes.append(time.perf_counter())
+        if cfg.send_usage and (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(_sse({"id": "cmpl-mock", "choices": [], "usage": {
+                "prompt_tokens": prompt_tokens, "completion_tokens": n_tokens,
+                "total_tokens": prompt_tokens + n_tokens}}))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        cnt.completed += 1
+        return resp
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        cfg, cnt = self.config, self.counters
+        cnt.requests += 1
+        if (denied := self._denied(request)) is not None:
+            return denied
+        body = await request.json()
+        cnt.bodies.append(body)
+        if self._fail_now():
+            cnt.errors += 1
+            return web.json_response({"error": {"message": "mock failure"}}, status=500)
+        prompt = body["messages"][-1]["content"]
+        answer = cfg.chat_answer(prompt) if callable(cfg.chat_answer) else cfg.chat_answer
+        await asyncio.sleep(cfg.ttft_s)
+        cnt.completed += 1
+        return web.json_response({
+            "id": "chatcmpl-mock", "object": "chat.completion", "model": cfg.model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": answer}}],
+            "usage": {"prompt_tokens": len(prompt.split()),
+                      "completion_tokens": len(answer.split()),
+                      "total_tokens": len(prompt.split()) + len(answer.split())}})

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+
+from llmbuild.errors import UserError
+from llmbuild.plot.data import bench_series, parse_labels, read_bench_csv, read_train_log
+
+pytestmark = pytest.mark.unit
+
+COLUMNS = ["concurrency", "input_len", "output_len", "epochs", "num_requests", "model",
+           "request_throughput", "slo_attainment", "output_throughput",
+           "total_token_throughput", "p90_ttft_ms", "p90_tpot_ms", "failures"]
+
+
+def write_bench_csv(path, scale=1.0, pairs=((32, 16),), fail_at=None, slo=True):
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w.writeheader()
+        for i, o in pairs:
+            for c in (8, 1, 2, 4, 16):  # unsorted on purpose
+                w.writerow({"concurrency": c, "input_len": i, "output_len": o, "epochs": 2,
+                            "num_requests": 2 * c, "model": "m",
+                            "request_throughput": 2.0 * c / scale,
+                            "slo_attainment": (1.0 if c < 8 else 0.5) if slo else "nan",
+                            "output_throughput": 30.0 * c / scale,
+                            "total_token_throughput": 90.0 * c / scale,
+                            "p90_ttft_ms": 40.0 * c * scale, "p90_tpot_ms": 5.0 + c * scale,
+                            "failures": 1 if c == fail_at else 0})
+    return path
+
+
+def write_log(path, phases=("pretrain",), bad_line=None):
+    lines = []
+    step = 0
+    for ph in phases:
+        for k in range(20):
+            step += 1
+            lines.append(json.dumps({"step": step, "loss": 6.0 / (1 + 0.2 * step), "lr": 1e-3,
+                                     "grad_norm": 1.0, "tokens": 512 * step,
+                                     "elapsed": 0.1 * step, "tokens_per_s": 5000 + 10 * k,
+                                     "phase": ph}))
+    if bad_line is not None:
+        lines.insert(bad_line - 1, bad_line_text := '{"step": 3, "loss": "abc"}')
+        assert bad_line_text
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bench_series_grouped_by_pair_and_sorted(tmp_path):
+    rows = read_bench_csv(write_bench_csv(tmp_path / "a.csv", pairs=((32, 16), (64, 8))))
+    series = bench_series([rows], ["a"])
+    assert [(s.input_len, s.output_len) for s in series] == [(32, 16), (64, 8)]
+    assert series[0].concurrency == [1, 2, 4, 8, 16]
+    assert series[0].values["p90_ttft_ms"] == [40.0, 80.0, 160.0, 320.0, 640.0]
+    assert series[1].name == "a (64/8)"
+
+
+def test_bench_csv_missing_column_is_named(tmp_path):
+    p = tmp_path / "bad.csv"
+    p.write_text("concurrency,input_len,output_len,p90_ttft_ms\n1,32,16,5\n")
+    with pytest.raises(UserError, match="bad.csv: p90_tpot_ms: missing column"):
+        read_bench_csv(p)
+
+
+def test_labels_must_match_files():
+    assert parse_labels(None, ["x/a.csv", "y/b.csv"], "--labels") == ["a", "b"]
+    assert parse_labels("base, w8a8", ["a", "b"], "--labels") == ["base", "w8a8"]
+    with pytest.raises(UserError, match="2 files, 1 labels"):
+        parse_labels("only", ["a", "b"], "--labels")
+
+
+def test_train_log_phases_and_malformed_line(tmp_path):
+    series = read_train_log(write_log(tmp_path / "t.jsonl", ("pretrain", "sft")), "run")
+    assert [(s.phase, len(s.step)) for s in series] == [("pretrain", 20), ("sft", 20)]
+    assert series[1].step[0] == 21 and series[0].tokens_per_s[0] == 5000
+    with pytest.raises(UserError, match=r"t2.jsonl: line 4: needs numeric 'step' and 'loss'"):
+        read_train_log(write_log(tmp_path / "t2.jsonl", bad_line=4), "run")
+    (tmp_path / "t3.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2,\n')
+    with pytest.raises(UserError, match=r"t3.jsonl: line 2: not valid JSON"):
+        read_train_log(tmp_path / "t3.jsonl", "run")
+
+
+# --- figures (plot env) -------------------------------------------------------------------
+
+def plot_cli(argv):
+    import argparse
+
+    from llmbuild.plot import cli
+
+    parser = argparse.ArgumentParser(prog="llmbuild plot")
+    cli.register(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"llmbuild plot {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def test_bench_figure_has_slo_lines_and_one_line_per_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    from llmbuild.plot.draw import bench_figure
+
+    a = read_bench_csv(write_bench_csv(tmp_path / "a.csv"))
+    b = read_bench_csv(write_bench_csv(tmp_path / "b.csv", scale=1.5, fail_at=16))
+    fig = bench_figure(bench_series([a, b], ["base", "w8a8"]), 500.0, 12.0)
+    ttft, tpot, thr, fourth = fig.axes[:4]
+    hlines = [tuple(line.get_ydata()) for line in ttft.lines if len(set(line.get_ydata())) == 1]
+    assert (500.0, 500.0) in hlines
+    assert any(tuple(line.get_ydata()) == (12.0, 12.0) for line in tpot.lines)
+    assert [line.get_label() for line in thr.lines] == ["base", "w8a8"]
+    assert list(thr.lines[1].get_xdata()) == [1, 2, 4, 8, 16]
+    assert fourth.get_ylabel() == "requests meeting SLOs (%)"
+    assert list(fourth.lines[0].get_ydata()) == [100.0, 100.0, 100.0, 50.0, 50.0]
+    assert len(ttft.collections) == 1  # red x on the cell with failures
+
+
+def test_plot_bench_cli_writes_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    a = write_bench_csv(tmp_path / "a.csv")
+    b = write_bench_csv(tmp_path / "b.csv", scale=1.5, fail_at=16, slo=False)
+    out = tmp_path / "bench.png"
+    rc = plot_cli(["bench", "--csv", str(a), str(b), "--labels", "base,w8a8",
+                   "--slo-ttft-ms", "500", "--slo-tpot-ms", "12", "--output", str(out)])
+    assert rc == 0
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    import matplotlib.image
+
+    h, w = matplotlib.image.imread(str(out)).shape[:2]
+    assert (w, h) == (1320, 935)
+    assert (tmp_path / "bench.png.provenance.json").exists()
+    assert plot_cli(["bench", "--csv", str(a), str(b), "--labels", "x",
+                     "--output", str(out)]) == 2
+    assert "--labels" in capsys.readouterr().err
+
+
+def test_plot_loss_cli_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from llmbuild.plot.draw import loss_figure
+
+    a = write_log(tmp_path / "pre.jsonl", ("pretrain", "sft"))
+    b = write_log(tmp_path / "other.jsonl")
+    out = tmp_path / "loss.png"
+    assert plot_cli(["loss", "--log", str(a), str(b), "--output", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    fig = loss_figure(read_train_log(a, "pre") + read_train_log(b, "other"))
+    assert [line.get_label() for line in fig.axes[0].lines] == [
+        "pre pretrain", "pre sft", "other pretrain"]
+    assert plot_cli(["loss", "--log", str(a), "--output", str(tmp_path / "x.svg")]) == 2

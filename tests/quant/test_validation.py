@@ -1,0 +1,174 @@
+"""Input validation: one-line UserErrors naming the file, the field and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmbuild.errors import UserError
+from llmbuild.quant import calib
+from llmbuild.quant.spec import QuantSpec, check_model_dir, check_scheme
+
+pytestmark = pytest.mark.unit
+
+
+def _model_dir(tmp_path: Path, *, chat_template: bool = True) -> Path:
+    d = tmp_path / "m"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text("{}")
+    (d / "model.safetensors").write_bytes(b"")
+    (d / "tokenizer.json").write_text("{}")
+    cfg = {"chat_template": "{{ x }}"} if chat_template else {}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def _calib(tmp_path: Path, lines: list[str]) -> Path:
+    p = tmp_path / "calib.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _spec(tmp_path: Path, **kw) -> QuantSpec:
+    kw.setdefault("model", _model_dir(tmp_path))
+    kw.setdefault("output", tmp_path / "out")
+    kw.setdefault("calib", _calib(tmp_path, ['{"text": "hello"}']))
+    return QuantSpec(**kw)
+
+
+@pytest.mark.parametrize("strength", [0.0, 1.0, -0.1, 1.5])
+def test_strength_outside_open_interval(tmp_path, strength):
+    with pytest.raises(UserError, match=r"--smoothing-strength: .* outside \(0, 1\)"):
+        _spec(tmp_path, smoothing_strength=strength)
+
+
+def test_good_spec_normalises_scheme(tmp_path):
+    spec = _spec(tmp_path, scheme="w8a8", smoothing_strength=0.85)
+    assert spec.scheme == "W8A8" and spec.preset == "W8A8"
+    assert spec.computes_scales and spec.needs_calibration
+
+
+@pytest.mark.parametrize("scheme", ["W4A8", "fp8", ""])
+def test_unsupported_scheme(scheme):
+    with pytest.raises(UserError, match="--scheme: unsupported scheme"):
+        check_scheme(scheme)
+
+
+def test_kv_cache_int8_is_not_yet():
+    with pytest.raises(UserError, match="not implemented yet"):
+        check_scheme("kv-int8")
+
+
+def test_weight_only_schemes_accepted():
+    assert check_scheme("W4A16") == "W4A16" and check_scheme("w8a16") == "W8A16"
+
+
+def test_missing_model_dir(tmp_path):
+    with pytest.raises(UserError, match=r"nope: --model: model directory not found") as e:
+        check_model_dir(tmp_path / "nope")
+    assert "\n" not in str(e.value)
+
+
+def test_model_dir_without_tokenizer(tmp_path):
+    d = _model_dir(tmp_path)
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(UserError, match="tokenizer.json missing"):
+        check_model_dir(d)
+
+
+def test_model_dir_without_chat_template(tmp_path):
+    with pytest.raises(UserError, match="chat_template: no chat_template"):
+        check_model_dir(_model_dir(tmp_path, chat_template=False))
+
+
+def test_chat_template_jinja_is_enough(tmp_path):
+    d = _model_dir(tmp_path, chat_template=False)
+    (d / "chat_template.jinja").write_text("{{ x }}")
+    check_model_dir(d)  # no error
+
+
+def test_calib_required_unless_scales_given(tmp_path):
+    with pytest.raises(UserError, match="--calib: a calibration file is required"):
+        _spec(tmp_path, calib=None)
+    scales = tmp_path / "s.safetensors"
+    scales.write_bytes(b"x")
+    spec = _spec(tmp_path, calib=None, scale_input=scales)
+    assert not spec.needs_calibration
+    with pytest.raises(UserError, match="--calib"):  # GPTQ still needs data
+        QuantSpec(model=spec.model, output=spec.output, scale_input=scales, algorithm="gptq")
+
+
+def test_missing_calib_and_scale_files(tmp_path):
+    with pytest.raises(UserError, match="calibration file not found"):
+        _spec(tmp_path, calib=tmp_path / "none.jsonl")
+    with pytest.raises(UserError, match="--scale-input: scale file not found"):
+        _spec(tmp_path, scale_input=tmp_path / "none.safetensors")
+
+
+def test_output_must_differ_from_model(tmp_path):
+    m = _model_dir(tmp_path)
+    with pytest.raises(UserError, match="would overwrite the input model"):
+        _spec(tmp_path, model=m, output=m)
+
+
+def test_bad_calib_json_names_line(tmp_path):
+    p = _calib(tmp_path, ['{"text": "ok"}', "", '{"text": "ok"', '{"text": "x"}'])
+    with pytest.raises(UserError, match=r"calib.jsonl:3: not valid JSON") as e:
+        calib.read_records(p)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "x"}', r':1: neither "text" nor "instruction"'),
+        ('{"text": ""}', r":1: text: must be a non-empty string"),
+        ('{"instruction": "x", "input": 3, "output": "y"}', r":1: input: must be a string, got int"),
+        ("[1, 2]", r":1: expected a JSON object, got list"),
+    ],
+)
+def test_bad_calib_record(tmp_path, line, message):
+    with pytest.raises(UserError, match=message):
+        calib.read_records(_calib(tmp_path, [line]))
+
+
+def test_empty_calib(tmp_path):
+    with pytest.raises(UserError, match="--calib: no records"):
+        calib.read_records(_calib(tmp_path, ["", "  "]))
+
+
+def test_alpaca_and_text_records(tmp_path):
+    p = _calib(tmp_path, [
+        json.dumps({"instruction": "Add", "input": "1 2", "output": "3"}),
+        json.dumps({"instruction": "Hi", "output": "Hello"}),
+        json.dumps({"text": "plain"}),
+    ])
+    recs = calib.read_records(p)
+    assert [(r.prompt, r.answer, r.text) for r in recs] == [
+        ("Add\n1 2", "3", None), ("Hi", "Hello", None), (None, None, "plain")]
+    assert [r.is_chat for r in recs] == [True, True, False]
+
+
+def test_select_is_seeded_and_bounded():
+    recs = [calib.Record(text=str(i)) for i in range(10)]
+    a, b = calib.select(recs, 4, seed=0), calib.select(recs, 4, seed=0)
+    assert a == b and len(a) == 4 and len(set(a)) == 4
+    assert calib.select(recs, 4, seed=1) != a
+    assert sorted(r.text for r in calib.select(recs, 99, seed=0)) == sorted(r.text for r in recs)
+
+
+def test_cli_one_line_error(tmp_path, capsys):
+    cli = pytest.importorskip("llmbuild.cli")
+    try:
+        cli.build_parser()
+    except ModuleNotFoundError as exc:  # another stage's group not written yet
+        pytest.skip(f"llmbuild CLI incomplete: {exc}")
+    rc = cli.main(["quant", "smoothquant", "--model", str(tmp_path / "nope"),
+                   "--calib", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "o"),
+                   "--smoothing-strength", "1.2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("llmbuild quant smoothquant: error: --smoothing-strength:")
+    assert "\n" not in err
