@@ -9,6 +9,7 @@ config).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,10 +139,7 @@ def make_model(spec: TinySpec, tokenizer_dir: Path, out_dir: Path) -> dict[str, 
     model.generation_config = GenerationConfig(
         bos_token_id=eod, eos_token_id=[eot, eod], pad_token_id=eod, do_sample=False)
     model.save_pretrained(str(out_dir), safe_serialization=True)
-    tok.save_pretrained(str(out_dir))
-    for name in ("special_tokens_map.json",):
-        src = tokenizer_dir / name
-        if src.exists() and not (out_dir / name).exists():
-            (out_dir / name).write_text(src.read_text())
+    for src in tokenizer_dir.iterdir():
+        shutil.copyfile(src, out_dir / src.name)
     n_params = sum(p.numel() for p in model.parameters())
     return {"parameters": n_params, "spec": asdict(spec)}
