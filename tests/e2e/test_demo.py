@@ -1,0 +1,94 @@
+"""The whole graph on the embedded default, as `make demo` runs it, with the figures asserted.
+
+Runs in the repository (results/ is git-ignored); an up-to-date build is reused, so after
+`make demo` this checks the finished build, and on a clean clone it builds everything.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "results" / "tiny-llama"
+
+
+def snakemake(*args, timeout=5400):
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def build():
+    proc = snakemake()
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return proc
+
+
+def accuracy(variant):
+    return json.loads((MODEL / "eval" / variant / "accuracy.json").read_text())
+
+
+def test_accuracy_through_the_service(build):
+    sft, base, w8a8 = accuracy("sft"), accuracy("base"), accuracy("sft-w8a8")
+    print(f"accuracy: base {base['accuracy']:.3f}, sft {sft['accuracy']:.3f}, "
+          f"sft-w8a8 {w8a8['accuracy']:.3f} on {sft['n']} held-out examples")
+    assert sft["n"] == base["n"] == w8a8["n"] == 200
+    assert sft["accuracy"] >= 0.90
+    assert base["accuracy"] <= 0.10
+    assert abs(w8a8["accuracy"] - sft["accuracy"]) <= 0.05
+    summary = json.loads((MODEL / "eval" / "summary.json").read_text())
+    assert summary["sft"]["accuracy"] == sft["accuracy"]
+
+
+def test_static_benchmark_csvs(build):
+    for variant in ("base", "sft", "sft-w8a8"):
+        with open(MODEL / "bench" / variant / "static.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [int(r["concurrency"]) for r in rows] == [1, 2, 4]
+        for r in rows:
+            assert int(r["failures"]) == 0
+            assert 0 < float(r["p90_ttft_ms"]) < 60_000
+            assert float(r["output_throughput"]) > 0
+            assert float(r["mean_tpot_ms"]) > 0
+
+
+def test_training_logs_show_learning(build):
+    for phase in ("pretrain", "sft"):
+        lines = (MODEL / phase / "train_log.jsonl").read_text().splitlines()
+        steps = [json.loads(x) for x in lines]
+        assert steps[-1]["step"] == len(steps)
+        head = sum(s["loss"] for s in steps[:10]) / 10
+        tail = sum(s["loss"] for s in steps[-10:]) / 10
+        assert tail < 0.7 * head, (phase, head, tail)
+        assert steps[-1]["tokens"] > steps[0]["tokens"] > 0
+
+
+def test_every_artifact_records_its_provenance(build):
+    dirs = ["base/hf", "shards/pretrain", "shards/sft", "base/mcore", "pretrain/mcore",
+            "sft/mcore", "sft/hf", "sft/quant/w8a8"]
+    for rel in dirs:
+        rec = json.loads((MODEL / rel / "provenance.json").read_text())
+        assert rec["command"] and rec["packages"] and rec["host"], rel
+    hf = MODEL / "sft" / "hf"
+    for name in ("config.json", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"):
+        assert (hf / name).is_file(), name
+
+
+def test_plots_and_report(build):
+    for name in ("bench.png", "loss.png"):
+        data = (MODEL / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    proc = snakemake("--report", "results/report.html", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (ROOT / "results" / "report.html").stat().st_size > 50_000
+
+
+def test_noop_rerun_does_nothing(build):
+    proc = snakemake("-n", timeout=600)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
