@@ -10,6 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _publish_modes(root: Path) -> None:
+    """mkdtemp/mkstemp make private modes; finished artifacts are readable by all (a server
+    in a container or under another user reads them)."""
+    os.chmod(root, 0o755)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode | 0o644)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; rename it to ``final`` on success.
@@ -22,6 +35,7 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        _publish_modes(tmp)
         if final.exists():
             shutil.rmtree(final) if final.is_dir() else final.unlink()
         os.replace(tmp, final)
@@ -40,6 +54,7 @@ def atomic_file(final: str | os.PathLike[str], mode: str = "w") -> Iterator:
     try:
         with open(name, mode) as fh:
             yield fh
+        os.chmod(name, 0o644)
         os.replace(name, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

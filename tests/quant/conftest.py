@@ -113,12 +113,18 @@ def make_tiny_llama(out: str | Path, seed: int = 0, vocab_size: int = 512) -> Pa
 
 
 CALIB = [
-    {"instruction": "Give three tips for staying healthy.", "input": "",
-     "output": "Eat well, sleep, exercise."},
+    {
+        "instruction": "Give three tips for staying healthy.",
+        "input": "",
+        "output": "Eat well, sleep, exercise.",
+    },
     {"instruction": "Convert the letters to capitals.", "input": "a b c", "output": "A B C"},
     {"text": "Quantization maps floating point weights to small integers."},
-    {"instruction": "What is the capital of France?", "input": "",
-     "output": "The capital of France is Paris."},
+    {
+        "instruction": "What is the capital of France?",
+        "input": "",
+        "output": "The capital of France is Paris.",
+    },
 ]
 
 

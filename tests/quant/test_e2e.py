@@ -14,8 +14,12 @@ torch = pytest.importorskip("torch")
 from llmbuild.errors import UserError  # noqa: E402
 from llmbuild.quant import cli  # noqa: E402
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 
 def _main(argv: list[str]) -> int:
@@ -29,10 +33,29 @@ def _main(argv: list[str]) -> int:
 def quantized(tiny_model, calib_file, tmp_path_factory):
     d = tmp_path_factory.mktemp("q")
     out, scales = d / "w8a8", d / "scales.safetensors"
-    rc = _main(["smoothquant", "--model", str(tiny_model), "--calib", str(calib_file),
-                "--output", str(out), "--scheme", "W8A8", "--smoothing-strength", "0.5",
-                "--num-samples", "8", "--max-seq-length", "64", "--seed", "0",
-                "--scale-output", str(scales)])
+    rc = _main(
+        [
+            "smoothquant",
+            "--model",
+            str(tiny_model),
+            "--calib",
+            str(calib_file),
+            "--output",
+            str(out),
+            "--scheme",
+            "W8A8",
+            "--smoothing-strength",
+            "0.5",
+            "--num-samples",
+            "8",
+            "--max-seq-length",
+            "64",
+            "--seed",
+            "0",
+            "--scale-output",
+            str(scales),
+        ]
+    )
     assert rc == 0
     return out, scales
 
@@ -71,16 +94,40 @@ def test_scales_reused_bit_for_bit(quantized, tiny_model, tmp_path):
     loaded = sc.load(scales)
     assert loaded.strength == 0.5 and len(loaded.scales) == 8
     assert loaded.balance["model.layers.0.input_layernorm"] == [
-        f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
-    rc = _main(["smoothquant", "--model", str(tiny_model), "--output", str(tmp_path / "re"),
-                "--scale-input", str(scales)])
+        f"model.layers.0.self_attn.{p}_proj" for p in "qkv"
+    ]
+    rc = _main(
+        [
+            "smoothquant",
+            "--model",
+            str(tiny_model),
+            "--output",
+            str(tmp_path / "re"),
+            "--scale-input",
+            str(scales),
+        ]
+    )
     assert rc == 0
-    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "re/model.safetensors"))
+    a, b = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(tmp_path / "re/model.safetensors")),
+    )
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="made with smoothing strength 0.5"):
-        _main(["smoothquant", "--model", str(tiny_model), "--output", str(tmp_path / "x"),
-               "--scale-input", str(scales), "--smoothing-strength", "0.8"])
+        _main(
+            [
+                "smoothquant",
+                "--model",
+                str(tiny_model),
+                "--output",
+                str(tmp_path / "x"),
+                "--scale-input",
+                str(scales),
+                "--smoothing-strength",
+                "0.8",
+            ]
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -96,3 +143,23 @@ def test_quantized_logits_close(quantized, tiny_model):
     cos = torch.nn.functional.cosine_similarity(la, lb, dim=-1)
     assert cos.min().item() > 0.999
     assert not torch.equal(la, lb)  # it really is quantized
+
+
+def test_w4a16_weight_only_gptq(tiny_model, calib_file, tmp_path):
+    out = tmp_path / "w4a16"
+    argv = ["weight-only", "--model", str(tiny_model), "--calib", str(calib_file)]
+    argv += ["--output", str(out), "--num-samples", "4", "--max-seq-length", "32"]
+    assert _main(argv) == 0
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    (group,) = qc["config_groups"].values()
+    w = group["weights"]
+    assert (qc["format"], w["num_bits"], w["strategy"], w["group_size"]) == (
+        "pack-quantized",
+        4,
+        "group",
+        128,
+    )
+    assert group["input_activations"] is None
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["quantization"]["modifiers"] == ["GPTQModifier"]
+    assert all((out / n).is_file() for n in TOKENIZER_FILES)

@@ -35,8 +35,12 @@ class _Block(torch.nn.Module):
 
 
 def _scales(strength=0.5):
-    return sc.SmoothingScales(strength=strength, scales={"norm": 0.25 + 4 * torch.rand(16)},
-                              balance={"norm": ["q", "k"]}, extra={"architecture": "_Block"})
+    return sc.SmoothingScales(
+        strength=strength,
+        scales={"norm": 0.25 + 4 * torch.rand(16)},
+        balance={"norm": ["q", "k"]},
+        extra={"architecture": "_Block"},
+    )
 
 
 def test_round_trip(tmp_path):
@@ -78,11 +82,15 @@ def test_load_rejects_foreign_file(tmp_path):
 
 def test_check_against_wrong_model():
     m = _Block()
-    wrong_width = sc.SmoothingScales(strength=0.5, scales={"norm": torch.ones(8)},
-                                     balance={"norm": ["q"]})
+    wrong_width = sc.SmoothingScales(
+        strength=0.5, scales={"norm": torch.ones(8)}, balance={"norm": ["q"]}
+    )
     with pytest.raises(UserError, match="norm: 8 scales for a layer of width 16"):
         sc.check_against(m, wrong_width, "s.safetensors")
-    missing = sc.SmoothingScales(strength=0.5, scales={"model.layers.0.ln": torch.ones(16)},
-                                 balance={"model.layers.0.ln": ["q"]})
+    missing = sc.SmoothingScales(
+        strength=0.5,
+        scales={"model.layers.0.ln": torch.ones(16)},
+        balance={"model.layers.0.ln": ["q"]},
+    )
     with pytest.raises(UserError, match="made for another architecture"):
         sc.check_against(m, missing, "s.safetensors")

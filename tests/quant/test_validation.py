@@ -125,7 +125,10 @@ def test_bad_calib_json_names_line(tmp_path):
     [
         ('{"prompt": "x"}', r':1: neither "text" nor "instruction"'),
         ('{"text": ""}', r":1: text: must be a non-empty string"),
-        ('{"instruction": "x", "input": 3, "output": "y"}', r":1: input: must be a string, got int"),
+        (
+            '{"instruction": "x", "input": 3, "output": "y"}',
+            r":1: input: must be a string, got int",
+        ),
         ("[1, 2]", r":1: expected a JSON object, got list"),
     ],
 )
@@ -140,14 +143,20 @@ def test_empty_calib(tmp_path):
 
 
 def test_alpaca_and_text_records(tmp_path):
-    p = _calib(tmp_path, [
-        json.dumps({"instruction": "Add", "input": "1 2", "output": "3"}),
-        json.dumps({"instruction": "Hi", "output": "Hello"}),
-        json.dumps({"text": "plain"}),
-    ])
+    p = _calib(
+        tmp_path,
+        [
+            json.dumps({"instruction": "Add", "input": "1 2", "output": "3"}),
+            json.dumps({"instruction": "Hi", "output": "Hello"}),
+            json.dumps({"text": "plain"}),
+        ],
+    )
     recs = calib.read_records(p)
     assert [(r.prompt, r.answer, r.text) for r in recs] == [
-        ("Add\n1 2", "3", None), ("Hi", "Hello", None), (None, None, "plain")]
+        ("Add\n1 2", "3", None),
+        ("Hi", "Hello", None),
+        (None, None, "plain"),
+    ]
     assert [r.is_chat for r in recs] == [True, True, False]
 
 
@@ -165,9 +174,20 @@ def test_cli_one_line_error(tmp_path, capsys):
         cli.build_parser()
     except ModuleNotFoundError as exc:  # another stage's group not written yet
         pytest.skip(f"llmbuild CLI incomplete: {exc}")
-    rc = cli.main(["quant", "smoothquant", "--model", str(tmp_path / "nope"),
-                   "--calib", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "o"),
-                   "--smoothing-strength", "1.2"])
+    rc = cli.main(
+        [
+            "quant",
+            "smoothquant",
+            "--model",
+            str(tmp_path / "nope"),
+            "--calib",
+            str(tmp_path / "c.jsonl"),
+            "--output",
+            str(tmp_path / "o"),
+            "--smoothing-strength",
+            "1.2",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("llmbuild quant smoothquant: error: --smoothing-strength:")

@@ -1,0 +1,147 @@
+"""What a quantization run is asked to do, validated before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmbuild.errors import UserError
+
+# scheme -> (compressed-tensors preset, needs activation calibration, weight bits)
+SCHEMES: dict[str, tuple[str, bool, int]] = {
+    "W8A8": ("W8A8", True, 8),  # int8 per-channel weights, int8 per-token dynamic activations
+    "W8A16": ("W8A16", False, 8),  # int8 per-channel weights, activations unquantized
+    "W4A16": ("W4A16", False, 4),  # int4 group-128 weights, activations unquantized
+}
+NOT_YET = {
+    "KV-INT8": "KV-cache int8 is not implemented yet",
+    "KV_CACHE_INT8": "KV-cache int8 is not implemented yet",
+}
+ALGORITHMS = ("rtn", "gptq")
+# Files a served model directory must carry besides its weights (the seeds' warning).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+REQUIRED_OUTPUT = ("config.json", "generation_config.json", *TOKENIZER_FILES)
+
+
+def check_scheme(scheme: str) -> str:
+    key = scheme.upper()
+    if key in NOT_YET:
+        raise UserError(
+            f"{scheme!r}: {NOT_YET[key]}; use one of {', '.join(SCHEMES)}", field="--scheme"
+        )
+    if key not in SCHEMES:
+        raise UserError(
+            f"unsupported scheme {scheme!r}; use one of {', '.join(SCHEMES)}", field="--scheme"
+        )
+    return key
+
+
+def check_model_dir(model: Path) -> None:
+    """The input must be a complete Hugging Face directory, or the output will not be."""
+    if not model.is_dir():
+        raise UserError(
+            "model directory not found; pass a Hugging Face model directory",
+            path=model,
+            field="--model",
+        )
+    if not (model / "config.json").is_file():
+        raise UserError(
+            "no config.json: not a Hugging Face model directory", path=model, field="--model"
+        )
+    if not any(model.glob("*.safetensors")):
+        raise UserError(
+            "no *.safetensors weights; convert the checkpoint to safetensors first",
+            path=model,
+            field="--model",
+        )
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if not (model / name).is_file():
+            raise UserError(
+                f"{name} missing; copy the tokenizer files into the model directory "
+                "(the quantized model could not be served without them)",
+                path=model,
+                field="--model",
+            )
+    try:
+        tcfg = json.loads((model / "tokenizer_config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"unreadable: {exc}", path=model / "tokenizer_config.json") from exc
+    if not tcfg.get("chat_template") and not (model / "chat_template.jinja").is_file():
+        raise UserError(
+            "no chat_template; add one (the service renders chat requests with it)",
+            path=model / "tokenizer_config.json",
+            field="chat_template",
+        )
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantization run. ``smoothing_strength`` None means no SmoothQuant."""
+
+    model: Path
+    output: Path
+    scheme: str = "W8A8"
+    calib: Path | None = None
+    smoothing_strength: float | None = 0.5
+    algorithm: str = "rtn"
+    num_samples: int = 64
+    max_seq_length: int = 256
+    seed: int = 0
+    scale_input: Path | None = None
+    scale_output: Path | None = None
+    dampening_frac: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scheme", check_scheme(self.scheme))
+        s = self.smoothing_strength
+        if s is not None and not (0.0 < s < 1.0):
+            raise UserError(
+                f"{s} is outside (0, 1); 0.5 is the recommended start", field="--smoothing-strength"
+            )
+        if self.algorithm not in ALGORITHMS:
+            raise UserError(
+                f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}",
+                field="--algorithm",
+            )
+        if self.num_samples < 1:
+            raise UserError(f"{self.num_samples} must be >= 1", field="--num-samples")
+        if self.max_seq_length < 8:
+            raise UserError(f"{self.max_seq_length} must be >= 8", field="--max-seq-length")
+        if not (0.0 <= self.dampening_frac < 1.0):
+            raise UserError(f"{self.dampening_frac} must be in [0, 1)", field="--dampening-frac")
+        if self.smoothing_strength is None and (self.scale_input or self.scale_output):
+            raise UserError(
+                "smoothing scales need SmoothQuant", field="--scale-input/--scale-output"
+            )
+        if self.scale_input is not None and not Path(self.scale_input).is_file():
+            raise UserError(
+                "scale file not found; make it with --scale-output first",
+                path=self.scale_input,
+                field="--scale-input",
+            )
+        if self.calib is None and self.needs_calibration:
+            raise UserError(
+                'a calibration file is required (JSONL of Alpaca records or {"text": ...})',
+                field="--calib",
+            )
+        if self.calib is not None and not Path(self.calib).is_file():
+            raise UserError("calibration file not found", path=self.calib, field="--calib")
+        if Path(self.output).resolve() == Path(self.model).resolve():
+            raise UserError(
+                "output would overwrite the input model; choose another directory",
+                path=self.output,
+                field="--output",
+            )
+
+    @property
+    def preset(self) -> str:
+        return SCHEMES[self.scheme][0]
+
+    @property
+    def computes_scales(self) -> bool:
+        return self.smoothing_strength is not None and self.scale_input is None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.computes_scales or self.algorithm == "gptq"
