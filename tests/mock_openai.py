@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import threading
 import time
@@ -95,8 +96,18 @@ class MockOpenAI:
 
     def write_endpoint(self, path: str | Path, state: str = "ready") -> Path:
         p = Path(path)
-        p.write_text(json.dumps({"state": state, "base_url": self.base_url, "host": "127.0.0.1",
-                                 "port": self.port, "model": self.config.model, "pid": 0}))
+        p.write_text(
+            json.dumps(
+                {
+                    "state": state,
+                    "base_url": self.base_url,
+                    "host": "127.0.0.1",
+                    "port": self.port,
+                    "model": self.config.model,
+                    "pid": os.getpid(),
+                }
+            )
+        )
         return p
 
     # -- handlers -------------------------------------------------------------------------
@@ -143,15 +154,34 @@ class MockOpenAI:
                 assert request.transport is not None
                 request.transport.close()  # drop the connection mid-stream
                 return resp
-            chunk = {"id": "cmpl-mock", "object": "text_completion", "model": cfg.model,
-                     "choices": [{"index": 0, "text": f" t{i}", "finish_reason":
-                                  "length" if i == n_tokens - 1 else None}]}
+            chunk = {
+                "id": "cmpl-mock",
+                "object": "text_completion",
+                "model": cfg.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": f" t{i}",
+                        "finish_reason": "length" if i == n_tokens - 1 else None,
+                    }
+                ],
+            }
             await resp.write(_sse(chunk))
             writes.append(time.perf_counter())
         if cfg.send_usage and (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(_sse({"id": "cmpl-mock", "choices": [], "usage": {
-                "prompt_tokens": prompt_tokens, "completion_tokens": n_tokens,
-                "total_tokens": prompt_tokens + n_tokens}}))
+            await resp.write(
+                _sse(
+                    {
+                        "id": "cmpl-mock",
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": n_tokens,
+                            "total_tokens": prompt_tokens + n_tokens,
+                        },
+                    }
+                )
+            )
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         cnt.completed += 1
@@ -171,10 +201,22 @@ class MockOpenAI:
         answer = cfg.chat_answer(prompt) if callable(cfg.chat_answer) else cfg.chat_answer
         await asyncio.sleep(cfg.ttft_s)
         cnt.completed += 1
-        return web.json_response({
-            "id": "chatcmpl-mock", "object": "chat.completion", "model": cfg.model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": answer}}],
-            "usage": {"prompt_tokens": len(prompt.split()),
-                      "completion_tokens": len(answer.split()),
-                      "total_tokens": len(prompt.split()) + len(answer.split())}})
+        return web.json_response(
+            {
+                "id": "chatcmpl-mock",
+                "object": "chat.completion",
+                "model": cfg.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": answer},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": len(prompt.split()),
+                    "completion_tokens": len(answer.split()),
+                    "total_tokens": len(prompt.split()) + len(answer.split()),
+                },
+            }
+        )

@@ -13,9 +13,16 @@ pytestmark = pytest.mark.unit
 
 def ok(ttft: float, itl: list[float], prompt_len: int = 32, **kw) -> RequestRecord:
     """A successful record whose latency is ttft + sum(itl) and one token per chunk."""
-    return RequestRecord(prompt_len=prompt_len, output_len=len(itl) + 1, success=True,
-                         ttft=ttft, itl=list(itl), latency=ttft + sum(itl),
-                         output_tokens=kw.pop("output_tokens", len(itl) + 1), **kw)
+    return RequestRecord(
+        prompt_len=prompt_len,
+        output_len=len(itl) + 1,
+        success=True,
+        ttft=ttft,
+        itl=list(itl),
+        latency=ttft + sum(itl),
+        output_tokens=kw.pop("output_tokens", len(itl) + 1),
+        **kw,
+    )
 
 
 def failed(error: str = "HTTP 500: boom") -> RequestRecord:
@@ -112,9 +119,20 @@ def test_goodput_against_ttft_and_tpot_slos():
 
 def test_metric_names_follow_vllm():
     m = compute_metrics([ok(0.1, [0.01])], 1.0)
-    for name in ("completed", "request_throughput", "output_throughput",
-                 "total_token_throughput", "mean_ttft_ms", "median_ttft_ms", "p90_ttft_ms",
-                 "p99_ttft_ms", "mean_tpot_ms", "p90_tpot_ms", "mean_itl_ms", "p99_e2el_ms"):
+    for name in (
+        "completed",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "mean_ttft_ms",
+        "median_ttft_ms",
+        "p90_ttft_ms",
+        "p99_ttft_ms",
+        "mean_tpot_ms",
+        "p90_tpot_ms",
+        "mean_itl_ms",
+        "p99_e2el_ms",
+    ):
         assert name in m
 
 

@@ -16,11 +16,9 @@ pytest.importorskip("tokenizers")
 
 from mock_openai import MockConfig, MockOpenAI  # noqa: E402
 
-from llmbuild.bench._endpoint import wait_ready  # noqa: E402
 from llmbuild.bench.client import Endpoint  # noqa: E402
 from llmbuild.bench.prompts import PromptMaker, load_tokenizer  # noqa: E402
 from llmbuild.bench.static import StaticConfig, run_static  # noqa: E402
-from llmbuild.errors import UserError  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -34,42 +32,68 @@ def _run(srv, maker, cfg, **kw):
     import io
 
     buf = io.StringIO()
-    rows = run_static(Endpoint(srv.base_url, srv.config.model), cfg, maker, records_out=buf,
-                      timeout_s=kw.pop("timeout_s", 30), **kw)
+    rows = run_static(
+        Endpoint(srv.base_url, srv.config.model),
+        cfg,
+        maker,
+        records_out=buf,
+        timeout_s=kw.pop("timeout_s", 30),
+        **kw,
+    )
     records = [json.loads(x) for x in buf.getvalue().splitlines()]
     return rows, records
 
 
+def _timing_errors(rows, records, streams) -> list[str]:
+    """Why the client's timings do not match the mock's; empty when they do.
+
+    The mock runs in this process, so its timestamps share the client's clock. At
+    concurrency 1 requests are sequential, so records and server streams pair up in order.
+    """
+    errors = []
+    seq = [r for r in records if r["concurrency"] == 1]
+    gaps = [
+        abs(rec["ttft"] - (w[0] - a)) * 1000
+        for rec, (a, w) in zip(seq, streams[: len(seq)], strict=True)
+    ]
+    if statistics.median(gaps) >= 2.0:
+        errors.append(f"client TTFT vs server first write: gaps {gaps} ms")
+    server_tpot = statistics.median((w[-1] - w[0]) / (len(w) - 1) for _, w in streams) * 1000
+    client_tpot = statistics.median(
+        (r["latency"] - r["ttft"]) / (r["output_tokens"] - 1) for r in records
+    )
+    if abs(client_tpot * 1000 - server_tpot) >= 2.0:
+        errors.append(f"client TPOT {client_tpot * 1000} vs server {server_tpot} ms")
+    # the configured delays, give or take how late the machine woke the mock's own timers
+    late_ttft = max(0.0, statistics.median(w[0] - a for a, w in streams[: len(seq)]) * 1000 - 50)
+    late_tpot = max(0.0, server_tpot - 10.0)
+    if abs(rows[0]["median_ttft_ms"] - 50.0) >= 2.0 + late_ttft:
+        errors.append(f"median TTFT {rows[0]['median_ttft_ms']} ms, configured 50")
+    for row in rows:
+        for col in ("median_tpot_ms", "median_itl_ms"):
+            if abs(row[col] - 10.0) >= 2.0 + late_tpot:
+                errors.append(f"c={row['concurrency']} {col} {row[col]} ms, configured 10")
+    return errors
+
+
 def test_measured_ttft_tpot_match_configured_delays(maker):
     cfg = StaticConfig((1, 2), (32,), (16,), epochs=3, seed=0)
-    with MockOpenAI(MockConfig(ttft_s=0.050, itl_s=0.010)) as srv:
-        rows, records = _run(srv, maker, cfg)
-    assert [r["num_requests"] for r in rows] == [3, 6]
-    for row in rows:
-        assert row["failures"] == 0 and row["completed"] == row["num_requests"]
-        assert row["output_tokens_source"] == "usage" and row["output_len_mismatch"] == 0
-        assert row["total_output_tokens"] == 16 * row["num_requests"]
-        assert row["too_few_for_p99"] is True
-    assert len(records) == 9 and all(len(r["itl"]) == 15 for r in records)
-
-    # What the server really did (same clock: the mock runs in this process).
-    streams = srv.counters.streams
-    server_ttft = statistics.median(w[0] - a for a, w in streams) * 1000
-    server_tpot = statistics.median((w[-1] - w[0]) / (len(w) - 1) for _, w in streams) * 1000
-    client_ttft = statistics.median(r["ttft"] for r in records) * 1000
-    client_tpot = statistics.median(
-        (r["latency"] - r["ttft"]) / (r["output_tokens"] - 1) for r in records) * 1000
-    # 1. the client measures what the server did, within 2 ms (loopback transport)
-    assert abs(client_ttft - server_ttft) < 2.0, (client_ttft, server_ttft)
-    assert abs(client_tpot - server_tpot) < 2.0, (client_tpot, server_tpot)
-    # 2. ... which is the configured delays within 2 ms, plus however late an overloaded
-    #    machine made the mock's own sleeps (zero at low load)
-    late_ttft = max(0.0, server_ttft - 50.0)
-    late_tpot = max(0.0, server_tpot - 10.0)
-    for row in rows:
-        assert abs(row["median_ttft_ms"] - 50.0) < 2.0 + late_ttft, row["median_ttft_ms"]
-        assert abs(row["median_tpot_ms"] - 10.0) < 2.0 + late_tpot, row["median_tpot_ms"]
-        assert abs(row["median_itl_ms"] - 10.0) < 2.0 + late_tpot, row["median_itl_ms"]
+    # Timing noise only ever adds delay, and other processes on a small machine cause it:
+    # a run that misses by more than 2 ms is retried (up to 3 runs) before failing.
+    for _ in range(3):
+        with MockOpenAI(MockConfig(ttft_s=0.050, itl_s=0.010)) as srv:
+            rows, records = _run(srv, maker, cfg)
+        assert [r["num_requests"] for r in rows] == [3, 6]
+        for row in rows:
+            assert row["failures"] == 0 and row["completed"] == row["num_requests"]
+            assert row["output_tokens_source"] == "usage" and row["output_len_mismatch"] == 0
+            assert row["total_output_tokens"] == 16 * row["num_requests"]
+            assert row["too_few_for_p99"] is True
+        assert len(records) == 9 and all(len(r["itl"]) == 15 for r in records)
+        errors = _timing_errors(rows, records, srv.counters.streams)
+        if not errors:
+            break
+    assert not errors, errors
 
     # the request body asks for exactly output_len tokens, with usage in the stream
     body = srv.counters.bodies[0]
@@ -87,7 +111,8 @@ def test_concurrency_is_respected(maker):
     assert rows[0]["duration_s"] < 0.3
     assert rows[0]["request_throughput"] > 16 / 0.3
     starts = sorted(r["start_time"] for r in records)
-    assert starts[3] - starts[0] < 0.01 < starts[4] - starts[0]  # rounds of 4
+    # rounds of 4: each round starts together, the next when the last one ends (~30 ms)
+    assert starts[3] - starts[0] < 0.015 and starts[4] - starts[3] > 0.02
 
 
 def test_ten_percent_errors_are_counted_not_raised(maker):
@@ -123,79 +148,164 @@ def test_without_usage_tokens_are_counted_from_chunks(maker):
     assert all(r["output_tokens"] == 5 and r["server_prompt_tokens"] is None for r in records)
 
 
-def test_wait_ready_polls_state_and_health(tmp_path):
-    path = tmp_path / "endpoint.json"
+def test_cli_waits_for_the_service_to_be_ready(tmp_path, tokenizer_dir, bench_cli, capsys):
+    out = tmp_path / "o.csv"
+    argv = [
+        "static",
+        "--endpoint",
+        str(tmp_path / "endpoint.json"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--concurrency",
+        "1",
+        "--input-len",
+        "8",
+        "--output-len",
+        "2",
+        "--epochs",
+        "1",
+        "--output",
+        str(out),
+        "--records",
+        str(tmp_path / "r.jsonl"),
+    ]
     with MockOpenAI(MockConfig(healthy=False)) as srv:
-        srv.write_endpoint(path, state="starting")
-        with pytest.raises(UserError, match="state is 'starting'"):
-            wait_ready(path, timeout_s=0.3, poll_s=0.05)
-        srv.write_endpoint(path, state="ready")
-        with pytest.raises(UserError, match="/health"):
-            wait_ready(path, timeout_s=0.3, poll_s=0.05)
+        srv.write_endpoint(tmp_path / "endpoint.json", state="starting")
+        assert bench_cli(argv + ["--ready-timeout", "0.3"]) == 2
+        assert "not ready" in capsys.readouterr().err and not out.exists()
+        srv.write_endpoint(tmp_path / "endpoint.json", state="ready")
+        assert bench_cli(argv + ["--ready-timeout", "0.3"]) == 2  # /health still 503
         srv.config.healthy = True
-        srv.write_endpoint(path, state="starting")
-        timer = threading.Timer(0.3, srv.write_endpoint, args=(path,), kwargs={"state": "ready"})
+        srv.write_endpoint(tmp_path / "endpoint.json", state="starting")
+        timer = threading.Timer(
+            0.3, srv.write_endpoint, args=(tmp_path / "endpoint.json",), kwargs={"state": "ready"}
+        )
         timer.start()
         t = time.monotonic()
-        info = wait_ready(path, timeout_s=5, poll_s=0.05)
-        assert 0.25 < time.monotonic() - t < 3
-        assert info["model"] == "mock-model" and info["base_url"] == srv.base_url
-    with pytest.raises(UserError, match="no endpoint file"):
-        wait_ready(tmp_path / "missing.json", timeout_s=0.1, poll_s=0.05)
+        assert bench_cli(argv + ["--ready-timeout", "10"]) == 0
+        assert time.monotonic() - t > 0.25
+    assert next(csv.DictReader(out.open()))["successes"] == "1"
 
 
-def test_cli_static_end_to_end_never_leaks_the_key(tmp_path, tokenizer_dir, bench_cli,
-                                                   monkeypatch, capsys):
+def test_cli_static_end_to_end_never_leaks_the_key(
+    tmp_path, tokenizer_dir, bench_cli, monkeypatch, capsys
+):
     key = "sk-very-secret-key-123"
     monkeypatch.setenv("BENCH_TEST_KEY", key)
     out, rec = tmp_path / "static.csv", tmp_path / "records.jsonl"
     with MockOpenAI(MockConfig(ttft_s=0.005, itl_s=0.002, api_key=key)) as srv:
         ep = srv.write_endpoint(tmp_path / "endpoint.json")
-        rc = bench_cli(["static", "--endpoint", str(ep), "--tokenizer", str(tokenizer_dir),
-                        "--concurrency", "1,2", "--input-len", "16,32", "--output-len", "4,8",
-                        "--epochs", "2", "--seed", "0", "--output", str(out),
-                        "--records", str(rec), "--api-key-env", "BENCH_TEST_KEY",
-                        "--ready-timeout", "5", "--slo-ttft-ms", "1000",
-                        "--slo-tpot-ms", "100"])
+        rc = bench_cli(
+            [
+                "static",
+                "--endpoint",
+                str(ep),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--concurrency",
+                "1,2",
+                "--input-len",
+                "16,32",
+                "--output-len",
+                "4,8",
+                "--epochs",
+                "2",
+                "--seed",
+                "0",
+                "--output",
+                str(out),
+                "--records",
+                str(rec),
+                "--api-key-env",
+                "BENCH_TEST_KEY",
+                "--ready-timeout",
+                "5",
+                "--slo-ttft-ms",
+                "1000",
+                "--slo-tpot-ms",
+                "100",
+            ]
+        )
     assert rc == 0
     rows = list(csv.DictReader(out.open()))
     assert [(r["concurrency"], r["input_len"], r["output_len"]) for r in rows] == [
-        ("1", "16", "4"), ("2", "16", "4"), ("1", "32", "8"), ("2", "32", "8")]
+        ("1", "16", "4"),
+        ("2", "16", "4"),
+        ("1", "32", "8"),
+        ("2", "32", "8"),
+    ]
     assert all(r["failures"] == "0" and r["model"] == "mock-model" for r in rows)
     assert all(float(r["slo_attainment"]) == 1.0 for r in rows)
     assert len(rec.read_text().splitlines()) == 2 * (1 + 2) * 2
     prov = tmp_path / "static.csv.provenance.json"
     assert json.loads(prov.read_text())["command"] == "bench static"
     captured = capsys.readouterr()
-    for text in (out.read_text(), rec.read_text(), prov.read_text(),
-                 (tmp_path / "records.jsonl.provenance.json").read_text(),
-                 captured.out, captured.err):
+    for text in (
+        out.read_text(),
+        rec.read_text(),
+        prov.read_text(),
+        (tmp_path / "records.jsonl.provenance.json").read_text(),
+        captured.out,
+        captured.err,
+    ):
         assert key not in text
     # a wrong key is recorded as failures, not raised
     monkeypatch.setenv("BENCH_TEST_KEY", "wrong")
     with MockOpenAI(MockConfig(api_key=key)) as srv:
         ep = srv.write_endpoint(tmp_path / "endpoint.json")
-        rc = bench_cli(["static", "--endpoint", str(ep), "--tokenizer", str(tokenizer_dir),
-                        "--concurrency", "2", "--input-len", "8", "--output-len", "2",
-                        "--epochs", "1", "--output", str(out), "--records", str(rec),
-                        "--api-key-env", "BENCH_TEST_KEY"])
+        rc = bench_cli(
+            [
+                "static",
+                "--endpoint",
+                str(ep),
+                "--tokenizer",
+                str(tokenizer_dir),
+                "--concurrency",
+                "2",
+                "--input-len",
+                "8",
+                "--output-len",
+                "2",
+                "--epochs",
+                "1",
+                "--output",
+                str(out),
+                "--records",
+                str(rec),
+                "--api-key-env",
+                "BENCH_TEST_KEY",
+            ]
+        )
     assert rc == 0
     row = next(csv.DictReader(out.open()))
     assert row["failures"] == "2" and row["first_error"].startswith("HTTP 401")
 
 
 def test_cli_errors_are_one_line(tmp_path, tokenizer_dir, bench_cli, capsys, monkeypatch):
-    base = ["static", "--endpoint", str(tmp_path / "e.json"), "--tokenizer",
-            str(tokenizer_dir), "--concurrency", "1", "--output", str(tmp_path / "o.csv"),
-            "--records", str(tmp_path / "r.jsonl")]
+    base = [
+        "static",
+        "--endpoint",
+        str(tmp_path / "e.json"),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--concurrency",
+        "1",
+        "--output",
+        str(tmp_path / "o.csv"),
+        "--records",
+        str(tmp_path / "r.jsonl"),
+    ]
     assert bench_cli(base + ["--input-len", "32,64", "--output-len", "16"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--output-len" in err and "equally many" in err
     monkeypatch.delenv("NOPE_KEY", raising=False)
-    assert bench_cli(base + ["--input-len", "8", "--output-len", "2",
-                             "--api-key-env", "NOPE_KEY"]) == 2
+    assert (
+        bench_cli(base + ["--input-len", "8", "--output-len", "2", "--api-key-env", "NOPE_KEY"])
+        == 2
+    )
     assert "NOPE_KEY is not set" in capsys.readouterr().err
-    assert bench_cli(base + ["--input-len", "8", "--output-len", "2",
-                             "--ready-timeout", "0.1"]) == 2
+    assert (
+        bench_cli(base + ["--input-len", "8", "--output-len", "2", "--ready-timeout", "0.1"]) == 2
+    )
     assert "not ready" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()

@@ -80,11 +80,14 @@ def test_unequal_length_lists_are_a_clear_error():
         StaticConfig((1,), (32, 64), (16,))
 
 
-@pytest.mark.parametrize("kw,flag", [
-    (dict(concurrency=(0,)), "--concurrency"),
-    (dict(epochs=0), "--epochs"),
-    (dict(prefix_len=32), "--prefix-len"),
-])
+@pytest.mark.parametrize(
+    "kw,flag",
+    [
+        (dict(concurrency=(0,)), "--concurrency"),
+        (dict(epochs=0), "--epochs"),
+        (dict(prefix_len=32), "--prefix-len"),
+    ],
+)
 def test_config_rejects_bad_values(kw, flag):
     base = dict(concurrency=(1,), input_lens=(32,), output_lens=(16,))
     with pytest.raises(UserError, match=flag):
@@ -105,17 +108,27 @@ def test_cells_are_pairs_times_concurrency():
 
 def test_csv_columns_config_then_metrics_then_validity():
     cfg = StaticConfig((2,), (32,), (4,), epochs=1)
-    recs = [RequestRecord(prompt_len=32, output_len=4, success=True, ttft=0.1,
-                          itl=[0.01] * 3, latency=0.13, output_tokens=4,
-                          output_tokens_source="usage", server_prompt_tokens=32),
-            RequestRecord(prompt_len=32, output_len=4, error="HTTP 500:\nboom")]
+    recs = [
+        RequestRecord(
+            prompt_len=32,
+            output_len=4,
+            success=True,
+            ttft=0.1,
+            itl=[0.01] * 3,
+            latency=0.13,
+            output_tokens=4,
+            output_tokens_source="usage",
+            server_prompt_tokens=32,
+        ),
+        RequestRecord(prompt_len=32, output_len=4, error="HTTP 500:\nboom"),
+    ]
     row = cell_row(cfg, Cell(2, 32, 4), "m", recs, 1.0, None)
     buf = io.StringIO()
     write_csv([row], buf)
     rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
     header = list(rows[0].keys())
     assert tuple(header[: len(CONFIG_COLUMNS)]) == CONFIG_COLUMNS
-    assert tuple(header[-len(VALIDITY_COLUMNS):]) == VALIDITY_COLUMNS
+    assert tuple(header[-len(VALIDITY_COLUMNS) :]) == VALIDITY_COLUMNS
     assert header.index("p90_ttft_ms") > header.index("prefix_len")
     r = rows[0]
     assert (r["concurrency"], r["num_requests"], r["model"]) == ("2", "2", "m")

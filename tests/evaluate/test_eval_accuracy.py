@@ -26,15 +26,19 @@ def test_exact_match_after_strip():
     assert not is_correct("abc", "ABC")
 
 
-@pytest.mark.parametrize("bad,message", [
-    ('{"instruction": "x", "output": "y"', "line 2: not valid JSON"),
-    ('["x"]', "line 2: expected a JSON object, got list"),
-    ('{"instruction": "x"}', "line 2: missing 'output'"),
-    ('{"instruction": "x", "input": 3, "output": "y"}', "line 2: 'input' must be a string"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ('{"instruction": "x", "output": "y"', "line 2: not valid JSON"),
+        ('["x"]', "line 2: expected a JSON object, got list"),
+        ('{"instruction": "x"}', "line 2: missing 'output'"),
+        ('{"instruction": "x", "input": 3, "output": "y"}', "line 2: 'input' must be a string"),
+    ],
+)
 def test_malformed_line_names_file_and_line(tmp_path, bad, message):
-    p = write_jsonl(tmp_path / "heldout.jsonl",
-                    [{"instruction": "a", "input": "", "output": "b"}, bad])
+    p = write_jsonl(
+        tmp_path / "heldout.jsonl", [{"instruction": "a", "input": "", "output": "b"}, bad]
+    )
     with pytest.raises(UserError) as ei:
         load_alpaca(p)
     text = str(ei.value)
@@ -42,8 +46,14 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, message):
 
 
 def test_blank_lines_skipped_and_empty_file_rejected(tmp_path):
-    p = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}, "",
-                                           {"instruction": "c", "input": None, "output": "d"}])
+    p = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"instruction": "a", "output": "b"},
+            "",
+            {"instruction": "c", "input": None, "output": "d"},
+        ],
+    )
     exs = load_alpaca(p)
     assert [(e.line, e.prompt, e.output) for e in exs] == [(1, "a", "b"), (3, "c", "d")]
     (tmp_path / "e.jsonl").write_text("\n")
@@ -53,11 +63,20 @@ def test_blank_lines_skipped_and_empty_file_rejected(tmp_path):
 
 def test_score_counts_failures_as_wrong():
     exs = [Example(i + 1, "q", "", out) for i, out in enumerate(["A", "B", "C", "D"])]
-    answers = [Answer(" A ", True), Answer("b", True), Answer("", False, "HTTP 500: x"),
-               Answer("D", True)]
+    answers = [
+        Answer(" A ", True),
+        Answer("b", True),
+        Answer("", False, "HTTP 500: x"),
+        Answer("D", True),
+    ]
     res, recs = score(exs, answers, "m")
-    assert res.as_dict() == {"accuracy": 0.5, "n": 4, "correct": 2, "failed_requests": 1,
-                             "model": "m"}
+    assert res.as_dict() == {
+        "accuracy": 0.5,
+        "n": 4,
+        "correct": 2,
+        "failed_requests": 1,
+        "model": "m",
+    }
     assert [r["correct"] for r in recs] == [True, False, False, True]
     assert recs[2]["error"] == "HTTP 500: x" and recs[0]["line"] == 1
 
@@ -66,8 +85,10 @@ def test_eval_against_mock_service(tmp_path, eval_cli, capsys):
     pytest.importorskip("aiohttp")
     from mock_openai import MockConfig, MockOpenAI
 
-    rows = [{"instruction": "Uppercase the word.", "input": w, "output": w.upper()}
-            for w in ("cat", "dog", "bird", "fish", "cow", "ant")]
+    rows = [
+        {"instruction": "Uppercase the word.", "input": w, "output": w.upper()}
+        for w in ("cat", "dog", "bird", "fish", "cow", "ant")
+    ]
     data = write_jsonl(tmp_path / "heldout.jsonl", rows)
 
     def answer(prompt: str) -> str:  # right for all but "cow", with stray whitespace
@@ -77,14 +98,35 @@ def test_eval_against_mock_service(tmp_path, eval_cli, capsys):
     out, rec = tmp_path / "accuracy.json", tmp_path / "answers.jsonl"
     with MockOpenAI(MockConfig(chat_answer=answer)) as srv:
         ep = srv.write_endpoint(tmp_path / "endpoint.json")
-        rc = eval_cli(["accuracy", "--endpoint", str(ep), "--data", str(data), "--output",
-                       str(out), "--records", str(rec), "--max-tokens", "8",
-                       "--concurrency", "3", "--ready-timeout", "5"])
+        rc = eval_cli(
+            [
+                "accuracy",
+                "--endpoint",
+                str(ep),
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--records",
+                str(rec),
+                "--max-tokens",
+                "8",
+                "--concurrency",
+                "3",
+                "--ready-timeout",
+                "5",
+            ]
+        )
         bodies = srv.counters.bodies
     assert rc == 0
     result = json.loads(out.read_text())
-    assert result == {"accuracy": pytest.approx(5 / 6), "n": 6, "correct": 5,
-                      "failed_requests": 0, "model": "mock-model"}
+    assert result == {
+        "accuracy": pytest.approx(5 / 6),
+        "n": 6,
+        "correct": 5,
+        "failed_requests": 0,
+        "model": "mock-model",
+    }
     assert all(b["temperature"] == 0 and b["max_tokens"] == 8 for b in bodies)
     assert bodies[0]["messages"] == [{"role": "user", "content": "Uppercase the word.\ncat"}]
     lines = [json.loads(x) for x in rec.read_text().splitlines()]
@@ -97,13 +139,28 @@ def test_eval_counts_failed_requests(tmp_path, eval_cli):
     pytest.importorskip("aiohttp")
     from mock_openai import MockConfig, MockOpenAI
 
-    data = write_jsonl(tmp_path / "d.jsonl",
-                       [{"instruction": f"q{i}", "input": "", "output": "42"} for i in range(20)])
+    data = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"instruction": f"q{i}", "input": "", "output": "42"} for i in range(20)],
+    )
     out = tmp_path / "r.json"
     with MockOpenAI(MockConfig(chat_answer="42", error_rate=0.25, seed=4)) as srv:
         ep = srv.write_endpoint(tmp_path / "endpoint.json")
-        rc = eval_cli(["accuracy", "--endpoint", str(ep), "--data", str(data), "--output",
-                       str(out), "--records", str(tmp_path / "a.jsonl"), "--concurrency", "4"])
+        rc = eval_cli(
+            [
+                "accuracy",
+                "--endpoint",
+                str(ep),
+                "--data",
+                str(data),
+                "--output",
+                str(out),
+                "--records",
+                str(tmp_path / "a.jsonl"),
+                "--concurrency",
+                "4",
+            ]
+        )
         errors = srv.counters.errors
     assert rc == 0 and errors > 0
     result = json.loads(out.read_text())
@@ -112,10 +169,20 @@ def test_eval_counts_failed_requests(tmp_path, eval_cli):
 
 
 def test_eval_malformed_data_is_one_line_error(tmp_path, eval_cli, capsys):
-    data = write_jsonl(tmp_path / "heldout.jsonl",
-                       [{"instruction": "a", "output": "b"}, "{oops"])
-    rc = eval_cli(["accuracy", "--endpoint", str(tmp_path / "none.json"), "--data", str(data),
-                   "--output", str(tmp_path / "r.json"), "--records", str(tmp_path / "a.jsonl")])
+    data = write_jsonl(tmp_path / "heldout.jsonl", [{"instruction": "a", "output": "b"}, "{oops"])
+    rc = eval_cli(
+        [
+            "accuracy",
+            "--endpoint",
+            str(tmp_path / "none.json"),
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "r.json"),
+            "--records",
+            str(tmp_path / "a.jsonl"),
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("llmbuild eval accuracy: error: ")

@@ -11,9 +11,21 @@ from llmbuild.plot.data import bench_series, parse_labels, read_bench_csv, read_
 
 pytestmark = pytest.mark.unit
 
-COLUMNS = ["concurrency", "input_len", "output_len", "epochs", "num_requests", "model",
-           "request_throughput", "slo_attainment", "output_throughput",
-           "total_token_throughput", "p90_ttft_ms", "p90_tpot_ms", "failures"]
+COLUMNS = [
+    "concurrency",
+    "input_len",
+    "output_len",
+    "epochs",
+    "num_requests",
+    "model",
+    "request_throughput",
+    "slo_attainment",
+    "output_throughput",
+    "total_token_throughput",
+    "p90_ttft_ms",
+    "p90_tpot_ms",
+    "failures",
+]
 
 
 def write_bench_csv(path, scale=1.0, pairs=((32, 16),), fail_at=None, slo=True):
@@ -22,14 +34,23 @@ def write_bench_csv(path, scale=1.0, pairs=((32, 16),), fail_at=None, slo=True):
         w.writeheader()
         for i, o in pairs:
             for c in (8, 1, 2, 4, 16):  # unsorted on purpose
-                w.writerow({"concurrency": c, "input_len": i, "output_len": o, "epochs": 2,
-                            "num_requests": 2 * c, "model": "m",
-                            "request_throughput": 2.0 * c / scale,
-                            "slo_attainment": (1.0 if c < 8 else 0.5) if slo else "nan",
-                            "output_throughput": 30.0 * c / scale,
-                            "total_token_throughput": 90.0 * c / scale,
-                            "p90_ttft_ms": 40.0 * c * scale, "p90_tpot_ms": 5.0 + c * scale,
-                            "failures": 1 if c == fail_at else 0})
+                w.writerow(
+                    {
+                        "concurrency": c,
+                        "input_len": i,
+                        "output_len": o,
+                        "epochs": 2,
+                        "num_requests": 2 * c,
+                        "model": "m",
+                        "request_throughput": 2.0 * c / scale,
+                        "slo_attainment": (1.0 if c < 8 else 0.5) if slo else "nan",
+                        "output_throughput": 30.0 * c / scale,
+                        "total_token_throughput": 90.0 * c / scale,
+                        "p90_ttft_ms": 40.0 * c * scale,
+                        "p90_tpot_ms": 5.0 + c * scale,
+                        "failures": 1 if c == fail_at else 0,
+                    }
+                )
     return path
 
 
@@ -39,10 +60,20 @@ def write_log(path, phases=("pretrain",), bad_line=None):
     for ph in phases:
         for k in range(20):
             step += 1
-            lines.append(json.dumps({"step": step, "loss": 6.0 / (1 + 0.2 * step), "lr": 1e-3,
-                                     "grad_norm": 1.0, "tokens": 512 * step,
-                                     "elapsed": 0.1 * step, "tokens_per_s": 5000 + 10 * k,
-                                     "phase": ph}))
+            lines.append(
+                json.dumps(
+                    {
+                        "step": step,
+                        "loss": 6.0 / (1 + 0.2 * step),
+                        "lr": 1e-3,
+                        "grad_norm": 1.0,
+                        "tokens": 512 * step,
+                        "elapsed": 0.1 * step,
+                        "tokens_per_s": 5000 + 10 * k,
+                        "phase": ph,
+                    }
+                )
+            )
     if bad_line is not None:
         lines.insert(bad_line - 1, bad_line_text := '{"step": 3, "loss": "abc"}')
         assert bad_line_text
@@ -86,6 +117,7 @@ def test_train_log_phases_and_malformed_line(tmp_path):
 
 # --- figures (plot env) -------------------------------------------------------------------
 
+
 def plot_cli(argv):
     import argparse
 
@@ -124,8 +156,22 @@ def test_plot_bench_cli_writes_png(tmp_path, capsys):
     a = write_bench_csv(tmp_path / "a.csv")
     b = write_bench_csv(tmp_path / "b.csv", scale=1.5, fail_at=16, slo=False)
     out = tmp_path / "bench.png"
-    rc = plot_cli(["bench", "--csv", str(a), str(b), "--labels", "base,w8a8",
-                   "--slo-ttft-ms", "500", "--slo-tpot-ms", "12", "--output", str(out)])
+    rc = plot_cli(
+        [
+            "bench",
+            "--csv",
+            str(a),
+            str(b),
+            "--labels",
+            "base,w8a8",
+            "--slo-ttft-ms",
+            "500",
+            "--slo-tpot-ms",
+            "12",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
@@ -134,8 +180,7 @@ def test_plot_bench_cli_writes_png(tmp_path, capsys):
     h, w = matplotlib.image.imread(str(out)).shape[:2]
     assert (w, h) == (1320, 935)
     assert (tmp_path / "bench.png.provenance.json").exists()
-    assert plot_cli(["bench", "--csv", str(a), str(b), "--labels", "x",
-                     "--output", str(out)]) == 2
+    assert plot_cli(["bench", "--csv", str(a), str(b), "--labels", "x", "--output", str(out)]) == 2
     assert "--labels" in capsys.readouterr().err
 
 
@@ -150,5 +195,8 @@ def test_plot_loss_cli_writes_png(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     fig = loss_figure(read_train_log(a, "pre") + read_train_log(b, "other"))
     assert [line.get_label() for line in fig.axes[0].lines] == [
-        "pre pretrain", "pre sft", "other pretrain"]
+        "pre pretrain",
+        "pre sft",
+        "other pretrain",
+    ]
     assert plot_cli(["loss", "--log", str(a), "--output", str(tmp_path / "x.svg")]) == 2

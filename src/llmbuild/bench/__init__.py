@@ -1,0 +1,1 @@
+"""Benchmark clients for an OpenAI-compatible service: records, metrics, static runs."""

@@ -1,0 +1,233 @@
+"""Static benchmark: concurrency list x (input_len, output_len) pairs x epochs.
+
+The seeds' ``benchmark_parallel.py`` shape: for each (input, output) pair and each concurrency
+c, ``epochs`` rounds of c simultaneous requests (a round starts when the previous one has
+finished), each with its own random prompt of exactly ``input_len`` tokens and
+``ignore_eos`` so it generates exactly ``output_len`` tokens. One CSV row per cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from llmbuild.bench.client import Endpoint, make_session, run_concurrent, stream_completion
+from llmbuild.bench.metrics import P99_MIN_SAMPLES, SLO, compute_metrics
+from llmbuild.bench.prompts import PromptMaker
+from llmbuild.bench.records import RequestRecord, RequestSpec
+from llmbuild.errors import UserError
+
+CONFIG_COLUMNS = (
+    "concurrency",
+    "input_len",
+    "output_len",
+    "epochs",
+    "num_requests",
+    "model",
+    "prefix_len",
+)
+VALIDITY_COLUMNS = (
+    "successes",
+    "failures",
+    "first_error",
+    "too_few_for_p99",
+    "output_len_mismatch",
+    "prompt_len_mismatch",
+    "output_tokens_source",
+)
+_PREFIX_STREAM = 0x5EED
+
+
+def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
+    """``"1,2,4"`` (or space separated) -> (1, 2, 4); a clear error names the flag."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"expected comma-separated integers, got {text!r}", field=flag) from None
+    if not values:
+        raise UserError("needs at least one value", field=flag)
+    return values
+
+
+@dataclass(frozen=True)
+class Cell:
+    concurrency: int
+    input_len: int
+    output_len: int
+
+
+@dataclass(frozen=True)
+class StaticConfig:
+    concurrency: tuple[int, ...]
+    input_lens: tuple[int, ...]
+    output_lens: tuple[int, ...]
+    epochs: int = 1
+    seed: int = 0
+    prefix_len: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.input_lens) != len(self.output_lens):
+            raise UserError(
+                f"--input-len has {len(self.input_lens)} values and --output-len has "
+                f"{len(self.output_lens)}; they pair up one to one, so give equally many",
+                field="--output-len",
+            )
+        for flag, values in (
+            ("--concurrency", self.concurrency),
+            ("--input-len", self.input_lens),
+            ("--output-len", self.output_lens),
+        ):
+            if not values or any(v < 1 for v in values):
+                raise UserError(f"values must be >= 1, got {list(values)}", field=flag)
+        if self.epochs < 1:
+            raise UserError(f"must be >= 1, got {self.epochs}", field="--epochs")
+        if self.prefix_len < 0 or any(self.prefix_len >= n for n in self.input_lens):
+            raise UserError(
+                f"must be >= 0 and below every input length, got {self.prefix_len}",
+                field="--prefix-len",
+            )
+
+    def cells(self) -> list[Cell]:
+        return [
+            Cell(c, i, o)
+            for i, o in zip(self.input_lens, self.output_lens, strict=True)
+            for c in self.concurrency
+        ]
+
+
+def build_requests(cfg: StaticConfig, cell: Cell, maker: PromptMaker) -> list[list[RequestSpec]]:
+    """``epochs`` rounds of ``concurrency`` specs; prompts depend only on seed and cell, and
+    every request has its own prompt (no accidental prefix-cache hits across requests)."""
+    prefix = maker.prefix(cfg.prefix_len, np.random.default_rng([cfg.seed, _PREFIX_STREAM]))
+    rng = np.random.default_rng([cfg.seed, cell.input_len, cell.output_len, cell.concurrency])
+    rounds = []
+    for e in range(cfg.epochs):
+        rounds.append(
+            [
+                RequestSpec(
+                    prompt=maker.make(cell.input_len, rng, prefix),
+                    prompt_len=cell.input_len,
+                    output_len=cell.output_len,
+                    request_id=f"c{cell.concurrency}-i{cell.input_len}-o{cell.output_len}-e{e}-{k}",
+                )
+                for k in range(cell.concurrency)
+            ]
+        )
+    return rounds
+
+
+def validity(records: Sequence[RequestRecord]) -> dict[str, Any]:
+    ok = [r for r in records if r.success]
+    failed = [r for r in records if not r.success]
+    sources = sorted({r.output_tokens_source for r in ok})
+    return {
+        "successes": len(ok),
+        "failures": len(failed),
+        "first_error": " ".join(failed[0].error.split()) if failed else "",
+        "too_few_for_p99": len(ok) < P99_MIN_SAMPLES,
+        "output_len_mismatch": sum(1 for r in ok if r.output_tokens != r.output_len),
+        "prompt_len_mismatch": sum(
+            1
+            for r in ok
+            if r.server_prompt_tokens is not None and r.server_prompt_tokens != r.prompt_len
+        ),
+        "output_tokens_source": sources[0] if len(sources) == 1 else "+".join(sources),
+    }
+
+
+def cell_row(
+    cfg: StaticConfig,
+    cell: Cell,
+    model: str,
+    records: Sequence[RequestRecord],
+    duration_s: float,
+    slo: SLO | None,
+) -> dict[str, Any]:
+    """One CSV row: config columns, then vLLM-named metrics, then validity columns."""
+    row: dict[str, Any] = {
+        "concurrency": cell.concurrency,
+        "input_len": cell.input_len,
+        "output_len": cell.output_len,
+        "epochs": cfg.epochs,
+        "num_requests": cfg.epochs * cell.concurrency,
+        "model": model,
+        "prefix_len": cfg.prefix_len,
+    }
+    row.update(compute_metrics(records, duration_s, slo))
+    row.update(validity(records))
+    return row
+
+
+async def run_cell(
+    endpoint: Endpoint,
+    rounds: list[list[RequestSpec]],
+    concurrency: int,
+    timeout_s: float,
+    on_request: Callable[[int], None] | None = None,
+) -> tuple[list[RequestRecord], float]:
+    """Send the rounds one after another; returns the records and the cell's wall time."""
+    records: list[RequestRecord] = []
+    async with make_session(concurrency, timeout_s) as session:
+        t0 = time.perf_counter()
+        for specs in rounds:
+            base = len(records)
+
+            def done(n: int, base: int = base) -> None:
+                if on_request is not None:
+                    on_request(base + n)
+
+            records += await run_concurrent(
+                specs, concurrency, lambda s: stream_completion(session, endpoint, s, t0), done
+            )
+        duration = time.perf_counter() - t0
+    return records, duration
+
+
+def run_static(
+    endpoint: Endpoint,
+    cfg: StaticConfig,
+    maker: PromptMaker,
+    slo: SLO | None = None,
+    timeout_s: float = 600.0,
+    records_out: IO[str] | None = None,
+    on_request: Callable[[Cell, int], None] | None = None,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every cell; rows for the CSV, and one JSON line per request to ``records_out``."""
+    rows = []
+    for cell in cfg.cells():
+        rounds = build_requests(cfg, cell, maker)
+        cb = (lambda n, cell=cell: on_request(cell, n)) if on_request else None
+        records, duration = asyncio.run(run_cell(endpoint, rounds, cell.concurrency, timeout_s, cb))
+        if records_out is not None:
+            for k, rec in enumerate(records):
+                line = {
+                    "concurrency": cell.concurrency,
+                    "input_len": cell.input_len,
+                    "output_len": cell.output_len,
+                    "epoch": k // cell.concurrency,
+                    **rec.as_dict(),
+                }
+                records_out.write(json.dumps(line) + "\n")
+        row = cell_row(cfg, cell, endpoint.model, records, duration, slo)
+        rows.append(row)
+        if on_cell is not None:
+            on_cell(row)
+    return rows
+
+
+def write_csv(rows: Sequence[dict[str, Any]], fh: IO[str]) -> None:
+    if not rows:
+        return
+    writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)

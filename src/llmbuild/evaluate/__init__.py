@@ -1,0 +1,1 @@
+"""Task accuracy of a served model, through its OpenAI-compatible API."""

@@ -1,0 +1,1 @@
+"""Plots: the seeds' p90 TTFT/TPOT picture with SLO thresholds, throughput, loss curves."""
