@@ -3,11 +3,11 @@ PYTHON ?= python3
 CORES ?= 2
 VENV := .venv
 SNAKEMAKE := $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
-STACKS := train quantize serve-cpu bench plot
-# Each stack's tests run in that stack's environment.
+STACKS := train quantize bench plot
+# Each stack's tests run in that stack's environment (the serve tests run in the driver and
+# start vLLM from .envs/serve-cpu, so the serving stack carries no test tools).
 TESTS_train := tests/data tests/model tests/convert tests/train
 TESTS_quantize := tests/quant
-TESTS_serve-cpu := tests/serve
 TESTS_bench := tests/bench tests/evaluate
 TESTS_plot := tests/plot
 
@@ -41,7 +41,7 @@ lint: setup
 # unit + workflow tests in the driver, then each stack's tests in its own environment, then
 # the whole graph end to end on the embedded default.
 test: envs lint
-	$(VENV)/bin/python -m pytest -q tests/unit tests/workflow
+	$(VENV)/bin/python -m pytest -q -m "not gpu" tests/unit tests/workflow tests/serve
 	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q -m "not gpu" $(TESTS_$(s)) && ) true
 	$(VENV)/bin/python -m pytest -q -m e2e tests/e2e
 
