@@ -14,8 +14,14 @@ import yaml
 
 SCHEMES = ["fp16_bf16", "w4a16", "w8a8", "w8a16", "kv_cache_int8"]
 # Architecture families by catalog name, so the graph can tell what a conversion needs.
-FAMILY = [(r"^llama", "llama"), (r"^yi-", "llama"), (r"^qwen2", "qwen2"), (r"^qwen1\.5", "qwen2"),
-          (r"^mistral", "mistral"), (r"^mixtral", "mixtral")]
+FAMILY = [
+    (r"^llama", "llama"),
+    (r"^yi-", "llama"),
+    (r"^qwen2", "qwen2"),
+    (r"^qwen1\.5", "qwen2"),
+    (r"^mistral", "mistral"),
+    (r"^mixtral", "mixtral"),
+]
 
 
 def key(name: str) -> str:
@@ -32,10 +38,17 @@ def main(ref: Path, out: Path) -> None:
     with open(ref / "train_parallel.csv", newline="") as fh:
         for row in csv.DictReader(fh):
             m = models.setdefault(key(row["model"]), {})
-            m.setdefault("train", []).append({
-                "strategy": row["strategy"], "seq_len": int(row["seq_len"]),
-                "tp": int(row["tp"]), "pp": int(row["pp"]), "mbs": int(row["mbs"]),
-                "nodes": int(row["nodes"]), "npus_per_node": int(row["npus_per_node"])})
+            m.setdefault("train", []).append(
+                {
+                    "strategy": row["strategy"],
+                    "seq_len": int(row["seq_len"]),
+                    "tp": int(row["tp"]),
+                    "pp": int(row["pp"]),
+                    "mbs": int(row["mbs"]),
+                    "nodes": int(row["nodes"]),
+                    "npus_per_node": int(row["npus_per_node"]),
+                }
+            )
     for name, m in models.items():
         fam = next((f for pat, f in FAMILY if re.search(pat, name)), None)
         if fam:
@@ -44,15 +57,33 @@ def main(ref: Path, out: Path) -> None:
         "family": "llama",
         "quantization": {s: True for s in SCHEMES},
         "weights": "made locally by the graph (llmbuild model tiny)",
-        "train": [{"strategy": s, "seq_len": 512, "tp": 1, "pp": 1, "mbs": 16, "nodes": 1,
-                   "npus_per_node": 1} for s in ("full", "lora")],
+        "train": [
+            {
+                "strategy": s,
+                "seq_len": 512,
+                "tp": 1,
+                "pp": 1,
+                "mbs": 16,
+                "nodes": 1,
+                "npus_per_node": 1,
+            }
+            for s in ("full", "lora")
+        ],
     }
-    header = ("# The model catalog: recommended training layouts and quantization support per\n"
-              "# model, from the seeds' tables (shared/reference/*.csv) plus the tiny default.\n"
-              "# Regenerate with scripts/catalog_from_seeds.py; do not edit by hand.\n")
-    out.write_text(header + yaml.safe_dump({"models": dict(sorted(models.items()))},
-                                           sort_keys=False, width=100,
-                                           default_flow_style=None))
+    header = (
+        "# The model catalog: recommended training layouts and quantization support per\n"
+        "# model, from the seeds' tables (shared/reference/*.csv) plus the tiny default.\n"
+        "# Regenerate with scripts/catalog_from_seeds.py; do not edit by hand.\n"
+    )
+    out.write_text(
+        header
+        + yaml.safe_dump(
+            {"models": dict(sorted(models.items()))},
+            sort_keys=False,
+            width=100,
+            default_flow_style=None,
+        )
+    )
 
 
 if __name__ == "__main__":

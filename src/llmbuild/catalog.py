@@ -7,8 +7,14 @@ from typing import Any
 
 from llmbuild.errors import UserError
 
-SCHEME_COLUMN = {"w8a8": "w8a8", "w8a16": "w8a16", "w4a16": "w4a16",
-                 "kv_cache_int8": "kv_cache_int8", "fp16": "fp16_bf16", "bf16": "fp16_bf16"}
+SCHEME_COLUMN = {
+    "w8a8": "w8a8",
+    "w8a16": "w8a16",
+    "w4a16": "w4a16",
+    "kv_cache_int8": "kv_cache_int8",
+    "fp16": "fp16_bf16",
+    "bf16": "fp16_bf16",
+}
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -28,8 +34,9 @@ def supported_models(models: dict[str, Any], scheme: str) -> list[str]:
     return sorted(m for m in models if supports(models, m, scheme))
 
 
-def recommend(models: dict[str, Any], model: str, strategy: str = "full",
-              seq_len: int | None = None) -> dict[str, Any] | None:
+def recommend(
+    models: dict[str, Any], model: str, strategy: str = "full", seq_len: int | None = None
+) -> dict[str, Any] | None:
     """The seeds' recommended TP/PP/MBS/nodes for a model, or None when there is none."""
     rows = [r for r in models.get(model, {}).get("train", []) if r["strategy"] == strategy]
     if seq_len is not None:

@@ -16,12 +16,14 @@ def _show(args: argparse.Namespace) -> int:
 
     models = catalog.load(args.catalog)
     if args.model not in models:
-        raise UserError(f"unknown model {args.model!r}; known: {', '.join(sorted(models))}",
-                        path=args.catalog, field="models")
+        raise UserError(
+            f"unknown model {args.model!r}; known: {', '.join(sorted(models))}",
+            path=args.catalog,
+            field="models",
+        )
     entry = dict(models[args.model])
     if args.strategy:
-        entry["recommended"] = catalog.recommend(models, args.model, args.strategy,
-                                                 args.seq_len)
+        entry["recommended"] = catalog.recommend(models, args.model, args.strategy, args.seq_len)
     print(json.dumps(entry, indent=2))
     return 0
 
@@ -31,8 +33,11 @@ def _check(args: argparse.Namespace) -> int:
 
     models = catalog.load(args.catalog)
     if not catalog.supports(models, args.model, args.scheme):
-        raise UserError(f"model {args.model!r} does not support {args.scheme}",
-                        path=args.catalog, field=f"models.{args.model}.quantization")
+        raise UserError(
+            f"model {args.model!r} does not support {args.scheme}",
+            path=args.catalog,
+            field=f"models.{args.model}.quantization",
+        )
     print(f"{args.model}: {args.scheme} supported")
     return 0
 

@@ -9,8 +9,14 @@ import time
 class RateLog:
     """Call ``update(done, extra)``; prints at most every ``every`` seconds, and at ``close``."""
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "items",
-                 every: float = 5.0, stream=sys.stderr):
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        unit: str = "items",
+        every: float = 5.0,
+        stream=sys.stderr,
+    ):
         self.what, self.total, self.unit, self.every, self.stream = what, total, unit, every, stream
         self.start = self.last = time.monotonic()
         self.done = 0

@@ -35,8 +35,10 @@ def accuracy(variant):
 
 def test_accuracy_through_the_service(build):
     sft, base, w8a8 = accuracy("sft"), accuracy("base"), accuracy("sft-w8a8")
-    print(f"accuracy: base {base['accuracy']:.3f}, sft {sft['accuracy']:.3f}, "
-          f"sft-w8a8 {w8a8['accuracy']:.3f} on {sft['n']} held-out examples")
+    print(
+        f"accuracy: base {base['accuracy']:.3f}, sft {sft['accuracy']:.3f}, "
+        f"sft-w8a8 {w8a8['accuracy']:.3f} on {sft['n']} held-out examples"
+    )
     assert sft["n"] == base["n"] == w8a8["n"] == 200
     assert sft["accuracy"] >= 0.90
     assert base["accuracy"] <= 0.10
@@ -69,14 +71,27 @@ def test_training_logs_show_learning(build):
 
 
 def test_every_artifact_records_its_provenance(build):
-    dirs = ["base/hf", "shards/pretrain", "shards/sft", "base/mcore", "pretrain/mcore",
-            "sft/mcore", "sft/hf", "sft/quant/w8a8"]
+    dirs = [
+        "base/hf",
+        "shards/pretrain",
+        "shards/sft",
+        "base/mcore",
+        "pretrain/mcore",
+        "sft/mcore",
+        "sft/hf",
+        "sft/quant/w8a8",
+    ]
     for rel in dirs:
         rec = json.loads((MODEL / rel / "provenance.json").read_text())
         assert rec["command"] and rec["packages"] and rec["host"], rel
     hf = MODEL / "sft" / "hf"
-    for name in ("config.json", "generation_config.json", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ):
         assert (hf / name).is_file(), name
 
 

@@ -18,8 +18,12 @@ def test_alpaca_with_input_and_history(tmp_path):
     rec = {"instruction": "Do", "input": "x", "output": "y", "history": [["a", "b"]]}
     p = write(tmp_path, "a.jsonl", [json.dumps(rec)])
     (msgs,) = list(formats.read_instructions(p, "alpaca"))
-    assert msgs == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                    {"role": "user", "content": "Do\nx"}, {"role": "assistant", "content": "y"}]
+    assert msgs == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "Do\nx"},
+        {"role": "assistant", "content": "y"},
+    ]
 
 
 def test_malformed_line_names_file_and_line(tmp_path):
@@ -37,8 +41,13 @@ def test_missing_field_names_it(tmp_path):
 
 
 def test_sharegpt_and_openai(tmp_path):
-    sg = {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"},
-                            {"from": "gpt", "value": "a"}]}
+    sg = {
+        "conversations": [
+            {"from": "system", "value": "s"},
+            {"from": "human", "value": "q"},
+            {"from": "gpt", "value": "a"},
+        ]
+    }
     p = write(tmp_path, "s.json", [json.dumps([sg])])
     (msgs,) = list(formats.read_instructions(p, "sharegpt"))
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
@@ -52,8 +61,11 @@ def test_sharegpt_and_openai(tmp_path):
 
 
 def test_pretrain_readers(tmp_path):
-    p = write(tmp_path, "c.jsonl", [json.dumps({"text": "one"}), json.dumps({"text": ""}),
-                                    json.dumps({"text": "two"})])
+    p = write(
+        tmp_path,
+        "c.jsonl",
+        [json.dumps({"text": "one"}), json.dumps({"text": ""}), json.dumps({"text": "two"})],
+    )
     assert list(formats.read_pretrain(p)) == ["one", "two"]
     t = write(tmp_path, "c.txt", ["para one", "line two", "", "para two"])
     assert list(formats.read_pretrain(t)) == ["para one\nline two", "para two"]

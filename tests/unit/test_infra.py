@@ -39,8 +39,9 @@ def test_provenance_records_inputs_and_redacts_secrets(tmp_path):
     art = tmp_path / "art"
     art.mkdir()
     (art / "w.bin").write_bytes(b"123")
-    provenance.write(art, command="x y", args={"api_key": "sk-secret", "n": 3}, inputs=[inp],
-                     started=0.0)
+    provenance.write(
+        art, command="x y", args={"api_key": "sk-secret", "n": 3}, inputs=[inp], started=0.0
+    )
     rec = json.loads((art / "provenance.json").read_text())
     assert rec["arguments"] == {"api_key": "<redacted>", "n": 3}
     assert rec["inputs"][str(inp)] == provenance.file_digest(inp)

@@ -15,8 +15,9 @@ CATALOG = ROOT / "config/catalog.yaml"
 
 
 def filled(cfg=None):
-    cfg = copy.deepcopy(cfg if cfg is not None else yaml.safe_load(
-        (ROOT / "config/config.yaml").read_text()))
+    cfg = copy.deepcopy(
+        cfg if cfg is not None else yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    )
     validate(cfg, str(ROOT / "config/schema.yaml"), set_default=True)
     return cfg
 
@@ -59,8 +60,9 @@ def test_unsupported_quantization_pair_is_refused():
     cfg = filled({"model": {"name": "mistral-7b", "source": "hf", "path": "/x"}})
     with pytest.raises(UserError) as exc:
         plan.check_plan(cfg, CATALOG, "c.yaml")
-    assert str(exc.value).startswith("c.yaml: quantize.schemes: model 'mistral-7b' does not "
-                                     "support w8a8")
+    assert str(exc.value).startswith(
+        "c.yaml: quantize.schemes: model 'mistral-7b' does not support w8a8"
+    )
 
 
 def test_supported_pair_passes_and_unsupported_scheme_differs_per_model():
@@ -68,8 +70,12 @@ def test_supported_pair_passes_and_unsupported_scheme_differs_per_model():
     assert catalog.supports(models, "qwen2.5-14b", "w8a8")
     assert not catalog.supports(models, "qwen2.5-7b", "w8a8")
     assert catalog.supports(models, "qwen2.5-7b", "w4a16")
-    cfg = filled({"model": {"name": "qwen2.5-7b", "source": "hf", "path": "/x"},
-                  "quantize": {"schemes": ["w4a16"]}})
+    cfg = filled(
+        {
+            "model": {"name": "qwen2.5-7b", "source": "hf", "path": "/x"},
+            "quantize": {"schemes": ["w4a16"]},
+        }
+    )
     plan.check_plan(cfg, CATALOG, "c.yaml")
 
 

@@ -21,8 +21,11 @@ def test_task_answers_are_exact_and_split_is_disjoint(task):
     assert not prompts & {(e.instruction, e.input) for e in heldout}
     for ex in train + heldout:
         letters = ex.input.split(" ")
-        want = {"uppercase": [c.upper() for c in letters], "reverse": letters[::-1],
-                "sort": sorted(letters)}[task]
+        want = {
+            "uppercase": [c.upper() for c in letters],
+            "reverse": letters[::-1],
+            "sort": sorted(letters),
+        }[task]
         assert ex.output == " ".join(want)
 
 

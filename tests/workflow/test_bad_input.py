@@ -15,8 +15,19 @@ ROOT = Path(__file__).resolve().parents[2]
 def plan_with(tmp_path, overlay):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     (tmp_path / "bad.yaml").write_text(json.dumps(overlay))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-           "-n", "--configfile", "config/config.yaml", "bad.yaml"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(tmp_path),
+        "-n",
+        "--configfile",
+        "config/config.yaml",
+        "bad.yaml",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
@@ -32,8 +43,13 @@ def test_unknown_config_key(tmp_path):
 
 
 def test_unsupported_model_quantization_pair(tmp_path):
-    proc = plan_with(tmp_path, {"model": {"name": "qwen2.5-7b", "source": "hf", "path": "m"},
-                                "quantize": {"schemes": ["w8a8"]}})
+    proc = plan_with(
+        tmp_path,
+        {
+            "model": {"name": "qwen2.5-7b", "source": "hf", "path": "m"},
+            "quantize": {"schemes": ["w8a8"]},
+        },
+    )
     assert proc.returncode != 0
     (line,) = error_lines(proc)
     assert "bad.yaml: quantize.schemes: model 'qwen2.5-7b' does not support w8a8" in line

@@ -22,8 +22,22 @@ STACKS = ["train", "quantize", "serve-cpu", "bench", "plot"]
 
 
 def snakemake(workdir, *args, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-           "--cores", "2", "--resources", "serve_slots=1", "--latency-wait", "5", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--cores",
+        "2",
+        "--resources",
+        "serve_slots=1",
+        "--latency-wait",
+        "5",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=workdir)
     if check and proc.returncode:
         raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -76,9 +90,12 @@ def built(tmp_path_factory):
 
 
 def test_full_build_made_every_target(built):
-    for rel in ["results/tiny-llama/plots/bench.png", "results/tiny-llama/plots/loss.png",
-                "results/tiny-llama/eval/summary.json",
-                "results/tiny-llama/sft/quant/w8a8/content.txt"]:
+    for rel in [
+        "results/tiny-llama/plots/bench.png",
+        "results/tiny-llama/plots/loss.png",
+        "results/tiny-llama/eval/summary.json",
+        "results/tiny-llama/sft/quant/w8a8/content.txt",
+    ]:
         assert (built / rel).exists(), rel
     summary = json.loads((built / "results/tiny-llama/eval/summary.json").read_text())
     assert set(summary) == {"base", "sft", "sft-w8a8"}
@@ -93,21 +110,41 @@ def test_noop_run_does_nothing(built):
 def test_bench_setting_reruns_only_benchmarks_and_plots(built):
     jobs = planned(built, change={"bench": {"static": {"concurrency": [1, 2]}}})
     assert jobs == {"serve": 3, "bench_static": 3, "plot_bench": 1, "all": 1}
-    assert all("consumer=bench" in line for line in served(built, change={
-        "bench": {"static": {"concurrency": [1, 2]}}}))
+    assert all(
+        "consumer=bench" in line
+        for line in served(built, change={"bench": {"static": {"concurrency": [1, 2]}}})
+    )
 
 
 def test_smoothing_strength_reruns_only_the_quantized_branch(built):
     jobs = planned(built, change={"quantize": {"smoothing_strength": 0.7}})
-    assert jobs == {"quantize": 1, "serve": 2, "eval_accuracy": 1, "bench_static": 1,
-                    "eval_summary": 1, "plot_bench": 1, "all": 1}
+    assert jobs == {
+        "quantize": 1,
+        "serve": 2,
+        "eval_accuracy": 1,
+        "bench_static": 1,
+        "eval_summary": 1,
+        "plot_bench": 1,
+        "all": 1,
+    }
 
 
 def test_training_data_reruns_tokenization_and_downstream_only(built):
     jobs = planned(built, change={"data": {"sft": {"num_train": 3000}}})
-    assert jobs == {"synth_task": 1, "tokenize_sft": 1, "train": 1, "mg2hf": 1, "quantize": 1,
-                    "serve": 4, "eval_accuracy": 2, "bench_static": 2, "eval_summary": 1,
-                    "plot_bench": 1, "plot_loss": 1, "all": 1}
+    assert jobs == {
+        "synth_task": 1,
+        "tokenize_sft": 1,
+        "train": 1,
+        "mg2hf": 1,
+        "quantize": 1,
+        "serve": 4,
+        "eval_accuracy": 2,
+        "bench_static": 2,
+        "eval_summary": 1,
+        "plot_bench": 1,
+        "plot_loss": 1,
+        "all": 1,
+    }
 
 
 def test_environment_spec_change_reruns_exactly_its_rules(built):
@@ -121,5 +158,13 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
     finally:
         spec.write_text(original)
         os.utime(spec, (0, 0))
-    assert jobs == {"env": 1, "quantize": 1, "serve": 2, "eval_accuracy": 1, "bench_static": 1,
-                    "eval_summary": 1, "plot_bench": 1, "all": 1}
+    assert jobs == {
+        "env": 1,
+        "quantize": 1,
+        "serve": 2,
+        "eval_accuracy": 1,
+        "bench_static": 1,
+        "eval_summary": 1,
+        "plot_bench": 1,
+        "all": 1,
+    }

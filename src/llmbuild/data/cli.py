@@ -31,8 +31,9 @@ def _synth_task(args: argparse.Namespace) -> int:
     from llmbuild.data.synth import TaskSpec, task_split
 
     started = time.time()
-    spec = TaskSpec(args.task, args.num_train, args.num_heldout, args.min_len, args.max_len,
-                    args.seed)
+    spec = TaskSpec(
+        args.task, args.num_train, args.num_heldout, args.min_len, args.max_len, args.seed
+    )
     train, heldout = task_split(spec)
     rows = train if args.split == "train" else heldout
     out = Path(args.output)
@@ -53,31 +54,42 @@ def _tokenize(args: argparse.Namespace) -> int:
     if args.seq_length < 8:
         raise UserError("must be >= 8", field="--seq-length")
     if not (Path(args.tokenizer) / "tokenizer.json").is_file():
-        raise UserError("no tokenizer.json here; point --tokenizer at a HF model directory",
-                        path=args.tokenizer, field="tokenizer")
+        raise UserError(
+            "no tokenizer.json here; point --tokenizer at a HF model directory",
+            path=args.tokenizer,
+            field="tokenizer",
+        )
     log = RateLog(f"tokenize {args.kind}", unit="docs")
     with atomic_dir(args.output) as tmp:
         progress = lambda docs, toks: log.update(docs, f"{toks} tokens")  # noqa: E731
         if args.kind == "pretrain":
             docs = formats.read_pretrain(args.input, args.text_key)
-            stats = tk.tokenize_pretrain(docs, args.tokenizer, tmp, args.seq_length,
-                                         args.workers, progress)
+            stats = tk.tokenize_pretrain(
+                docs, args.tokenizer, tmp, args.seq_length, args.workers, progress
+            )
         else:
             convs = formats.read_instructions(args.input, args.format)
-            stats = tk.tokenize_instructions(convs, args.tokenizer, tmp, args.seq_length,
-                                             args.overlong, args.workers, progress)
+            stats = tk.tokenize_instructions(
+                convs, args.tokenizer, tmp, args.seq_length, args.overlong, args.workers, progress
+            )
         if stats.documents == 0:
-            raise UserError("no usable documents (all empty, dropped or masked)",
-                            path=args.input)
+            raise UserError("no usable documents (all empty, dropped or masked)", path=args.input)
         log.close()
         tk.write_meta(tmp, stats, args.tokenizer, args.seq_length)
-        provenance.write(tmp, command="data tokenize", args=vars(args),
-                         inputs=[args.input, args.tokenizer], started=started)
+        provenance.write(
+            tmp,
+            command="data tokenize",
+            args=vars(args),
+            inputs=[args.input, args.tokenizer],
+            started=started,
+        )
     s = stats.as_dict(args.seq_length)
-    print(f"{args.kind}: {s['documents']} documents, {s['tokens']} tokens "
-          f"({s['trained_tokens']} trained); over seq_length {args.seq_length}: "
-          f"{s['over_seq_length']} ({100 * s['over_seq_length_fraction']:.2f}%), dropped "
-          f"{s['dropped']}, truncated {s['truncated']}")
+    print(
+        f"{args.kind}: {s['documents']} documents, {s['tokens']} tokens "
+        f"({s['trained_tokens']} trained); over seq_length {args.seq_length}: "
+        f"{s['over_seq_length']} ({100 * s['over_seq_length_fraction']:.2f}%), dropped "
+        f"{s['dropped']}, truncated {s['truncated']}"
+    )
     return 0
 
 

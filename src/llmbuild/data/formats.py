@@ -15,8 +15,15 @@ from llmbuild.errors import UserError
 
 Message = dict[str, str]
 INSTRUCTION_FORMATS = ("alpaca", "sharegpt", "openai")
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system", "chatgpt": "assistant", "bing": "assistant"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+}
 
 
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -27,9 +34,11 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise UserError(f"not valid JSON ({exc.msg} at line {exc.lineno}); "
-                            "fix the file or use .jsonl with one record per line",
-                            path=path) from None
+            raise UserError(
+                f"not valid JSON ({exc.msg} at line {exc.lineno}); "
+                "fix the file or use .jsonl with one record per line",
+                path=path,
+            ) from None
         if not isinstance(data, list):
             raise UserError("a .json dataset must be a list of records", path=path)
         for i, rec in enumerate(data):
@@ -42,20 +51,24 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
             try:
                 yield str(lineno), json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UserError(f"malformed JSON ({exc.msg}); each line must be one JSON object",
-                                path=f"{path}:{lineno}") from None
+                raise UserError(
+                    f"malformed JSON ({exc.msg}); each line must be one JSON object",
+                    path=f"{path}:{lineno}",
+                ) from None
 
 
 def _field(rec: Any, key: str, path: Path, where: str, kind: type = str) -> Any:
     if not isinstance(rec, dict):
-        raise UserError(f"expected a JSON object, got {type(rec).__name__}",
-                        path=f"{path}:{where}")
+        raise UserError(f"expected a JSON object, got {type(rec).__name__}", path=f"{path}:{where}")
     if key not in rec:
         raise UserError(f"missing; every record needs {key!r}", path=f"{path}:{where}", field=key)
     val = rec[key]
     if not isinstance(val, kind):
-        raise UserError(f"must be a {kind.__name__}, got {type(val).__name__}",
-                        path=f"{path}:{where}", field=key)
+        raise UserError(
+            f"must be a {kind.__name__}, got {type(val).__name__}",
+            path=f"{path}:{where}",
+            field=key,
+        )
     return val
 
 
@@ -69,8 +82,11 @@ def read_pretrain(path: str | Path, text_key: str = "text") -> Iterator[str]:
             raise UserError("file not found; check the path in the config", path=path)
         table = pq.read_table(path)
         if text_key not in table.column_names:
-            raise UserError(f"no column {text_key!r}; columns are {table.column_names}; "
-                            "set text_key", path=path, field=text_key)
+            raise UserError(
+                f"no column {text_key!r}; columns are {table.column_names}; set text_key",
+                path=path,
+                field=text_key,
+            )
         for batch in table.to_batches():
             for value in batch.column(text_key).to_pylist():
                 if value:
@@ -91,8 +107,9 @@ def read_pretrain(path: str | Path, text_key: str = "text") -> Iterator[str]:
             yield "\n".join(para)
         return
     if path.suffix not in (".json", ".jsonl"):
-        raise UserError("unknown pretraining format; use .parquet, .json, .jsonl or .txt",
-                        path=path)
+        raise UserError(
+            "unknown pretraining format; use .parquet, .json, .jsonl or .txt", path=path
+        )
     for where, rec in _records(path):
         text = _field(rec, text_key, path, where)
         if text:
@@ -110,10 +127,15 @@ def alpaca_messages(rec: Any, path: Path, where: str) -> list[Message]:
         msgs.append({"role": "system", "content": str(rec["system"])})
     for turn in rec.get("history") or []:
         if not (isinstance(turn, list) and len(turn) == 2):
-            raise UserError("each history item must be [prompt, answer]",
-                            path=f"{path}:{where}", field="history")
-        msgs += [{"role": "user", "content": str(turn[0])},
-                 {"role": "assistant", "content": str(turn[1])}]
+            raise UserError(
+                "each history item must be [prompt, answer]",
+                path=f"{path}:{where}",
+                field="history",
+            )
+        msgs += [
+            {"role": "user", "content": str(turn[0])},
+            {"role": "assistant", "content": str(turn[1])},
+        ]
     prompt = instruction + ("\n" + inp if inp else "")
     msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     return msgs
@@ -130,12 +152,18 @@ def _sharegpt_messages(rec: Any, path: Path, where: str) -> list[Message]:
     msgs: list[Message] = []
     for j, turn in enumerate(conv):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise UserError("each turn needs 'from' and 'value'", path=f"{path}:{where}",
-                            field=f"conversations[{j}]")
+            raise UserError(
+                "each turn needs 'from' and 'value'",
+                path=f"{path}:{where}",
+                field=f"conversations[{j}]",
+            )
         role = _SHAREGPT_ROLES.get(str(turn["from"]).lower())
         if role is None:
-            raise UserError(f"unknown speaker {turn['from']!r}; use human/gpt/system",
-                            path=f"{path}:{where}", field=f"conversations[{j}].from")
+            raise UserError(
+                f"unknown speaker {turn['from']!r}; use human/gpt/system",
+                path=f"{path}:{where}",
+                field=f"conversations[{j}].from",
+            )
         msgs.append({"role": role, "content": str(turn["value"])})
     return msgs
 
@@ -144,24 +172,31 @@ def _openai_messages(rec: Any, path: Path, where: str) -> list[Message]:
     raw = _field(rec, "messages", path, where, list)
     msgs: list[Message] = []
     for j, m in enumerate(raw):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get(
-                "role") not in ("system", "user", "assistant"):
-            raise UserError("each message needs role system/user/assistant and string content",
-                            path=f"{path}:{where}", field=f"messages[{j}]")
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("content"), str)
+            or m.get("role") not in ("system", "user", "assistant")
+        ):
+            raise UserError(
+                "each message needs role system/user/assistant and string content",
+                path=f"{path}:{where}",
+                field=f"messages[{j}]",
+            )
         msgs.append({"role": m["role"], "content": m["content"]})
     return msgs
 
 
-_READERS = {"alpaca": alpaca_messages, "sharegpt": _sharegpt_messages,
-            "openai": _openai_messages}
+_READERS = {"alpaca": alpaca_messages, "sharegpt": _sharegpt_messages, "openai": _openai_messages}
 
 
 def read_instructions(path: str | Path, fmt: str) -> Iterator[list[Message]]:
     """Conversations (lists of role/content messages) from an instruction dataset."""
     path = Path(path)
     if fmt not in _READERS:
-        raise UserError(f"unknown instruction format {fmt!r}; choose one of "
-                        f"{list(INSTRUCTION_FORMATS)}", field="format")
+        raise UserError(
+            f"unknown instruction format {fmt!r}; choose one of {list(INSTRUCTION_FORMATS)}",
+            field="format",
+        )
     read = _READERS[fmt]
     for where, rec in _records(path):
         msgs = read(rec, path, where)

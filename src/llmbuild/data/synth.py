@@ -17,14 +17,60 @@ from dataclasses import dataclass
 
 from llmbuild.errors import UserError
 
-_SUBJECTS = ["the model", "a student", "the robot", "my friend", "the teacher", "a small cat",
-             "the engineer", "our team", "the old man", "a bird", "the river", "this machine"]
-_VERBS = ["reads", "writes", "sees", "builds", "likes", "finds", "moves", "counts", "sorts",
-          "carries", "opens", "learns"]
-_OBJECTS = ["a book", "the letters", "some numbers", "the door", "a long list", "the river",
-            "a green box", "the words", "a red apple", "the map", "a new song", "the stars"]
-_PLACES = ["in the morning", "at night", "near the sea", "on the table", "in the city",
-           "after lunch", "before the rain", "with great care", "every day", "in the garden"]
+_SUBJECTS = [
+    "the model",
+    "a student",
+    "the robot",
+    "my friend",
+    "the teacher",
+    "a small cat",
+    "the engineer",
+    "our team",
+    "the old man",
+    "a bird",
+    "the river",
+    "this machine",
+]
+_VERBS = [
+    "reads",
+    "writes",
+    "sees",
+    "builds",
+    "likes",
+    "finds",
+    "moves",
+    "counts",
+    "sorts",
+    "carries",
+    "opens",
+    "learns",
+]
+_OBJECTS = [
+    "a book",
+    "the letters",
+    "some numbers",
+    "the door",
+    "a long list",
+    "the river",
+    "a green box",
+    "the words",
+    "a red apple",
+    "the map",
+    "a new song",
+    "the stars",
+]
+_PLACES = [
+    "in the morning",
+    "at night",
+    "near the sea",
+    "on the table",
+    "in the city",
+    "after lunch",
+    "before the rain",
+    "with great care",
+    "every day",
+    "in the garden",
+]
 _LOWER = string.ascii_lowercase
 _UPPER = string.ascii_uppercase
 
@@ -45,22 +91,25 @@ def _symbols(rng: random.Random) -> str:
     n = rng.randint(3, 10)
     if kind == 0:
         letters = [rng.choice(_LOWER) for _ in range(n)]
-        return f"The letters are {_spaced(letters)}, or in capitals {_spaced([c.upper() for c in letters])}."
+        capitals = _spaced([c.upper() for c in letters])
+        return f"The letters are {_spaced(letters)}, or in capitals {capitals}."
     if kind == 1:
         return f"Count with me: {_spaced([str(i) for i in range(rng.randint(0, 5), 10)])}."
     if kind == 2:
         letters = [rng.choice(_UPPER) for _ in range(n)]
         return f"Capitals: {_spaced(letters)}, small: {_spaced([c.lower() for c in letters])}."
     start = rng.randrange(26 - 3)
-    return f"The alphabet goes {_spaced(list(_LOWER[start:start + n]))} and on."
+    return f"The alphabet goes {_spaced(list(_LOWER[start : start + n]))} and on."
 
 
 def corpus_documents(num_docs: int, seed: int) -> Iterator[str]:
     """Yield ``num_docs`` documents of 2-8 sentences each."""
     rng = random.Random(seed)
     for _ in range(num_docs):
-        parts = [_symbols(rng) if rng.random() < 0.35 else _sentence(rng)
-                 for _ in range(rng.randint(2, 8))]
+        parts = [
+            _symbols(rng) if rng.random() < 0.35 else _sentence(rng)
+            for _ in range(rng.randint(2, 8))
+        ]
         yield " ".join(parts)
 
 
@@ -76,8 +125,9 @@ class Example:
 
 def _uppercase(rng: random.Random, min_len: int, max_len: int) -> Example:
     letters = [rng.choice(_LOWER) for _ in range(rng.randint(min_len, max_len))]
-    return Example("Convert the letters to capitals.", _spaced(letters),
-                   _spaced([c.upper() for c in letters]))
+    return Example(
+        "Convert the letters to capitals.", _spaced(letters), _spaced([c.upper() for c in letters])
+    )
 
 
 def _reverse(rng: random.Random, min_len: int, max_len: int) -> Example:
@@ -108,11 +158,14 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if self.name not in TASKS:
-            raise UserError(f"unknown task {self.name!r}; choose one of {sorted(TASKS)}",
-                            field="task")
+            raise UserError(
+                f"unknown task {self.name!r}; choose one of {sorted(TASKS)}", field="task"
+            )
         if not 1 <= self.min_len <= self.max_len:
-            raise UserError(f"need 1 <= min_len <= max_len, got {self.min_len}..{self.max_len}",
-                            field="task.min_len")
+            raise UserError(
+                f"need 1 <= min_len <= max_len, got {self.min_len}..{self.max_len}",
+                field="task.min_len",
+            )
         if self.num_train < 1 or self.num_heldout < 1:
             raise UserError("num_train and num_heldout must be >= 1", field="task")
 
@@ -130,11 +183,13 @@ def task_split(spec: TaskSpec) -> tuple[list[Example], list[Example]]:
         if attempts > 50 * want:
             raise UserError(
                 f"task {spec.name!r} has fewer than {want} distinct examples for lengths "
-                f"{spec.min_len}..{spec.max_len}; lower num_train/num_heldout", field="task")
+                f"{spec.min_len}..{spec.max_len}; lower num_train/num_heldout",
+                field="task",
+            )
         ex = make(rng, spec.min_len, spec.max_len)
         key = ex.instruction + "\n" + ex.input
         if key in seen:
             continue
         seen.add(key)
         out.append(ex)
-    return out[spec.num_heldout:], out[: spec.num_heldout]
+    return out[spec.num_heldout :], out[: spec.num_heldout]

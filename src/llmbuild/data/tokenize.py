@@ -52,19 +52,22 @@ class TokenizeStats:
 
 
 def conversation_labels(
-    text: str, spans: Sequence[tuple[int, int]], offsets: Sequence[tuple[int, int]],
+    text: str,
+    spans: Sequence[tuple[int, int]],
+    offsets: Sequence[tuple[int, int]],
     ids: Sequence[int],
 ) -> list[int]:
     """Labels for ``ids``: the id where the token starts inside a trained span, else -100."""
     labels = []
-    for tok, (start, _end) in zip(ids, offsets):
+    for tok, (start, _end) in zip(ids, offsets, strict=True):
         trained = any(s <= start < e for s, e in spans)
         labels.append(tok if trained else IGNORE_INDEX)
     return labels
 
 
-def assistant_spans(render: Callable[..., str], messages: list[dict[str, str]]) -> tuple[
-        str, list[tuple[int, int]]]:
+def assistant_spans(
+    render: Callable[..., str], messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of every assistant turn.
 
     A span starts where the template's generation prompt ends and runs to the end of that
@@ -80,9 +83,11 @@ def assistant_spans(render: Callable[..., str], messages: list[dict[str, str]]) 
         before = render(messages[:i], add_generation_prompt=True)
         through = render(messages[: i + 1], add_generation_prompt=False)
         if not (full.startswith(before) and full.startswith(through)):
-            raise UserError("the chat template is not prefix-stable, so prompt tokens cannot be "
-                            "masked; use a template that renders turns independently",
-                            field="chat_template")
+            raise UserError(
+                "the chat template is not prefix-stable, so prompt tokens cannot be "
+                "masked; use a template that renders turns independently",
+                field="chat_template",
+            )
         spans.append((len(before), len(through)))
     return full, spans
 
@@ -102,7 +107,8 @@ class _Encoder:
     def pretrain(cls, text: str) -> list[int]:
         tok = cls.tokenizer
         return tok(text, add_special_tokens=False)["input_ids"] + [
-            tok.convert_tokens_to_ids(EOD_TOKEN)]
+            tok.convert_tokens_to_ids(EOD_TOKEN)
+        ]
 
     @classmethod
     def conversation(cls, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -111,8 +117,9 @@ class _Encoder:
         def render(msgs: list[dict[str, str]], add_generation_prompt: bool) -> str:
             if not msgs:
                 return ""
-            return tok.apply_chat_template(msgs, tokenize=False,
-                                           add_generation_prompt=add_generation_prompt)
+            return tok.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
 
         text, spans = assistant_spans(render, messages)
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -120,8 +127,9 @@ class _Encoder:
         return ids, conversation_labels(text, spans, enc["offset_mapping"], ids)
 
 
-def _encode_stream(fn: Callable[[Any], Any], items: Iterable[Any], tokenizer_dir: str,
-                   workers: int) -> Iterator[Any]:
+def _encode_stream(
+    fn: Callable[[Any], Any], items: Iterable[Any], tokenizer_dir: str, workers: int
+) -> Iterator[Any]:
     if workers <= 1:
         _Encoder.init(tokenizer_dir)
         yield from map(fn, items)
@@ -144,8 +152,14 @@ def _add(builder: Any, ids: Sequence[int]) -> None:
     builder.add_document(torch.tensor(ids, dtype=torch.int32), [len(ids)])
 
 
-def tokenize_pretrain(docs: Iterable[str], tokenizer_dir: str, out_dir: Path, seq_length: int,
-                      workers: int = 1, progress: Progress | None = None) -> TokenizeStats:
+def tokenize_pretrain(
+    docs: Iterable[str],
+    tokenizer_dir: str,
+    out_dir: Path,
+    seq_length: int,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> TokenizeStats:
     """Documents joined with EOD into ``out_dir/text_document.{bin,idx}``."""
     stats = TokenizeStats("pretrain")
     prefix = out_dir / PRETRAIN_PREFIX
@@ -163,24 +177,34 @@ def tokenize_pretrain(docs: Iterable[str], tokenizer_dir: str, out_dir: Path, se
     return stats
 
 
-def tokenize_instructions(convs: Iterable[list[dict[str, str]]], tokenizer_dir: str,
-                          out_dir: Path, seq_length: int, overlong: str = "drop",
-                          workers: int = 1, progress: Progress | None = None) -> TokenizeStats:
+def tokenize_instructions(
+    convs: Iterable[list[dict[str, str]]],
+    tokenizer_dir: str,
+    out_dir: Path,
+    seq_length: int,
+    overlong: str = "drop",
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> TokenizeStats:
     """One document per conversation: input ids and labels (-100 outside assistant turns)."""
     if overlong not in ("drop", "truncate", "error"):
-        raise UserError(f"unknown overlong policy {overlong!r}; use drop, truncate or error",
-                        field="overlong")
+        raise UserError(
+            f"unknown overlong policy {overlong!r}; use drop, truncate or error", field="overlong"
+        )
     stats = TokenizeStats("sft")
     ids_b = _builder(out_dir / SFT_PREFIXES["input_ids"])
     lab_b = _builder(out_dir / SFT_PREFIXES["labels"])
     for n, (ids, labels) in enumerate(
-            _encode_stream(_Encoder.conversation, convs, tokenizer_dir, workers)):
+        _encode_stream(_Encoder.conversation, convs, tokenizer_dir, workers)
+    ):
         if len(ids) > seq_length:
             stats.over_seq_length += 1
             if overlong == "error":
-                raise UserError(f"conversation {n} has {len(ids)} tokens > seq_length "
-                                f"{seq_length}; raise seq_length or use overlong: drop",
-                                field="seq_length")
+                raise UserError(
+                    f"conversation {n} has {len(ids)} tokens > seq_length "
+                    f"{seq_length}; raise seq_length or use overlong: drop",
+                    field="seq_length",
+                )
             if overlong == "drop":
                 stats.dropped += 1
                 continue
@@ -210,7 +234,8 @@ def write_meta(out_dir: Path, stats: TokenizeStats, tokenizer_dir: str, seq_leng
         "kind": stats.kind,
         "prefixes": {"text": PRETRAIN_PREFIX} if stats.kind == "pretrain" else SFT_PREFIXES,
         "eod_id": tok.convert_tokens_to_ids(EOD_TOKEN),
-        "pad_id": tok.pad_token_id if tok.pad_token_id is not None
+        "pad_id": tok.pad_token_id
+        if tok.pad_token_id is not None
         else tok.convert_tokens_to_ids(EOD_TOKEN),
         "vocab_size": len(tok),
         "stats": stats.as_dict(seq_length),

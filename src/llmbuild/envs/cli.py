@@ -11,8 +11,10 @@ def _create(args: argparse.Namespace) -> int:
 
     started = time.time()
     rec = create(args.spec, args.prefix, args.marker, args.python, args.project)
-    print(f"{rec['stack']}: {len(rec['packages'])} packages in {rec['prefix']} "
-          f"({time.time() - started:.0f}s)")
+    print(
+        f"{rec['stack']}: {len(rec['packages'])} packages in {rec['prefix']} "
+        f"({time.time() - started:.0f}s)"
+    )
     return 0
 
 

@@ -40,55 +40,73 @@ def parse_spec(path: str | Path) -> Spec:
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if line.startswith(POST):
-            post.append(line[len(POST):].strip())
+            post.append(line[len(POST) :].strip())
         elif line and not line.startswith("#"):
             name = line.split(";")[0].strip()
             if not line.startswith("-") and "==" not in name and " @ " not in name:
-                raise UserError(f"{name!r} is not pinned; write name==version",
-                                path=f"{path}:{n}")
+                raise UserError(f"{name!r} is not pinned; write name==version", path=f"{path}:{n}")
             reqs.append(line)
     return Spec(path, tuple(reqs), tuple(post), hashlib.sha256(text.encode()).hexdigest())
 
 
-def _run(cmd: list[str] | str, env: dict[str, str] | None = None, cwd: Path | None = None,
-         shell: bool = False) -> None:
+def _run(
+    cmd: list[str] | str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    shell: bool = False,
+) -> None:
     print("+", cmd if isinstance(cmd, str) else " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, env=env, cwd=cwd, shell=shell)
     if proc.returncode:
-        raise UserError(f"command failed with exit code {proc.returncode}: {cmd}; see the log "
-                        "above", field="environment")
+        raise UserError(
+            f"command failed with exit code {proc.returncode}: {cmd}; see the log above",
+            field="environment",
+        )
 
 
-def create(spec_path: str | Path, prefix: str | Path, marker: str | Path, python: str,
-           project: str | Path) -> dict[str, object]:
+def create(
+    spec_path: str | Path, prefix: str | Path, marker: str | Path, python: str, project: str | Path
+) -> dict[str, object]:
     """Create or converge the venv at ``prefix`` to ``spec``; write ``marker`` last."""
     spec = parse_spec(spec_path)
     prefix, project = Path(prefix).resolve(), Path(project).resolve()
     stamp = prefix / "spec.sha256"
-    if prefix.exists() and (not stamp.exists() or stamp.read_text().strip() != spec.digest):
-        print(f"spec changed or unknown: recreating {prefix}", flush=True)
+    # A changed spec starts from scratch, so nothing it dropped lingers; an environment with
+    # no stamp (made by hand, or an install that was killed) is converged in place.
+    if prefix.exists() and stamp.exists() and stamp.read_text().strip() != spec.digest:
+        print(f"{spec_path} changed: recreating {prefix}", flush=True)
         shutil.rmtree(prefix)
     if not (prefix / "bin" / "python").exists():
         if shutil.which(python) is None and not Path(python).exists():
-            raise UserError(f"interpreter {python!r} not found; set envs.python",
-                            field="envs.python")
+            raise UserError(
+                f"interpreter {python!r} not found; set envs.python", field="envs.python"
+            )
         _run([python, "-m", "venv", str(prefix)])
     pip = [str(prefix / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
     if spec.requirements:
         _run(pip + ["install", "-r", str(Path(spec_path).resolve())])
-    env = dict(os.environ, PATH=f"{prefix / 'bin'}:{os.environ.get('PATH', '')}",
-               VIRTUAL_ENV=str(prefix))
+    env = dict(
+        os.environ, PATH=f"{prefix / 'bin'}:{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(prefix)
+    )
     for cmd in spec.post:
         _run(cmd, env=env, cwd=project, shell=True)
     _run(pip + ["install", "--no-deps", "-e", str(project)])
     stamp.write_text(spec.digest + "\n")
-    frozen = subprocess.run(pip + ["freeze", "--exclude-editable"], capture_output=True,
-                            text=True, check=True).stdout.split()
-    version = subprocess.run([str(prefix / "bin" / "python"), "--version"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-    rec = {"stack": Path(spec_path).stem, "spec": str(spec_path), "spec_sha256": spec.digest,
-           "prefix": str(prefix), "python": version, "packages": sorted(frozen),
-           "builder_python": sys.version.split()[0]}
+    frozen = subprocess.run(
+        pip + ["freeze", "--exclude-editable"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    version = subprocess.run(
+        [str(prefix / "bin" / "python"), "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    rec = {
+        "stack": Path(spec_path).stem,
+        "spec": str(spec_path),
+        "spec_sha256": spec.digest,
+        "prefix": str(prefix),
+        "python": version,
+        "packages": sorted(frozen),
+        "builder_python": sys.version.split()[0],
+    }
     with atomic_file(marker) as fh:
         json.dump(rec, fh, indent=2)
         fh.write("\n")

@@ -16,10 +16,15 @@ def _tiny(args: argparse.Namespace) -> int:
 
     started = time.time()
     spec = TinySpec(
-        vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size, num_layers=args.num_layers,
-        num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
-        max_position_embeddings=args.max_position_embeddings, seed=args.seed)
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.intermediate_size,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        num_kv_heads=args.num_kv_heads,
+        max_position_embeddings=args.max_position_embeddings,
+        seed=args.seed,
+    )
     with atomic_dir(args.output) as tmp:
         tok = train_tokenizer(read_pretrain(args.corpus), spec.vocab_size)
         tok_dir = tmp / ".tokenizer"
@@ -29,10 +34,18 @@ def _tiny(args: argparse.Namespace) -> int:
         for f in tok_dir.iterdir():
             f.unlink()
         tok_dir.rmdir()
-        provenance.write(tmp, command="model tiny", args=vars(args), inputs=[args.corpus],
-                         started=started, extra={"model": info})
-    print(f"tiny model with {info['parameters']} parameters and a {tok.get_vocab_size()}-token "
-          f"tokenizer in {Path(args.output)}")
+        provenance.write(
+            tmp,
+            command="model tiny",
+            args=vars(args),
+            inputs=[args.corpus],
+            started=started,
+            extra={"model": info},
+        )
+    print(
+        f"tiny model with {info['parameters']} parameters and a {tok.get_vocab_size()}-token "
+        f"tokenizer in {Path(args.output)}"
+    )
     return 0
 
 

@@ -44,19 +44,26 @@ class TinySpec:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads "
-                            f"{self.num_heads}", field="model.num_heads")
+            raise UserError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
+                field="model.num_heads",
+            )
         head_dim = self.hidden_size // self.num_heads
         if head_dim < 32 or head_dim % 16:
-            raise UserError(f"head_dim {head_dim} is not served by vLLM's CPU attention; "
-                            "use hidden_size/num_heads in 32, 48, 64, 80, 96, 112, 128...",
-                            field="model.hidden_size")
+            raise UserError(
+                f"head_dim {head_dim} is not served by vLLM's CPU attention; "
+                "use hidden_size/num_heads in 32, 48, 64, 80, 96, 112, 128...",
+                field="model.hidden_size",
+            )
         if self.num_heads % self.num_kv_heads:
-            raise UserError("num_heads must be a multiple of num_kv_heads",
-                            field="model.num_kv_heads")
+            raise UserError(
+                "num_heads must be a multiple of num_kv_heads", field="model.num_kv_heads"
+            )
         if self.vocab_size < 256 + len(SPECIAL_TOKENS):
-            raise UserError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} for a "
-                            "byte-level tokenizer", field="model.vocab_size")
+            raise UserError(
+                f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} for a byte-level tokenizer",
+                field="model.vocab_size",
+            )
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -102,9 +109,17 @@ def save_tokenizer(tok, out_dir: Path, model_max_length: int) -> None:
     # Older and newer transformers disagree on writing the map; servers look for it.
     smap = out_dir / "special_tokens_map.json"
     if not smap.exists():
-        smap.write_text(json.dumps({"eos_token": END_OF_TURN, "pad_token": EOD,
-                                    "additional_special_tokens": SPECIAL_TOKENS[1:4]},
-                                   indent=2) + "\n")
+        smap.write_text(
+            json.dumps(
+                {
+                    "eos_token": END_OF_TURN,
+                    "pad_token": EOD,
+                    "additional_special_tokens": SPECIAL_TOKENS[1:4],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 def make_model(spec: TinySpec, tokenizer_dir: Path, out_dir: Path) -> dict[str, object]:
@@ -114,8 +129,10 @@ def make_model(spec: TinySpec, tokenizer_dir: Path, out_dir: Path) -> dict[str, 
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     if len(tok) > spec.vocab_size:
-        raise UserError(f"tokenizer has {len(tok)} tokens > vocab_size {spec.vocab_size}",
-                        field="model.vocab_size")
+        raise UserError(
+            f"tokenizer has {len(tok)} tokens > vocab_size {spec.vocab_size}",
+            field="model.vocab_size",
+        )
     eod = tok.convert_tokens_to_ids(EOD)
     eot = tok.convert_tokens_to_ids(END_OF_TURN)
     config = LlamaConfig(
@@ -137,7 +154,8 @@ def make_model(spec: TinySpec, tokenizer_dir: Path, out_dir: Path) -> dict[str, 
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config).to(torch.float32)
     model.generation_config = GenerationConfig(
-        bos_token_id=eod, eos_token_id=[eot, eod], pad_token_id=eod, do_sample=False)
+        bos_token_id=eod, eos_token_id=[eot, eod], pad_token_id=eod, do_sample=False
+    )
     model.save_pretrained(str(out_dir), safe_serialization=True)
     for src in tokenizer_dir.iterdir():
         shutil.copyfile(src, out_dir / src.name)
