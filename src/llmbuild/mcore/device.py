@@ -11,7 +11,7 @@ then ``megatron.core.parallel_state.initialize_model_parallel(tp, pp)`` and the 
 RNG seeds.
 
 The CPU adaptor (megatron-core 0.16.1 assumes CUDA in a few places; CPU-only torch raises
-"Torch not compiled with CUDA enabled" there). Two mechanisms, nothing else:
+"Torch not compiled with CUDA enabled" there). Three patches, nothing else:
 
 1. ``_CpuTorch``: in the listed megatron modules only, the module-global name ``torch`` is
    replaced by a thin proxy that forwards every attribute to torch, except that factory
@@ -25,15 +25,26 @@ The CPU adaptor (megatron-core 0.16.1 assumes CUDA in a few places; CPU-only tor
    - utils: ``GlobalMemoryBuffer.get_tensor`` (the attention score buffer) allocates on
      ``torch.cuda.current_device()``;
    - pipeline_parallel.schedules: every schedule counts tokens in a "cuda" tensor;
+   - pipeline_parallel.p2p_communication (pp > 1): receive buffers are allocated on
+     ``torch.cuda.current_device()``, sends end with ``torch.cuda.synchronize()``;
    - optimizer.optimizer: ``FP32Optimizer`` keeps its loss scale in a "cuda" tensor;
    - optimizer.clip_grads: the grad-norm accumulators are "cuda" tensors;
    - distributed.param_and_grad_buffer: the DDP grad buffers are allocated on
-     ``torch.cuda.current_device()``.
+     ``torch.cuda.current_device()``;
+   - dist_checkpointing.strategies.filesystem_async: ``preload_tensors`` (torch_dist save)
+     calls ``torch.cuda.synchronize()``;
+   - dist_checkpointing.strategies.state_dict_saver: the save's failure flag is broadcast
+     from a tensor on ``torch.cuda.current_device()``.
 
 2. ``_CpuRNGStatesTracker``: megatron's ``CudaRNGStatesTracker`` saves and restores the CUDA
    generator (``torch.cuda.get_rng_state``/``_C._cuda_setRNGState``); on CPU the tracker is
    replaced by a subclass whose named states are CPU generator states, installed as megatron's
    global tracker (``tensor_parallel.random._CUDA_RNG_STATE_TRACKER``).
+
+3. ``clip_grad_by_total_norm_fp32`` (as named in megatron.core.optimizer.optimizer, where every
+   optimizer calls it) asserts ``param.grad.type() == 'torch.cuda.FloatTensor'``; on CPU it is
+   replaced by the same scaling (``grads *= max_norm / (total_norm + 1e-6)`` when < 1) without
+   the assertion.
 
 Not patched, and not needed in fp32: ``Float16OptimizerWithFloat16Params`` and the
 distributed optimizer check ``param.type() == 'torch.cuda.FloatTensor'`` (so bf16/fp16 and
@@ -59,12 +70,14 @@ MEGATRON_CORE_VERSION = "0.16.1"
 CPU_PROXY_MODULES = (
     "megatron.core.models.common.embeddings.rotary_pos_embedding",
     "megatron.core.transformer.utils",
-    "megatron.core.fusions.fused_softmax",
     "megatron.core.utils",
     "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.pipeline_parallel.p2p_communication",
     "megatron.core.optimizer.optimizer",
     "megatron.core.optimizer.clip_grads",
     "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.dist_checkpointing.strategies.filesystem_async",
+    "megatron.core.dist_checkpointing.strategies.state_dict_saver",
 )
 
 
@@ -84,10 +97,27 @@ class Backend:
         return self.world_size // (self.tp * self.pp)
 
 
+def quiet_warnings() -> None:
+    """For CLI handlers: silence megatron/torch import-time chatter (no Apex / TE, deprecations)
+    and transformers' progress bars, so logs show our own lines."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"megatron\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(megatron|torch)\.")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def check_device(device: str) -> str:
     if device not in DEVICES:
-        raise UserError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}",
-                        field="--device")
+        raise UserError(
+            f"unknown device {device!r}; use one of {', '.join(DEVICES)}", field="--device"
+        )
     return device
 
 
@@ -189,6 +219,21 @@ def _cpu_rng_tracker_class() -> type:
     return _CpuRNGStatesTracker
 
 
+def _clip_grad_by_total_norm_fp32_cpu(
+    parameters: Any, max_norm: float, total_norm: float, use_decoupled_grad: bool = False
+) -> None:
+    """megatron's clip_grad_by_total_norm_fp32 minus its 'torch.cuda.FloatTensor' assertion."""
+    import torch
+
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    attr = "decoupled_grad" if use_decoupled_grad else "grad"
+    grads = [getattr(p, attr).detach() for p in parameters if getattr(p, attr, None) is not None]
+    clip_coeff = max_norm / (total_norm + 1.0e-6)
+    if grads and clip_coeff < 1.0:
+        torch._foreach_mul_(grads, clip_coeff)
+
+
 def check_megatron_version() -> str:
     from megatron.core import package_info
 
@@ -206,7 +251,7 @@ _CPU_ADAPTED = False
 
 
 def apply_cpu_adaptor() -> None:
-    """Apply the two CPU mechanisms above (idempotent)."""
+    """Apply the three CPU patches above (idempotent)."""
     global _CPU_ADAPTED
     if _CPU_ADAPTED:
         return
@@ -217,9 +262,15 @@ def apply_cpu_adaptor() -> None:
     for name in CPU_PROXY_MODULES:
         module = importlib.import_module(name)
         if getattr(module, "torch", None) is not torch:
-            raise UserError(f"{name} has no global 'torch' to adapt; the adaptor does not match "
-                            "this megatron-core", field="megatron-core")
+            raise UserError(
+                f"{name} has no global 'torch' to adapt; the adaptor does not match "
+                "this megatron-core",
+                field="megatron-core",
+            )
         module.torch = proxy  # type: ignore[attr-defined]
+    from megatron.core.optimizer import optimizer as moptimizer
+
+    moptimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32_cpu
     _CPU_ADAPTED = True
 
 
@@ -250,13 +301,19 @@ def _import_npu() -> None:
     try:
         import torch_npu  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"device 'npu' needs torch_npu ({exc}); install the Ascend stack "
-                        "(CANN, torch_npu) or use --device cpu|cuda", field="--device") from exc
+        raise UserError(
+            f"device 'npu' needs torch_npu ({exc}); install the Ascend stack "
+            "(CANN, torch_npu) or use --device cpu|cuda",
+            field="--device",
+        ) from exc
     try:
         import mindspeed.megatron_adaptor  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"device 'npu' needs MindSpeed ({exc}); install mindspeed matching "
-                        "megatron-core, or use --device cpu|cuda", field="--device") from exc
+        raise UserError(
+            f"device 'npu' needs MindSpeed ({exc}); install mindspeed matching "
+            "megatron-core, or use --device cpu|cuda",
+            field="--device",
+        ) from exc
 
 
 def _init_distributed(backend: str) -> tuple[int, int]:
@@ -275,13 +332,15 @@ def _init_distributed(backend: str) -> tuple[int, int]:
     return rank, world
 
 
-def init_backend(device: str, *, tp: int = 1, pp: int = 1, seed: int = 1234,
-                 threads: int | None = None) -> Backend:
+def init_backend(
+    device: str, *, tp: int = 1, pp: int = 1, seed: int = 1234, threads: int | None = None
+) -> Backend:
     """Select the device stack, start torch.distributed and megatron's parallel state."""
     check_device(device)
     if tp < 1 or pp < 1:
-        raise UserError(f"tensor/pipeline parallel sizes must be >= 1, got tp={tp} pp={pp}",
-                        field="--tp/--pp")
+        raise UserError(
+            f"tensor/pipeline parallel sizes must be >= 1, got tp={tp} pp={pp}", field="--tp/--pp"
+        )
     import torch
 
     if device == "cpu":
@@ -291,8 +350,9 @@ def init_backend(device: str, *, tp: int = 1, pp: int = 1, seed: int = 1234,
         dist_backend, torch_device = "gloo", torch.device("cpu")
     elif device == "cuda":
         if not torch.cuda.is_available():
-            raise UserError("device 'cuda' but torch sees no CUDA device; use --device cpu",
-                            field="--device")
+            raise UserError(
+                "device 'cuda' but torch sees no CUDA device; use --device cpu", field="--device"
+            )
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         dist_backend, torch_device = "nccl", torch.device("cuda", local)
@@ -304,16 +364,19 @@ def init_backend(device: str, *, tp: int = 1, pp: int = 1, seed: int = 1234,
 
     rank, world = _init_distributed(dist_backend)
     if world % (tp * pp):
-        raise UserError(f"world size {world} is not divisible by tp*pp = {tp * pp}",
-                        field="--tp/--pp")
+        raise UserError(
+            f"world size {world} is not divisible by tp*pp = {tp * pp}", field="--tp/--pp"
+        )
     from megatron.core import parallel_state
 
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp
+        )
     seed_model_parallel_rng(seed, device)
-    return Backend(device=device, torch_device=torch_device, tp=tp, pp=pp, rank=rank,
-                   world_size=world)
+    return Backend(
+        device=device, torch_device=torch_device, tp=tp, pp=pp, rank=rank, world_size=world
+    )
 
 
 def shutdown() -> None:

@@ -1,0 +1,1 @@
+"""megatron-core on a selectable device: the device adaptor, the model, checkpoints."""

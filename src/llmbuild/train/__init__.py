@@ -1,0 +1,1 @@
+"""Pretraining and SFT on megatron-core."""

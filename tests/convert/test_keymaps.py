@@ -1,0 +1,215 @@
+"""Key maps, QKV interleave, gate/up fusion, vocab padding, TP sharding: pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from llmbuild.convert import registry as R  # noqa: E402
+from llmbuild.convert import weights as W  # noqa: E402
+from llmbuild.errors import UserError  # noqa: E402
+from llmbuild.mcore import model as M  # noqa: E402
+
+pytestmark = pytest.mark.unit
+
+LLAMA_CFG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 500,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+}
+
+
+def _args(cfg=None, **kw):
+    cfg = dict(LLAMA_CFG, **(cfg or {}))
+    spec = R.find_arch(cfg)
+    return spec, M.describe(cfg, spec.name, qkv_bias=spec.qkv_bias, **kw)
+
+
+def test_qkv_interleave_layout_by_hand():
+    # 4 query heads, 2 groups, head_dim 1: rows are labelled by head.
+    q = torch.tensor([[10.0], [11.0], [12.0], [13.0]])
+    k = torch.tensor([[20.0], [21.0]])
+    v = torch.tensor([[30.0], [31.0]])
+    fused = W.fuse_qkv(q, k, v, num_heads=4, num_groups=2, head_dim=1)
+    assert fused.flatten().tolist() == [10, 11, 20, 30, 12, 13, 21, 31]
+    back = W.split_qkv(fused, num_heads=4, num_groups=2, head_dim=1)
+    assert all(torch.equal(a, b) for a, b in zip(back, (q, k, v), strict=True))
+
+
+@pytest.mark.parametrize(("heads", "groups", "head_dim"), [(4, 2, 8), (8, 8, 4), (6, 1, 2)])
+def test_qkv_roundtrip_weights_and_bias(heads, groups, head_dim):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(heads * head_dim, 16, generator=g)
+    k = torch.randn(groups * head_dim, 16, generator=g)
+    v = torch.randn(groups * head_dim, 16, generator=g)
+    fused = W.fuse_qkv(q, k, v, num_heads=heads, num_groups=groups, head_dim=head_dim)
+    assert fused.shape == ((heads + 2 * groups) * head_dim, 16)
+    for a, b in zip(
+        W.split_qkv(fused, num_heads=heads, num_groups=groups, head_dim=head_dim),
+        (q, k, v),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    qb, kb, vb = q[:, 0], k[:, 0], v[:, 0]
+    fb = W.fuse_qkv(qb, kb, vb, num_heads=heads, num_groups=groups, head_dim=head_dim)
+    assert torch.equal(fb, fused[:, 0])
+
+
+def test_gate_up_and_vocab_padding():
+    gate, up = torch.randn(6, 4), torch.randn(6, 4)
+    fc1 = W.fuse_gate_up(gate, up)
+    assert torch.equal(fc1[:6], gate) and torch.equal(fc1[6:], up)
+    g2, u2 = W.split_gate_up(fc1)
+    assert torch.equal(g2, gate) and torch.equal(u2, up)
+    emb = torch.randn(5, 3)
+    padded = W.pad_vocab(emb, 8)
+    assert padded.shape == (8, 3) and torch.equal(padded[5:], torch.zeros(3, 3))
+    assert torch.equal(W.unpad_vocab(padded, 5), emb)
+
+
+@pytest.mark.parametrize("kind", [W.COLUMN, W.ROW, W.QKV, W.SWIGLU, W.VOCAB, W.REPLICATED])
+def test_tp_shard_unshard_inverse(kind):
+    t = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)
+    parts = [W.tp_shard(t, kind, r, 2) for r in range(2)]
+    assert torch.equal(W.tp_unshard(parts, kind), t)
+
+
+def test_tp_shard_swiglu_takes_half_of_each():
+    gate, up = torch.zeros(4, 2), torch.ones(4, 2)
+    part = W.tp_shard(W.fuse_gate_up(gate, up), W.SWIGLU, 1, 2)
+    assert part.shape == (4, 2) and part[:2].sum() == 0 and part[2:].sum() == 4
+
+
+def test_llama_key_map_literal_and_inverse():
+    spec, args = _args()
+    table = R.key_table(spec, args)
+    assert table["decoder.layers.2.self_attention.linear_qkv.weight"][1] == (
+        "model.layers.2.self_attn.q_proj.weight",
+        "model.layers.2.self_attn.k_proj.weight",
+        "model.layers.2.self_attn.v_proj.weight",
+    )
+    assert table["decoder.layers.0.mlp.linear_fc1.weight"][1] == (
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+    )
+    assert len(table) == 2 + 3 * 6 + 1  # embedding, output, 6 per layer, final norm
+    hf_keys = R.hf_keys(spec, args)
+    assert len(hf_keys) == len(set(hf_keys)) == 2 + 3 * 9 + 1
+
+
+def _random_hf(spec, args):
+    g = torch.Generator().manual_seed(1)
+    hd, h = args.kv_channels, args.hidden_size
+    shapes = {
+        "q_proj.weight": (args.num_attention_heads * hd, h),
+        "k_proj.weight": (args.num_query_groups * hd, h),
+        "v_proj.weight": (args.num_query_groups * hd, h),
+        "q_proj.bias": (args.num_attention_heads * hd,),
+        "k_proj.bias": (args.num_query_groups * hd,),
+        "v_proj.bias": (args.num_query_groups * hd,),
+        "o_proj.weight": (h, args.num_attention_heads * hd),
+        "gate_proj.weight": (args.ffn_hidden_size, h),
+        "up_proj.weight": (args.ffn_hidden_size, h),
+        "down_proj.weight": (h, args.ffn_hidden_size),
+    }
+    out = {}
+    for key in R.hf_keys(spec, args):
+        suffix = ".".join(key.split(".")[-2:])
+        if key in ("model.embed_tokens.weight", "lm_head.weight"):
+            shape = (args.vocab_size, h)
+        elif suffix in shapes:
+            shape = shapes[suffix]
+        else:
+            shape = (h,)
+        out[key] = torch.randn(*shape, generator=g)
+    return out
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {},
+        {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": True},
+        {"architectures": ["MistralForCausalLM"]},
+    ],
+)
+def test_hf_to_mcore_to_hf_is_identity(cfg):
+    spec, args = _args(cfg)
+    hf = _random_hf(spec, args)
+    mg = R.hf_to_mcore(hf, spec, args)
+    assert mg["embedding.word_embeddings.weight"].shape[0] == args.padded_vocab_size == 512
+    assert ("output_layer.weight" in mg) == (not args.tie_word_embeddings)
+    assert ("decoder.layers.0.self_attention.linear_qkv.bias" in mg) == spec.qkv_bias
+    back = R.mcore_to_hf(mg, spec, args)
+    assert set(back) == set(hf)
+    assert all(torch.equal(back[k], hf[k]) for k in hf)
+
+
+def test_unexpected_keys_are_reported():
+    spec, args = _args()
+    keys = R.hf_keys(spec, args) + [
+        "model.layers.0.self_attn.rotary_emb.inv_freq",
+        "model.layers.0.self_attn.q_proj.bias",
+    ]
+    assert R.unexpected_hf_keys(keys, spec, args) == ["model.layers.0.self_attn.q_proj.bias"]
+
+
+def test_unknown_architecture_is_one_line_naming_it():
+    with pytest.raises(UserError) as exc:
+        R.find_arch({"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox"})
+    msg = str(exc.value)
+    assert "GPTNeoXForCausalLM" in msg and "LlamaForCausalLM" in msg and "\n" not in msg
+
+
+def test_describe_derives_megatron_args():
+    _, args = _args(tp=4)
+    assert (args.num_query_groups, args.kv_channels, args.ffn_hidden_size) == (2, 16, 96)
+    assert args.padded_vocab_size == 512  # 500 up to a multiple of 128 * 4
+    assert args.rotary_base == 10000.0 and args.window_size is None
+    _, v4 = _args(
+        {
+            "rope_parameters": None,
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        }
+    )
+    assert v4.rotary_base == 500000.0 and v4.rope_scaling and v4.rope_scaling_factor == 32.0
+    _, lin = _args({"rope_parameters": {"rope_theta": 1e4, "rope_type": "linear", "factor": 2.0}})
+    assert lin.seq_len_interpolation_factor == 2.0
+    with pytest.raises(UserError, match="yarn"):
+        _args({"rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 2.0}})
+    _, sw = _args({"architectures": ["MistralForCausalLM"], "sliding_window": 64})
+    assert sw.window_size == (63, 0)
+
+
+def test_parallel_checks():
+    _, args = _args()
+    args.check_parallel(2, 3)
+    with pytest.raises(UserError, match="--tp"):
+        args.check_parallel(4, 1)  # 2 kv heads
+    with pytest.raises(UserError, match="--pp"):
+        args.check_parallel(1, 2)  # 3 layers
+
+
+def test_description_json_roundtrip():
+    _, args = _args()
+    desc = M.ModelDescription(hf_config=LLAMA_CFG, args=args, tp=2, pp=1)
+    again = M.ModelDescription.from_json(desc.to_json())
+    assert again.args == args and again.tp == 2 and again.hf_config == LLAMA_CFG
