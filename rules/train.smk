@@ -21,6 +21,8 @@ rule train:
     params:
         llmbuild=llmbuild("train"),
         device=lookup("train/device", within=config),
+        tp=lookup("train/tp", within=config),
+        pp=lookup("train/pp", within=config),
         iters=train_param("iters"),
         lr=train_param("lr"),
         min_lr=train_param("min_lr"),
@@ -37,4 +39,5 @@ rule train:
         " --warmup-iters {params.warmup} --micro-batch-size {params.mbs}"
         " --global-batch-size {params.gbs} --seq-length {params.seq_length}"
         " --weight-decay {params.weight_decay} --seed {params.seed}"
-        " --device {params.device} > {log} 2>&1"
+        " --device {params.device} --tp {params.tp} --pp {params.pp}"
+        " --threads {threads} > {log} 2>&1"
