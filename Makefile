@@ -27,7 +27,7 @@ envs: setup
 	$(SNAKEMAKE) envs
 
 demo: envs
-	@start=$$(date +%s); $(SNAKEMAKE); end=$$(date +%s); \
+	@start=$$(date +%s) && $(SNAKEMAKE) && end=$$(date +%s) && \
 	  echo "graph run: $$((end - start)) s"
 	$(SNAKEMAKE) --report results/report.html
 	@echo "report: results/report.html"
