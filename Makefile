@@ -6,7 +6,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
 STACKS := train quantize bench plot
 # Each stack's tests run in that stack's environment (the serve tests run in the driver and
 # start vLLM from .envs/serve-cpu, so the serving stack carries no test tools).
-TESTS_train := tests/data tests/model tests/convert tests/train
+TESTS_train := tests/data tests/convert tests/train
 TESTS_quantize := tests/quant
 TESTS_bench := tests/bench tests/evaluate
 TESTS_plot := tests/plot
