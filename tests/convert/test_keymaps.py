@@ -213,3 +213,98 @@ def test_description_json_roundtrip():
     desc = M.ModelDescription(hf_config=LLAMA_CFG, args=args, tp=2, pp=1)
     again = M.ModelDescription.from_json(desc.to_json())
     assert again.args == args and again.tp == 2 and again.hf_config == LLAMA_CFG
+
+
+@pytest.mark.parametrize(
+    "cfg", [{}, {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}]
+)
+def test_megatron_shapes_are_what_combine_makes(cfg):
+    spec, args = _args(cfg, tp=2)
+    shapes = R.megatron_shapes(spec, args)
+    assert shapes["embedding.word_embeddings.weight"] == (512, 64)  # 500 padded to 128*2
+    for key, (rule, keys) in R.key_table(spec, args).items():
+        parts = [torch.zeros(R.hf_shape(k, args)) for k in keys]
+        assert tuple(R.combine(rule.combine, parts, args).shape) == shapes[key], key
+
+
+def test_yi_reads_as_llama_and_is_written_as_llama():
+    spec = R.find_arch({"architectures": ["YiForCausalLM"], "model_type": "Yi"})
+    assert spec.key_map is R.LLAMA and R.HF_CLASS[spec.name] == ("LlamaForCausalLM", "llama")
+    assert R.find_arch({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}).name == (
+        "llama"
+    )
+
+
+def test_sharded_keys_of_the_local_spec():
+    from llmbuild.convert import torch_dist as TD
+
+    assert TD.sharded_key("decoder.layers.3.input_layernorm.weight") == (
+        "decoder.layers.self_attention.linear_qkv.layer_norm_weight",
+        3,
+    )
+    assert TD.sharded_key("decoder.layers.0.pre_mlp_layernorm.weight") == (
+        "decoder.layers.mlp.linear_fc1.layer_norm_weight",
+        0,
+    )
+    assert TD.sharded_key("decoder.layers.12.mlp.linear_fc2.weight") == (
+        "decoder.layers.mlp.linear_fc2.weight",
+        12,
+    )
+    assert TD.sharded_key("output_layer.weight") == ("output_layer.weight", None)
+
+
+@pytest.mark.parametrize("kind", [W.COLUMN, W.ROW, W.VOCAB, W.QKV, W.SWIGLU, W.REPLICATED])
+def test_stored_chunks_are_each_ranks_shard(kind):
+    """The regions torch_dist stores per rank are exactly what a rank holds (tp_shard)."""
+    from llmbuild.convert import torch_dist as TD
+
+    t = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)
+    for tp in (1, 2):
+        for rank in range(tp):
+            regions = [reg for r, reg in TD.tp_regions(kind, tuple(t.shape), tp) if r == rank]
+            if kind == W.REPLICATED and rank > 0:
+                assert regions == []  # a replica: tensor-parallel rank 0 stores it
+                continue
+            parts = [t[tuple(slice(s, s + n) for s, n in reg)] for reg in regions]
+            assert torch.equal(torch.cat(parts, dim=0), W.tp_shard(t, kind, rank, tp)), (tp, rank)
+
+
+def test_stage_of_each_layer():
+    from llmbuild.convert import torch_dist as TD
+
+    assert TD.stage_layers(4, 2) == [0, 0, 1, 1]
+    assert TD.stage_layers(5, 2, (2, 3)) == [0, 0, 1, 1, 1]
+    with pytest.raises(UserError):
+        TD.stage_layers(5, 2, (1, 3))
+
+
+def test_safetensors_streaming_writer_and_lazy_reader(tmp_path):
+    from safetensors import safe_open
+
+    from llmbuild.convert import safetensors_io as S
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "a": torch.randn(3, 5, generator=g),
+        "b": torch.randn(7, generator=g).to(torch.bfloat16),
+        "c": torch.randn(2, 2, 2, generator=g).to(torch.float16),
+        "d": torch.randn(40, generator=g),
+    }
+    specs = [
+        S.TensorSpec(k, str(v.dtype).split(".")[1], tuple(v.shape)) for k, v in tensors.items()
+    ]
+    names = S.write_sharded(tmp_path, specs, iter(tensors.values()), max_shard_bytes=80)
+    assert names == [f"model-{i:05d}-of-00003.safetensors" for i in (1, 2, 3)]
+    for name in names:  # the reference implementation reads what we wrote
+        with safe_open(str(tmp_path / name), "pt") as f:
+            for k in f.keys():  # noqa: SIM118
+                assert torch.equal(f.get_tensor(k), tensors[k])
+    lazy = S.LazyHFWeights(tmp_path)
+    assert set(lazy) == set(tensors)
+    assert all(torch.equal(lazy[k], v) and lazy[k].dtype == v.dtype for k, v in tensors.items())
+    lazy.close()
+    # a file cut short is refused before anything is read
+    f = tmp_path / names[-1]
+    f.write_bytes(f.read_bytes()[:-4])
+    with pytest.raises(UserError, match="truncated"):
+        S.LazyHFWeights(tmp_path)

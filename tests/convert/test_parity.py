@@ -1,4 +1,7 @@
-"""HF -> megatron-core -> HF on tiny random models: bit-identical weights, matching logits."""
+"""HF -> megatron-core -> HF on tiny random models of every registered architecture: bit-identical
+weights, megatron logits equal to HF's (TP=PP=1 here; TP=2 and PP=2 under torchrun), rope and
+norm settings carried, the same greedy generation after the round trip, and the torch_dist
+layout the converter writes equal to the one megatron-core itself writes."""
 
 from __future__ import annotations
 
@@ -14,16 +17,39 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core")
 pytest.importorskip("transformers")
 
-sys.path.insert(0, str(Path(__file__).parent))
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
 import tiny  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
-ARCHS = {
-    "llama": dict(arch="llama", layers=2),
-    "qwen2-tied": dict(arch="qwen2", layers=2, tied=True),
-    "mistral-window": dict(arch="mistral", layers=2, sliding_window=16),
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
 }
+# Every registered architecture, as its published variants configure it (tiny sizes).
+ARCHS = {
+    "llama2": dict(arch="llama", heads=4, kv_heads=4, rope_parameters={"rope_theta": 10000.0}),
+    "llama3": dict(arch="llama", vocab_size=500, rope_parameters={"rope_theta": 500000.0}),
+    "llama3.1": dict(
+        arch="llama", rope_parameters=LLAMA3_ROPE, max_position_embeddings=16384, rms_norm_eps=1e-6
+    ),
+    "llama3.2-tied": dict(
+        arch="llama",
+        tied=True,
+        rope_parameters=dict(LLAMA3_ROPE, factor=32.0),
+        max_position_embeddings=16384,
+    ),
+    "qwen2-tied": dict(arch="qwen2", vocab_size=500, tied=True),
+    "qwen2.5": dict(arch="qwen2", rope_parameters={"rope_theta": 1000000.0}, rms_norm_eps=1e-6),
+    "mistral-window": dict(arch="mistral", sliding_window=16),
+    "yi": dict(arch="yi", vocab_size=500, rope_parameters={"rope_theta": 5000000.0}),
+}
+EXPECTED_SPEC = {"llama": "llama", "yi": "llama", "qwen2": "qwen2", "mistral": "mistral"}
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +64,42 @@ def backend():
     device.shutdown()
 
 
+def _make(hf_dir: Path, name: str, **override):
+    spec = dict(ARCHS[name], **override)
+    eps = spec.pop("rms_norm_eps", 1e-5)
+    model = tiny.make_model(hf_dir, **spec)
+    if eps != 1e-5:  # make_model fixes 1e-5; rewrite it (weights do not depend on it)
+        cfg = json.loads((hf_dir / "config.json").read_text())
+        cfg["rms_norm_eps"] = eps
+        (hf_dir / "config.json").write_text(json.dumps(cfg))
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    return model
+
+
 def _hf_weights(hf_dir: Path) -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(hf_dir / "model.safetensors"))
+    out: dict = {}
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
 
 
-def _megatron_logits(mg_dir: Path, ids):
+def _megatron_model(mg_dir: Path):
     from llmbuild.mcore import checkpoint as ckpt
     from llmbuild.mcore import model as M
 
     desc = M.load_description(mg_dir)
-    _, model = M.build_for_this_rank(desc, tp=1, pp=1, device="cpu")
+    config, model = M.build_for_this_rank(desc, tp=1, pp=1, device="cpu")
     ckpt.load(mg_dir, model)
-    model.eval()
+    return desc, config, model.eval()
+
+
+def _megatron_logits(desc, model, ids):
+    from llmbuild.mcore import model as M
+
     seq = ids.shape[1]
     pos = torch.arange(seq).unsqueeze(0).expand(ids.shape[0], -1)
     with torch.no_grad():
@@ -59,32 +107,168 @@ def _megatron_logits(mg_dir: Path, ids):
     return out[..., : desc.args.vocab_size]
 
 
+def _greedy(model_dir_or_model, ids, n: int = 12):
+    from transformers import AutoModelForCausalLM
+
+    model = model_dir_or_model
+    if isinstance(model, (str, Path)):
+        model = AutoModelForCausalLM.from_pretrained(str(model)).eval()
+    with torch.no_grad():
+        return model.generate(
+            ids, max_new_tokens=n, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+
+
 @pytest.mark.parametrize("name", list(ARCHS))
-def test_roundtrip_bit_identical_and_logits_match(name, backend, tmp_path):
+def test_roundtrip_bit_identical_logits_rope_generation(name, backend, tmp_path):
     from llmbuild.convert import checkpointer as C
 
-    spec = dict(ARCHS[name])
-    hf_model = tiny.make_model(tmp_path / "hf", **spec)
-    stats = C.hf_to_megatron(tmp_path / "hf", tmp_path / "mg", tp=1, pp=1, device="cpu")
-    assert stats.architecture == spec["arch"]
+    hf = tmp_path / "hf"
+    hf_model = _make(hf, name)
+    hf_cfg = json.loads((hf / "config.json").read_text())
+    stats = C.hf_to_megatron(hf, tmp_path / "mg", tp=1, pp=1)
+    assert stats.architecture == EXPECTED_SPEC[ARCHS[name]["arch"]]
     assert (tmp_path / "mg" / "iter_0000000" / "metadata.json").is_file()
     assert (tmp_path / "mg" / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
 
-    _, back = C.megatron_to_hf_tensors(tmp_path / "mg")
-    orig = _hf_weights(tmp_path / "hf")
-    if spec.get("tied"):
+    # vocabulary padded to a multiple of 128 on the way in ...
+    assert stats.padded_vocab_size == 512
+    # ... and removed on the way out; every tensor bit-identical
+    desc, back = C.megatron_to_hf_tensors(tmp_path / "mg")
+    orig = _hf_weights(hf)
+    if ARCHS[name].get("tied"):
         orig.pop("lm_head.weight", None)
     assert set(back) == set(orig)
     for k, t in orig.items():
         assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
 
-    ids = torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(0))
+    # rope theta / scaling and the norm epsilon reach the megatron model
+    desc, config, mg_model = _megatron_model(tmp_path / "mg")
+    assert config.layernorm_epsilon == hf_cfg["rms_norm_eps"]
+    hf_inv = hf_model.model.rotary_emb.inv_freq.float()
+    mg_inv = mg_model.rotary_pos_emb.inv_freq.float()
+    torch.testing.assert_close(mg_inv, hf_inv, rtol=1e-6, atol=0)
+    theta = hf_cfg["rope_parameters"]["rope_theta"]
+    plain = 1.0 / theta ** (torch.arange(0, 32, 2).float() / 32)
+    scaled = "factor" in hf_cfg["rope_parameters"]
+    assert (not torch.allclose(mg_inv, plain)) == scaled  # the scaling case really scales
+
+    ids = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = hf_model(ids).logits
-    got = _megatron_logits(tmp_path / "mg", ids)
+    got = _megatron_logits(desc, mg_model, ids)
     assert got.shape == ref.shape
     diff = (got - ref).abs().max().item()
     assert diff <= 1e-5, diff
+
+    # converted back to a complete HF directory: greedy generation identical
+    out = tmp_path / "out"
+    out.mkdir()
+    C.megatron_to_hf(tmp_path / "mg", hf, out)
+    C.verify_hf_dir(out)
+    prompt = ids[:1, :8]
+    assert torch.equal(_greedy(out, prompt), _greedy(hf_model, prompt))
+
+
+def _layout(iter_dir: Path) -> tuple[dict, dict]:
+    """fqn -> (shape, dtype, chunks) and fqn -> set of files, from torch_dist metadata."""
+    from llmbuild.convert.torch_dist import TorchDistReader
+
+    r = TorchDistReader(iter_dir)
+    tensors = {}
+    for k, v in r.md.state_dict_metadata.items():
+        chunks = getattr(v, "chunks", None)
+        tensors[k] = (
+            None
+            if chunks is None
+            else (
+                tuple(v.size),
+                str(v.properties.dtype),
+                sorted((tuple(c.offsets), tuple(c.sizes)) for c in chunks),
+            )
+        )
+    files: dict = {}
+    for idx, info in r.md.storage_data.items():
+        files.setdefault(idx.fqn, set()).add(info.relative_path)
+    return tensors, files
+
+
+def test_layout_equals_megatron_own_save(backend, tmp_path):
+    """The converter's torch_dist chunks and files are the ones megatron-core writes."""
+    from llmbuild.convert import checkpointer as C
+    from llmbuild.mcore import checkpoint as ckpt
+
+    _make(tmp_path / "hf", "qwen2-tied")
+    C.hf_to_megatron(tmp_path / "hf", tmp_path / "mg", tp=1, pp=1)
+    _, _, model = _megatron_model(tmp_path / "mg")
+    ckpt.save(tmp_path / "resaved", 0, model)
+    assert _layout(tmp_path / "mg" / "iter_0000000") == _layout(
+        tmp_path / "resaved" / "iter_0000000"
+    )
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.parametrize(
+    ("name", "tp", "pp", "split"),
+    [
+        ("qwen2-tied", 2, 1, None),
+        ("qwen2-tied", 1, 2, None),
+        ("llama3.1", 2, 1, None),
+        ("llama3.1", 1, 2, None),
+        ("qwen2-tied", 1, 2, (1, 2)),  # uneven pipeline split of 3 layers
+    ],
+)
+def test_torchrun_parallel_logits_and_layout(name, tp, pp, split, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llmbuild.convert import checkpointer as C
+
+    hf = tmp_path / "hf"
+    _make(hf, name, **({"layers": sum(split)} if split else {}))
+    C.hf_to_megatron(hf, tmp_path / "mg", tp=tp, pp=pp, pp_layers=split)
+    ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(1))
+    torch.save(ids, tmp_path / "ids.pt")
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "dist_forward.py"),
+        str(tmp_path / "mg"),
+        str(tp),
+        str(pp),
+        str(tmp_path / "ids.pt"),
+        str(out),
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    model = AutoModelForCausalLM.from_pretrained(str(hf)).eval()
+    with torch.no_grad():
+        ref = model(ids).logits
+    got = torch.load(out / "logits.pt")
+    assert got.shape == ref.shape
+    diff = (got - ref).abs().max().item()
+    assert diff <= 1e-5, diff
+
+    # megatron-core's own save of the loaded model has exactly the converter's layout ...
+    assert _layout(tmp_path / "mg" / "iter_0000000") == _layout(out / "resaved" / "iter_0000000")
+    # ... and converts back to the original weights, bit for bit
+    _, back = C.megatron_to_hf_tensors(out / "resaved")
+    orig = _hf_weights(hf)
+    if ARCHS[name].get("tied"):
+        orig.pop("lm_head.weight", None)
+    assert set(back) == set(orig) and all(torch.equal(back[k], orig[k]) for k in orig)
+
+
+# --------------------------------------------------------------------------- CLI
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -98,7 +282,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_roundtrip_complete_hf_dir(tmp_path):
+def test_cli_roundtrip_complete_sharded_hf_dir(tmp_path):
     tiny.make_model(tmp_path / "hf", arch="llama", layers=2)
     r = _cli(
         "convert",
@@ -108,16 +292,20 @@ def test_cli_roundtrip_complete_hf_dir(tmp_path):
         "--output",
         str(tmp_path / "mg"),
         "--tp",
-        "1",
+        "2",
         "--pp",
-        "1",
+        "2",
         "--device",
         "cpu",
     )
     assert r.returncode == 0, r.stderr[-2000:]
     desc = json.loads((tmp_path / "mg" / "llmbuild_model.json").read_text())
     assert desc["megatron"]["num_query_groups"] == 2 and desc["hf_config"]["vocab_size"] == 512
+    assert desc["tp"] == 2 and desc["pp"] == 2
     assert (tmp_path / "mg" / "provenance.json").is_file()
+    # one file per rank, as megatron writes it at tp=2 pp=2
+    files = sorted(p.name for p in (tmp_path / "mg" / "iter_0000000").glob("*.distcp"))
+    assert files == [f"__{r}_0.distcp" for r in range(4)]
 
     r = _cli(
         "convert",
@@ -128,6 +316,8 @@ def test_cli_roundtrip_complete_hf_dir(tmp_path):
         str(tmp_path / "hf"),
         "--output",
         str(tmp_path / "out"),
+        "--max-shard-size",
+        "400KB",
     )
     assert r.returncode == 0, r.stderr[-2000:]
     out = tmp_path / "out"
@@ -137,15 +327,20 @@ def test_cli_roundtrip_complete_hf_dir(tmp_path):
         "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
-        "model.safetensors",
+        "model.safetensors.index.json",
         "provenance.json",
     ):
         assert (out / name).is_file(), name
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / s).is_file() for s in shards)
+    assert not (out / "model.safetensors").exists()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         assert (out / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
     assert "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
     a, b = _hf_weights(tmp_path / "hf"), _hf_weights(out)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in b.values())
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
@@ -159,14 +354,31 @@ def test_cli_roundtrip_complete_hf_dir(tmp_path):
     ).endswith("<|assistant|>\n")
 
 
-def test_cli_unknown_architecture_one_line(tmp_path):
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    (hf / "config.json").write_text(
-        json.dumps({"architectures": ["FalconForCausalLM"], "model_type": "falcon"})
+def test_cli_bf16_stays_bf16(tmp_path):
+    tiny.make_model(tmp_path / "hf", arch="qwen2", layers=2, tied=True)
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).to(torch.bfloat16)
+    m.save_pretrained(str(tmp_path / "hf"))
+    args = ["--hf", str(tmp_path / "hf"), "--output", str(tmp_path / "mg")]
+    r = _cli("convert", "hf2mg", *args, "--dtype", "bfloat16", "--tp", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    from llmbuild.convert.torch_dist import TorchDistReader
+
+    stored = TorchDistReader(tmp_path / "mg" / "iter_0000000").tensors()
+    assert {str(d) for _, d in stored.values()} == {"torch.bfloat16"}
+    r = _cli(
+        "convert",
+        "mg2hf",
+        "--load",
+        str(tmp_path / "mg"),
+        "--hf-source",
+        str(tmp_path / "hf"),
+        "--output",
+        str(tmp_path / "out"),
     )
-    r = _cli("convert", "hf2mg", "--hf", str(hf), "--output", str(tmp_path / "mg"))
-    assert r.returncode == 2
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "FalconForCausalLM" in lines[0] and "LlamaForCausalLM" in lines[0]
-    assert not (tmp_path / "mg").exists()
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _hf_weights(tmp_path / "hf"), _hf_weights(tmp_path / "out")
+    assert all(t.dtype == torch.bfloat16 for t in b.values())
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"

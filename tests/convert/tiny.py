@@ -62,6 +62,7 @@ def make_model(
 
     cls = {
         "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "yi": (tf.LlamaConfig, tf.LlamaForCausalLM),  # Yi is published as Llama
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
     }[arch]
@@ -72,7 +73,7 @@ def make_model(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
-        max_position_embeddings=512,
+        max_position_embeddings=extra.pop("max_position_embeddings", 512),
         rms_norm_eps=1e-5,
         tie_word_embeddings=tied,
         **extra,

@@ -1,21 +1,31 @@
-"""All file I/O of conversion: lazy safetensors reading, megatron checkpoints, HF directories.
+"""All file I/O of conversion: HF directories and megatron-core torch_dist checkpoints.
 
-The tensor logic lives in ``registry`` / ``weights`` (pure); this module feeds them tensors
-read one at a time (``safe_open``) and writes the results.
+The tensor logic lives in ``registry`` / ``weights`` (pure); this module feeds them tensors read
+one at a time and writes each result as soon as it is made, so a conversion holds about one
+tensor (the largest: the embedding) besides the interpreter, never the model:
+
+- hf2mg: HF safetensors (``safetensors_io``, validated up front) -> per megatron tensor: read
+  its HF tensors, combine (QKV interleave, gate/up fusion, vocabulary padding), cast, write its
+  tensor-parallel chunks into the per-rank ``.distcp`` files (``torch_dist``). One process,
+  whatever ``--tp``/``--pp``: the layout is the chunks and files megatron-core would write.
+- mg2hf: per megatron tensor: read it from the chunks that hold it (padded rows are never read),
+  split, cast, stream into safetensors shards; then check the directory with transformers.
+
+Bad input stops before any output with one ``UserError``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbuild.convert import registry as R
-from llmbuild.convert import weights as W
+from llmbuild.convert import safetensors_io as S
+from llmbuild.convert import torch_dist as TD
 from llmbuild.errors import UserError
 from llmbuild.mcore import checkpoint as ckpt
 from llmbuild.mcore import model as M
@@ -23,8 +33,9 @@ from llmbuild.mcore import model as M
 if TYPE_CHECKING:
     import torch
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = S.INDEX
+SAFETENSORS_SINGLE = S.SINGLE
+LazyHFWeights = S.LazyHFWeights
 # Files a served HF directory needs besides the weights; copied from --hf-source.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -39,6 +50,7 @@ TOKENIZER_FILES = (
 )
 REQUIRED_SOURCE_FILES = ("tokenizer_config.json",)
 MAX_SHARD_BYTES = 5 * 1024**3
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
@@ -51,143 +63,9 @@ def read_hf_config(hf_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"invalid JSON ({exc})", path=path) from exc
 
 
-class LazyHFWeights(Mapping[str, "torch.Tensor"]):
-    """The safetensors of an HF directory as a read-only mapping; each lookup reads one
-    tensor from disk (``safe_open``), nothing is loaded up front."""
-
-    def __init__(self, hf_dir: str | Path) -> None:
-        from safetensors import safe_open
-
-        self.dir = Path(hf_dir)
-        self._open = safe_open
-        self._handles: dict[str, Any] = {}
-        index = self.dir / SAFETENSORS_INDEX
-        single = self.dir / SAFETENSORS_SINGLE
-        if index.is_file():
-            try:
-                self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise UserError(
-                    f"unreadable index ({exc})", path=index, field="weight_map"
-                ) from exc
-        elif single.is_file():
-            self.weight_map = {
-                k: SAFETENSORS_SINGLE for k in self._handle(SAFETENSORS_SINGLE).keys()
-            }
-        else:
-            found = "pytorch_model.bin" if (self.dir / "pytorch_model.bin").exists() else None
-            hint = (
-                " (found pytorch_model.bin: re-save it with safe_serialization=True)"
-                if found
-                else ""
-            )
-            raise UserError(f"no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}{hint}", path=self.dir)
-
-    def _handle(self, fname: str) -> Any:
-        if fname not in self._handles:
-            path = self.dir / fname
-            if not path.is_file():
-                raise UserError("shard named in the index is missing", path=path)
-            self._handles[fname] = self._open(str(path), framework="pt", device="cpu")
-        return self._handles[fname]
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        try:
-            fname = self.weight_map[key]
-        except KeyError:
-            raise UserError(f"missing tensor {key!r}", path=self.dir) from None
-        return self._handle(fname).get_tensor(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.weight_map)
-
-    def __len__(self) -> int:
-        return len(self.weight_map)
-
-    def close(self) -> None:
-        self._handles.clear()
-
-
-# --------------------------------------------------------------------------- rank-0 atomic dir
-
-
-@contextlib.contextmanager
-def rank0_atomic_dir(final: str | Path) -> Iterator[Path]:
-    """``atomic_dir`` for a collective write: rank 0 owns the temp dir, every rank gets it."""
-    import torch
-
-    from llmbuild.atomic import atomic_dir
-
-    dist = torch.distributed
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        with atomic_dir(final) as tmp:
-            yield tmp
-        return
-    if dist.get_rank() == 0:
-        with atomic_dir(final) as tmp:
-            dist.broadcast_object_list([str(tmp)], src=0)
-            yield tmp
-            dist.barrier()
-    else:
-        box: list[Any] = [None]
-        dist.broadcast_object_list(box, src=0)
-        yield Path(box[0])
-        dist.barrier()
-
-
-# --------------------------------------------------------------------------- HF -> megatron
-
-
-def _global_key(local_key: str, layer_offset: int) -> str:
-    prefix = "decoder.layers."
-    if layer_offset and local_key.startswith(prefix):
-        idx, rest = local_key[len(prefix) :].split(".", 1)
-        return f"{prefix}{int(idx) + layer_offset}.{rest}"
-    return local_key
-
-
-def fill_model_from_hf(
-    model: Any,
-    weights: Mapping[str, torch.Tensor],
-    spec: R.ArchSpec,
-    args: M.ModelArgs,
-    *,
-    tp_rank: int,
-    tp_size: int,
-    layer_offset: int,
-) -> int:
-    """Copy this rank's shard of every megatron tensor, converted from ``weights``.
-
-    Returns the number of tensors filled; raises if the model and the map disagree.
-    """
-    import torch
-
-    table = R.key_table(spec, args)
-    filled = 0
-    params = model.state_dict(keep_vars=True)
-    for local_key, param in params.items():
-        if local_key.endswith("_extra_state"):
-            continue
-        key = _global_key(local_key, layer_offset)
-        if key == "output_layer.weight" and args.tie_word_embeddings:
-            key = "embedding.word_embeddings.weight"  # last pipeline stage's tied copy
-        if key not in table:
-            raise UserError(
-                f"megatron tensor {key} has no rule in the {spec.name} key map",
-                field="architectures",
-            )
-        rule = table[key][0]
-        full = R.hf_to_mcore(weights, spec, args, only=[key])[key]
-        part = W.tp_shard(full, rule.parallel, tp_rank, tp_size)
-        if tuple(part.shape) != tuple(param.shape):
-            raise UserError(
-                f"{key}: converted shape {tuple(part.shape)} != model shape {tuple(param.shape)}",
-                field="config.json",
-            )
-        with torch.no_grad():
-            param.copy_(part.to(param.dtype))
-        filled += 1
-    return filled
+def _dtype_of(hf_config: Mapping[str, Any]) -> str:
+    d = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"
+    return str(d).replace("torch.", "")
 
 
 @dataclass
@@ -196,19 +74,72 @@ class ConvertStats:
     tensors: int
     parameters: int
     padded_vocab_size: int
+    bytes_written: int = 0
+    dtype: str = "float32"
+    seconds: float = 0.0  # the conversion itself: reading, combining, writing (no imports)
 
 
-def _dtype_of(hf_config: Mapping[str, Any]) -> str:
-    d = hf_config.get("dtype") or hf_config.get("torch_dtype") or "float32"
-    return str(d).replace("torch.", "")
+@dataclass
+class HFSource:
+    """An HF directory checked for conversion: config, architecture, derived args, weights."""
+
+    config: dict[str, Any]
+    spec: R.ArchSpec
+    args: M.ModelArgs
+    weights: S.LazyHFWeights
+
+
+def open_hf(
+    hf_dir: str | Path,
+    *,
+    tp: int,
+    pp: int,
+    make_vocab_size_divisible_by: int = 128,
+    pp_layers: tuple[int, ...] | None = None,
+) -> HFSource:
+    """Everything hf2mg checks before writing: config, architecture, TP/PP against the heads
+    and layers, every shard complete, every tensor present with the shape the config implies."""
+    cfg_path = Path(hf_dir) / "config.json"
+    cfg = read_hf_config(hf_dir)
+    spec = R.find_arch(cfg, path=cfg_path)
+    args = M.describe(
+        cfg,
+        spec.name,
+        tp=tp,
+        qkv_bias=spec.qkv_bias,
+        make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+        path=cfg_path,
+    )
+    args.check_parallel(tp, pp, pp_layers)
+    weights = S.LazyHFWeights(hf_dir)
+    extra = R.unexpected_hf_keys(list(weights), spec, args)
+    if extra:
+        raise UserError(
+            f"{len(extra)} tensors the {spec.name} map does not convert, e.g. "
+            f"{extra[:3]}; the architecture does not match config.json",
+            path=hf_dir,
+        )
+    for key in R.hf_keys(spec, args):
+        if key not in weights.infos:
+            raise UserError(f"missing tensor {key!r}", path=hf_dir)
+        want, got = R.hf_shape(key, args), weights.infos[key].shape
+        if got != want:
+            raise UserError(
+                f"tensor {key} has shape {list(got)}, config.json implies {list(want)}",
+                path=weights.file_of[key],
+            )
+    return HFSource(cfg, spec, args, weights)
 
 
 def check_hf_dir(hf_dir: str | Path) -> R.ArchSpec:
     """Fail early on a directory this converter cannot read (no config, unknown arch)."""
     cfg = read_hf_config(hf_dir)
     spec = R.find_arch(cfg, path=Path(hf_dir) / "config.json")
-    LazyHFWeights(hf_dir).close()
+    S.LazyHFWeights(hf_dir).close()
     return spec
+
+
+# --------------------------------------------------------------------------- HF -> megatron
 
 
 def hf_to_megatron(
@@ -217,112 +148,195 @@ def hf_to_megatron(
     *,
     tp: int,
     pp: int,
-    device: str,
+    device: str = "cpu",
     dtype: str = "float32",
     make_vocab_size_divisible_by: int = 128,
+    pp_layers: tuple[int, ...] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ConvertStats:
     """Write a megatron torch_dist checkpoint (iteration 0) of ``hf_dir`` into ``out_dir``
-    (an existing, empty directory; the caller makes it atomic). Collective over tp*pp ranks."""
-    from megatron.core import parallel_state
-    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+    (an existing, empty directory; the caller makes it atomic). One process, any TP/PP.
 
-    from llmbuild.mcore import device as D
+    ``dtype``: the stored dtype and the one the description records for training;
+    ``device`` is accepted for symmetry and unused (conversion is tensor copying on CPU).
+    ``progress(done_bytes, total_bytes)`` is called after each chunk."""
+    import time
 
-    cfg = read_hf_config(hf_dir)
-    spec = R.find_arch(cfg, path=Path(hf_dir) / "config.json")
-    args = M.describe(
-        cfg,
-        spec.name,
+    import torch
+
+    TD.preload()
+    started = time.perf_counter()
+    if dtype not in _DTYPES:
+        raise UserError(f"dtype {dtype!r}; use one of {', '.join(_DTYPES)}", field="--dtype")
+    src = open_hf(
+        hf_dir,
         tp=tp,
-        qkv_bias=spec.qkv_bias,
+        pp=pp,
         make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-        path=Path(hf_dir) / "config.json",
+        pp_layers=pp_layers,
     )
-    args.check_parallel(tp, pp)
-    weights = LazyHFWeights(hf_dir)
-    extra = R.unexpected_hf_keys(list(weights), spec, args)
-    if extra:
-        raise UserError(
-            f"{len(extra)} tensors the {spec.name} map does not convert, e.g. "
-            f"{extra[:3]}; the architecture does not match config.json",
-            path=hf_dir,
+    spec, args, weights = src.spec, src.args, src.weights
+    shapes = R.megatron_shapes(spec, args)
+    lay = TD.layout(spec, args, tp, pp, dtype=dtype, shapes=shapes, pp_layers=pp_layers)
+    table = R.key_table(spec, args)
+    tdtype = getattr(torch, dtype)
+    itemsize = torch.empty((), dtype=tdtype).element_size()
+    total = sum(_numel(s) for s in shapes.values()) * itemsize
+
+    def tensor_of(key: str) -> torch.Tensor | TD.Cat:
+        rule, hf_names = table[key]
+        parts = [weights[k].to(tdtype) for k in hf_names]
+        if rule.combine == R.GATE_UP:  # [gate; up]: every stored chunk lies in one of them
+            return TD.Cat(parts)
+        if rule.combine == R.VOCAB and args.padded_vocab_size > args.vocab_size:
+            pad = parts[0].new_zeros(args.padded_vocab_size - args.vocab_size, *parts[0].shape[1:])
+            return TD.Cat([parts[0], pad])
+        return R.combine(rule.combine, parts, args)
+
+    out = Path(out_dir)
+    target = out / ckpt.iter_name(0)
+    target.mkdir(parents=True)
+    try:
+        written = TD.write(
+            target,
+            lay,
+            tensor_of,
+            iteration=0,
+            progress=None if progress is None else (lambda n: progress(n, total)),
         )
-    backend = D.init_backend(device, tp=tp, pp=pp)
-    if backend.dp != 1:
-        raise UserError(
-            f"conversion runs on exactly tp*pp = {tp * pp} processes, got {backend.world_size}",
-            field="--tp/--pp",
-        )
+    finally:
+        weights.close()
+    (out / ckpt.TRACKER).write_text("0\n")
     desc = M.ModelDescription(
-        hf_config=cfg, args=args, tp=tp, pp=pp, dtype=dtype, extra={"source_dtype": _dtype_of(cfg)}
+        hf_config=src.config,
+        args=args,
+        tp=tp,
+        pp=pp,
+        dtype=dtype,
+        extra={"source_dtype": _dtype_of(src.config)}
+        | ({"pp_layers": list(pp_layers)} if pp_layers else {}),
     )
-    config, model = M.build_for_this_rank(desc, tp=tp, pp=pp, device=device)
-    model.to(backend.torch_device)
-    filled = fill_model_from_hf(
-        model,
-        weights,
-        spec,
-        args,
-        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
-        tp_size=tp,
-        layer_offset=get_transformer_layer_offset(config),
+    M.save_description(out, desc)
+    n_params = sum(_numel(s) for s in shapes.values())
+    return ConvertStats(
+        spec.name,
+        len(shapes),
+        n_params,
+        args.padded_vocab_size,
+        written,
+        dtype,
+        round(time.perf_counter() - started, 3),
     )
-    weights.close()
-    ckpt.save(out_dir, 0, model)
-    if backend.rank == 0:
-        M.save_description(out_dir, desc)
-    n_params = sum(p.numel() for p in model.parameters())
-    return ConvertStats(spec.name, filled, n_params, args.padded_vocab_size)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 # --------------------------------------------------------------------------- megatron -> HF
 
 
-def _shard_plan(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for k, t in tensors.items():
-        n = t.numel() * t.element_size()
-        if shards[-1] and size + n > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(k)
-        size += n
-    return shards
+@dataclass
+class MegatronSource:
+    """A megatron checkpoint checked for mg2hf: description, iteration dir, reader."""
+
+    desc: M.ModelDescription
+    spec: R.ArchSpec
+    iteration: int
+    reader: TD.TorchDistReader
 
 
-def save_hf_weights(
-    tensors: Mapping[str, torch.Tensor], out_dir: Path, max_shard_bytes: int = MAX_SHARD_BYTES
-) -> list[str]:
-    """safetensors, one file or shards + index (transformers' naming)."""
-    from safetensors.torch import save_file
-
-    plan = _shard_plan(tensors, max_shard_bytes)
-    meta = {"format": "pt"}
-    if len(plan) == 1:
-        save_file(
-            {k: tensors[k].contiguous() for k in plan[0]},
-            str(out_dir / SAFETENSORS_SINGLE),
-            metadata=meta,
+def open_megatron(load_dir: str | Path) -> MegatronSource:
+    """The latest checkpoint under ``load_dir``, checked against its llmbuild_model.json: the
+    architecture is known, every file the torch_dist metadata names is there and complete,
+    every tensor has the global shape the description implies, and the TP/PP the chunks were
+    written with is the one the description records."""
+    desc = M.load_description(load_dir)
+    spec = R.ARCHS.get(desc.args.architecture)
+    if spec is None:
+        raise UserError(
+            f"architecture {desc.args.architecture!r} is not supported; supported: {R.supported()}",
+            path=Path(load_dir) / M.DESCRIPTION_FILE,
+            field="megatron.architecture",
         )
-        return [SAFETENSORS_SINGLE]
-    names, weight_map, total = [], {}, 0
-    for i, keys in enumerate(plan, start=1):
-        name = f"model-{i:05d}-of-{len(plan):05d}.safetensors"
-        save_file({k: tensors[k].contiguous() for k in keys}, str(out_dir / name), metadata=meta)
-        names.append(name)
-        for k in keys:
-            weight_map[k] = name
-            total += tensors[k].numel() * tensors[k].element_size()
-    (out_dir / SAFETENSORS_INDEX).write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
-    )
-    return names
+    iteration, d = ckpt.latest_dir(load_dir)
+    reader = TD.TorchDistReader(d)
+    stored = reader.tensors()
+    desc_path = Path(load_dir) / M.DESCRIPTION_FILE
+    tp, pp = reader.inferred_layout()
+    if (tp, pp) != (desc.tp, desc.pp):
+        raise UserError(
+            f"says tp={desc.tp} pp={desc.pp}, but {d.name}'s torch_dist metadata was written "
+            f"with tp={tp} pp={pp}; the checkpoint and its description do not belong together",
+            path=desc_path,
+            field="tp/pp",
+        )
+    for key, shape in R.megatron_shapes(spec, desc.args).items():
+        fqn, layer = TD.sharded_key(key)
+        want = shape if layer is None else (desc.args.num_layers, *shape)
+        if fqn not in stored:
+            raise UserError(f"tensor {fqn} is missing from {d.name}", path=d)
+        if stored[fqn][0] != want:
+            raise UserError(
+                f"tensor {fqn} has global shape {list(stored[fqn][0])}, the description "
+                f"implies {list(want)}",
+                path=desc_path,
+                field="megatron",
+            )
+    return MegatronSource(desc, spec, iteration, reader)
 
 
-def copy_tokenizer_files(source: Path, out_dir: Path) -> list[str]:
-    """Copy the tokenizer / generation files a server needs; UserError if the source lacks
-    the essential ones (the seeds' classic failure: a reconverted dir that cannot be served)."""
+def hf_specs(src: MegatronSource, dtype: str) -> list[S.TensorSpec]:
+    """Name, dtype and shape of every HF tensor mg2hf writes, in writing order."""
+    args = src.desc.args
+    return [
+        S.TensorSpec(k, dtype, R.hf_shape(k, args))
+        for _, keys in R.key_table(src.spec, args).values()
+        for k in keys
+    ]
+
+
+def iter_hf_tensors(src: MegatronSource, dtype: str) -> Iterator[torch.Tensor]:
+    """The HF tensors in ``hf_specs`` order, each made from one megatron tensor read on demand."""
+    import torch
+
+    args = src.desc.args
+    tdtype = getattr(torch, dtype)
+    shapes = R.megatron_shapes(src.spec, args)
+    for key, (rule, _) in R.key_table(src.spec, args).items():
+        if rule.combine == R.VOCAB:  # read the real rows only: no unpadding copy
+            yield src.reader.read_key(key, (args.vocab_size, *shapes[key][1:]), tdtype)
+            continue
+        if rule.combine == R.GATE_UP:  # gate rows, then up rows, each read on its own
+            half = (shapes[key][0] // 2, *shapes[key][1:])
+            yield src.reader.read_key(key, half, tdtype)
+            yield src.reader.read_key(key, half, tdtype, row=half[0])
+            continue
+        t = src.reader.read_key(key, shapes[key], tdtype)
+        parts = R.split(rule.combine, t, args)
+        del t
+        yield from parts
+
+
+def megatron_to_hf_tensors(
+    load_dir: str | Path, *, device: str = "cpu", dtype: str = "float32"
+) -> tuple[M.ModelDescription, dict[str, torch.Tensor]]:
+    """The whole HF state dict of a megatron checkpoint in memory (tests, small models)."""
+    src = open_megatron(load_dir)
+    try:
+        specs = hf_specs(src, dtype)
+        return src.desc, {
+            s.name: t for s, t in zip(specs, iter_hf_tensors(src, dtype), strict=True)
+        }
+    finally:
+        src.reader.close()
+
+
+def check_tokenizer_source(source: Path) -> None:
+    """The --hf-source of mg2hf has what a served model needs (checked before any work)."""
     if not source.is_dir():
         raise UserError("not a directory", path=source, field="--hf-source")
     for name in REQUIRED_SOURCE_FILES:
@@ -334,8 +348,31 @@ def copy_tokenizer_files(source: Path, out_dir: Path) -> list[str]:
             )
     if not any((source / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise UserError(
-            "no tokenizer.json / tokenizer.model / vocab.json", path=source, field="--hf-source"
+            "no tokenizer.json / tokenizer.model / vocab.json; the converted model could not "
+            "be served",
+            path=source,
+            field="--hf-source",
         )
+    if (source / "vocab.json").is_file() and not (source / "tokenizer.json").is_file():
+        if not (source / "merges.txt").is_file():
+            raise UserError(
+                "vocab.json without merges.txt (or tokenizer.json)",
+                path=source,
+                field="--hf-source",
+            )
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        path = source / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UserError(f"invalid JSON ({exc})", path=path, field="--hf-source") from exc
+
+
+def copy_tokenizer_files(source: Path, out_dir: Path) -> list[str]:
+    """Copy the tokenizer / generation files a server needs; UserError if the source lacks
+    the essential ones (the seeds' classic failure: a reconverted dir that cannot be served)."""
+    check_tokenizer_source(source)
     copied = []
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         if (source / name).is_file():
@@ -354,80 +391,109 @@ def has_chat_template(out_dir: Path) -> bool:
     return bool(cfg.get("chat_template"))
 
 
-_DTYPES = {"float32", "bfloat16", "float16"}
+def hf_config_out(desc: M.ModelDescription, dtype: str) -> dict[str, Any]:
+    """config.json of the converted model: the source's, with the architecture transformers
+    loads natively and the written dtype."""
+    cfg = dict(desc.hf_config)
+    spec = R.ARCHS[desc.args.architecture]
+    if spec.name in R.HF_CLASS:
+        cls, model_type = R.HF_CLASS[spec.name]
+        cfg["architectures"], cfg["model_type"] = [cls], model_type
+        cfg.pop("auto_map", None)
+    cfg.setdefault("architectures", [spec.architectures[0]])
+    cfg["dtype"] = dtype
+    cfg.pop("torch_dtype", None)
+    return cfg
 
 
-def megatron_to_hf_tensors(
+def megatron_to_hf(
     load_dir: str | Path,
-    *,
-    device: str = "cpu",
-) -> tuple[M.ModelDescription, dict[str, torch.Tensor]]:
-    """Load the latest checkpoint under ``load_dir`` (any saved TP/PP) on one process and
-    return its description and the HF state dict."""
-    from llmbuild.mcore import device as D
-
-    desc = M.load_description(load_dir)
-    spec = R.ARCHS.get(desc.args.architecture)
-    if spec is None:
-        raise UserError(
-            f"architecture {desc.args.architecture!r} is not supported; supported: {R.supported()}",
-            path=load_dir,
-        )
-    D.init_backend(device, tp=1, pp=1)
-    _, model = M.build_for_this_rank(desc, tp=1, pp=1, device=device)
-    ckpt.load(load_dir, model)
-    mg = {
-        k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith("_extra_state")
-    }
-    return desc, R.mcore_to_hf(mg, spec, desc.args)
-
-
-def write_hf_dir(
-    desc: M.ModelDescription,
-    tensors: Mapping[str, torch.Tensor],
     hf_source: str | Path,
     out_dir: Path,
     *,
     dtype: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+    source: MegatronSource | None = None,
 ) -> dict[str, Any]:
-    """config.json, safetensors and the source's tokenizer/generation files into ``out_dir``."""
-    import torch
+    """Write a complete HF directory into ``out_dir`` (existing, empty): config.json,
+    generation_config.json, the source's tokenizer files, safetensors (+ index if sharded).
+    ``source``: ``open_megatron(load_dir)`` if the caller has it already (closed here)."""
+    import time
 
-    out_dtype = dtype or desc.extra.get("source_dtype") or _dtype_of(desc.hf_config)
-    if out_dtype not in _DTYPES:
-        raise UserError(f"dtype {out_dtype!r}; use one of {sorted(_DTYPES)}", field="--dtype")
-    tdtype = getattr(torch, out_dtype)
-    cast = {k: (v.to(tdtype) if v.is_floating_point() else v) for k, v in tensors.items()}
-    cfg = dict(desc.hf_config)
-    spec = R.ARCHS[desc.args.architecture]
-    cfg.setdefault("architectures", [spec.architectures[0]])
-    cfg["dtype"] = out_dtype
-    if "torch_dtype" in cfg:
-        cfg["torch_dtype"] = out_dtype
-    copied = copy_tokenizer_files(Path(hf_source), out_dir)
-    if "generation_config.json" not in copied:  # servers read eos from it
-        gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
-        (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    files = save_hf_weights(cast, out_dir)
+    TD.preload()
+    started = time.perf_counter()
+    check_tokenizer_source(Path(hf_source))
+    src = source or open_megatron(load_dir)
+    try:
+        out_dtype = dtype or src.desc.extra.get("source_dtype") or _dtype_of(src.desc.hf_config)
+        if out_dtype not in _DTYPES:
+            raise UserError(
+                f"dtype {out_dtype!r}; use one of {', '.join(_DTYPES)}", field="--dtype"
+            )
+        cfg = hf_config_out(src.desc, out_dtype)
+        copied = copy_tokenizer_files(Path(hf_source), out_dir)
+        if "generation_config.json" not in copied:  # servers read eos from it
+            gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
+            (out_dir / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        specs = hf_specs(src, out_dtype)
+        total = sum(s.nbytes for s in specs)
+        files = S.write_sharded(
+            out_dir,
+            specs,
+            iter_hf_tensors(src, out_dtype),
+            max_shard_bytes=max_shard_bytes,
+            progress=None if progress is None else (lambda n: progress(n, total)),
+        )
+    finally:
+        src.reader.close()
     return {
+        "architecture": src.desc.args.architecture,
+        "iteration": src.iteration,
         "dtype": out_dtype,
+        "tensors": len(specs),
+        "bytes": total,
         "weights": files,
         "copied": copied,
         "chat_template": has_chat_template(out_dir),
+        "seconds": round(time.perf_counter() - started, 3),
     }
 
 
-def verify_hf_dir(out_dir: Path, expected: Mapping[str, torch.Tensor]) -> None:
-    """Load ``out_dir`` with transformers (model and tokenizer) and check every weight."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def verify_hf_dir(out_dir: Path, *, weights: bool = True) -> None:
+    """Load ``out_dir`` with transformers: config, tokenizer, and the model (every weight
+    loaded, none missing, unexpected or mismatched). ``weights=False`` builds the model on the
+    meta device and checks names and shapes against the safetensors headers instead."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            str(out_dir), output_loading_info=True, dtype="auto"
-        )
         AutoTokenizer.from_pretrained(str(out_dir))
+        if weights:
+            _, info = AutoModelForCausalLM.from_pretrained(
+                str(out_dir), output_loading_info=True, dtype="auto"
+            )
+        else:
+            import torch
+
+            cfg = AutoConfig.from_pretrained(str(out_dir))
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(cfg)
+            stored = S.LazyHFWeights(out_dir).infos
+            want = {
+                k: tuple(v.shape)
+                for k, v in model.state_dict().items()
+                if not (k == "lm_head.weight" and cfg.tie_word_embeddings)
+            }
+            info = {
+                "missing_keys": sorted(set(want) - set(stored)),
+                "unexpected_keys": sorted(set(stored) - set(want)),
+                "mismatched_keys": sorted(
+                    k for k in set(want) & set(stored) if stored[k].shape != want[k]
+                ),
+            }
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure means the dir is not usable
         raise UserError(
             f"transformers cannot load the converted directory: {exc}", path=out_dir
@@ -439,7 +505,3 @@ def verify_hf_dir(out_dir: Path, expected: Mapping[str, torch.Tensor]) -> None:
     }
     if bad:
         raise UserError(f"transformers loaded it with problems: {bad}", path=out_dir)
-    sd = model.state_dict()
-    for k, t in expected.items():
-        if k not in sd or not torch.equal(sd[k], t.to(sd[k].dtype)):
-            raise UserError(f"tensor {k} differs after reloading with transformers", path=out_dir)

@@ -1,10 +1,13 @@
-"""`llmbuild convert hf2mg|mg2hf`: Hugging Face safetensors <-> megatron-core checkpoints."""
+"""`llmbuild convert hf2mg|mg2hf|lora2hf`: HF safetensors <-> megatron-core checkpoints."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -13,12 +16,24 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="megatron checkpoint directory to write")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"))
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=("cpu", "cuda", "npu"),
+        help="accepted for symmetry with training; conversion copies tensors on the CPU",
+    )
     p.add_argument(
         "--dtype",
         default="float32",
-        choices=("float32", "bfloat16", "float16"),
-        help="parameter dtype of the megatron model (CPU training needs float32)",
+        choices=DTYPES,
+        help="dtype stored and recorded for training (CPU training needs float32; "
+        "bfloat16 keeps a bf16 source as it is)",
+    )
+    p.add_argument(
+        "--pp-layers",
+        type=_layers,
+        default=None,
+        help="uneven pipeline split: layers per stage, e.g. 5,7 (default: pp equal stages)",
     )
     p.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     p.set_defaults(func=_hf2mg)
@@ -34,84 +49,156 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=("float32", "bfloat16", "float16"),
+        choices=DTYPES,
         help="dtype of the written weights (default: the original HF dtype)",
     )
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="unused")
     p.add_argument(
-        "--skip-load-check",
-        action="store_true",
-        help="do not reload the result with transformers before publishing it",
+        "--max-shard-size",
+        type=_size,
+        default="5GB",
+        help="largest safetensors shard (e.g. 5GB, 500MB); bigger models get shards + index",
     )
+    p.add_argument(
+        "--verify",
+        default="weights",
+        choices=("weights", "meta", "none"),
+        help="before publishing, load the result in transformers: with its weights (default), "
+        "on the meta device (names and shapes only; no second copy of the model in memory), "
+        "or not at all",
+    )
+    p.add_argument("--skip-load-check", action="store_true", help="same as --verify none")
     p.set_defaults(func=_mg2hf)
+
+    from llmbuild.convert import lora_cli
+
+    lora_cli.register(verbs)
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of layer counts: {text!r}") from None
+
+
+def _size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    t = text.strip().upper()
+    for u, mult in sorted(units.items(), key=lambda x: -len(x[0])):
+        if t.endswith(u):
+            try:
+                return int(float(t[: -len(u)]) * mult)
+            except ValueError:
+                break
+    try:
+        return int(t.removesuffix("B"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 5GB, 500MB)") from None
+
+
+class Progress:
+    """A log line with rate and ETA at most every ``every`` seconds (for the rule's log)."""
+
+    def __init__(self, verb: str, every: float = 5.0) -> None:
+        self.verb, self.every, self.start, self.last = verb, every, time.time(), time.time()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.time()
+        if now - self.last < self.every and done < total:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (total - done) / rate if rate > 0 else 0.0
+        print(
+            f"{self.verb}: {done / 1e6:,.0f}/{total / 1e6:,.0f} MB ({rate / 1e6:,.0f} MB/s, "
+            f"ETA {eta:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _hf2mg(args: argparse.Namespace) -> int:
-    from llmbuild import provenance
-    from llmbuild.convert import checkpointer as C
-    from llmbuild.mcore import device as D
-
-    started = time.time()
-    D.quiet_warnings()
-    D.check_device(args.device)
-    C.check_hf_dir(args.hf)  # bad input fails before any process group starts
-    try:
-        # torch.distributed first: under torchrun, rank 0 owns the temporary directory.
-        D.init_backend(args.device, tp=args.tp, pp=args.pp)
-        with C.rank0_atomic_dir(args.output) as tmp:
-            stats = C.hf_to_megatron(
-                args.hf,
-                tmp,
-                tp=args.tp,
-                pp=args.pp,
-                device=args.device,
-                dtype=args.dtype,
-                make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-            )
-            rank = _rank()
-            if rank == 0:
-                provenance.write(
-                    tmp,
-                    command="llmbuild convert hf2mg",
-                    args=vars(args),
-                    inputs=[args.hf],
-                    started=started,
-                    extra={"conversion": stats.__dict__},
-                )
-    finally:
-        D.shutdown()
-    if rank == 0:
-        print(
-            f"hf2mg: {stats.architecture}, {stats.tensors} tensors, {stats.parameters:,} "
-            f"parameters (vocab padded to {stats.padded_vocab_size}) -> {args.output} "
-            f"in {time.time() - started:.1f}s",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def _mg2hf(args: argparse.Namespace) -> int:
     from llmbuild import provenance
     from llmbuild.atomic import atomic_dir
     from llmbuild.convert import checkpointer as C
     from llmbuild.mcore import device as D
 
     started = time.time()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # launched under torchrun: conversion is one process, rank 0 does it
+    D.check_device(args.device)
+    # Every check (config, architecture, TP/PP, shards, shapes) runs before the output exists.
+    C.open_hf(
+        args.hf,
+        tp=args.tp,
+        pp=args.pp,
+        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        pp_layers=args.pp_layers,
+    ).weights.close()
+    with atomic_dir(args.output) as tmp:
+        stats = C.hf_to_megatron(
+            args.hf,
+            tmp,
+            tp=args.tp,
+            pp=args.pp,
+            dtype=args.dtype,
+            make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+            pp_layers=args.pp_layers,
+            progress=Progress("hf2mg"),
+        )
+        provenance.write(
+            tmp,
+            command="llmbuild convert hf2mg",
+            args=vars(args),
+            inputs=[args.hf],
+            started=started,
+            extra={"conversion": stats.__dict__},
+        )
+    print(
+        f"hf2mg: {stats.architecture}, {stats.tensors} tensors, {stats.parameters:,} "
+        f"parameters ({stats.dtype}, vocab padded to {stats.padded_vocab_size}), tp={args.tp} "
+        f"pp={args.pp} -> {args.output} in {time.time() - started:.1f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _mg2hf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmbuild import provenance
+    from llmbuild.atomic import atomic_dir
+    from llmbuild.convert import checkpointer as C
+    from llmbuild.mcore import device as D
+
+    started = time.time()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     D.quiet_warnings()
     D.check_device(args.device)
-    try:
-        desc, tensors = C.megatron_to_hf_tensors(args.load, device=args.device)
-    finally:
-        D.shutdown()
+    verify = "none" if args.skip_load_check else args.verify
+    C.check_tokenizer_source(Path(args.hf_source))
+    source = C.open_megatron(args.load)  # every check runs before the output exists
     with atomic_dir(args.output) as tmp:
-        info = C.write_hf_dir(desc, tensors, args.hf_source, tmp, dtype=args.dtype)
-        if not args.skip_load_check:
-            C.verify_hf_dir(tmp, tensors)
+        info = C.megatron_to_hf(
+            args.load,
+            args.hf_source,
+            tmp,
+            dtype=args.dtype,
+            max_shard_bytes=args.max_shard_size,
+            progress=Progress("mg2hf"),
+            source=source,
+        )
+        if verify != "none":
+            C.verify_hf_dir(tmp, weights=verify == "weights")
+        info["verified"] = verify
         provenance.write(
             tmp,
             command="llmbuild convert mg2hf",
             args=vars(args),
-            inputs=[args.load, args.hf_source],
+            # the source's weights are not read: only the files copied from it are inputs
+            inputs=[args.load, *(Path(args.hf_source) / f for f in info["copied"])],
             started=started,
             extra={"conversion": info},
         )
@@ -122,16 +209,10 @@ def _mg2hf(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(
-        f"mg2hf: {desc.args.architecture}, {len(tensors)} tensors ({info['dtype']}), "
-        f"copied {', '.join(info['copied'])} -> {args.output} in "
+        f"mg2hf: {info['architecture']} iteration {info['iteration']}, {info['tensors']} "
+        f"tensors ({info['dtype']}, {len(info['weights'])} file(s)), copied "
+        f"{', '.join(info['copied'])}, transformers check: {verify} -> {args.output} in "
         f"{time.time() - started:.1f}s",
         file=sys.stderr,
     )
     return 0
-
-
-def _rank() -> int:
-    import torch
-
-    d = torch.distributed
-    return d.get_rank() if d.is_available() and d.is_initialized() else 0

@@ -94,7 +94,12 @@ ARCHS: dict[str, ArchSpec] = {
     "llama": ArchSpec("llama", ("LlamaForCausalLM",), ("llama",), LLAMA),
     "qwen2": ArchSpec("qwen2", ("Qwen2ForCausalLM",), ("qwen2",), QWEN2, qkv_bias=True),
     "mistral": ArchSpec("mistral", ("MistralForCausalLM",), ("mistral",), LLAMA),
+    # Yi: Llama's layout. Current Yi checkpoints say LlamaForCausalLM / "llama"; the first
+    # releases said YiForCausalLM / "Yi" (with trust_remote_code); both read as llama weights.
+    "yi": ArchSpec("yi", ("YiForCausalLM",), ("Yi", "yi"), LLAMA),
 }
+# The HF class a converted model is written as (Yi's own class needs remote code).
+HF_CLASS = {"yi": ("LlamaForCausalLM", "llama")}
 
 
 def supported() -> str:
@@ -143,6 +148,47 @@ def mcore_keys(spec: ArchSpec, args: ModelArgs) -> list[str]:
 
 def hf_keys(spec: ArchSpec, args: ModelArgs) -> list[str]:
     return [h for _, keys in key_table(spec, args).values() for h in keys]
+
+
+def hf_shape(hf_key: str, args: ModelArgs) -> tuple[int, ...]:
+    """The shape an HF tensor of this model must have (pure; from the config alone)."""
+    h, q = args.hidden_size, args.num_attention_heads * args.kv_channels
+    kv = args.num_query_groups * args.kv_channels
+    suffix = hf_key.split(".", 3)[-1] if hf_key.startswith("model.layers.") else hf_key
+    shapes = {
+        "model.embed_tokens.weight": (args.vocab_size, h),
+        "lm_head.weight": (args.vocab_size, h),
+        "model.norm.weight": (h,),
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h),
+        "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h),
+        "self_attn.q_proj.bias": (q,),
+        "self_attn.k_proj.bias": (kv,),
+        "self_attn.v_proj.bias": (kv,),
+        "self_attn.o_proj.weight": (h, q),
+        "mlp.gate_proj.weight": (args.ffn_hidden_size, h),
+        "mlp.up_proj.weight": (args.ffn_hidden_size, h),
+        "mlp.down_proj.weight": (h, args.ffn_hidden_size),
+    }
+    return shapes[suffix]
+
+
+def megatron_shapes(spec: ArchSpec, args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Global shape of every megatron key (padded vocabulary included), from the config
+    (arithmetic: the shape ``combine`` gives for tensors of ``hf_shape``)."""
+    out = {}
+    for key, (rule, keys) in key_table(spec, args).items():
+        shapes = [hf_shape(k, args) for k in keys]
+        first = shapes[0]
+        if rule.combine == VOCAB:
+            out[key] = (args.padded_vocab_size, *first[1:])
+        elif rule.combine in (QKV, GATE_UP):
+            out[key] = (sum(s[0] for s in shapes), *first[1:])
+        else:
+            out[key] = first
+    return out
 
 
 # --------------------------------------------------------------------------- combine / split

@@ -11,7 +11,7 @@ then ``megatron.core.parallel_state.initialize_model_parallel(tp, pp)`` and the 
 RNG seeds.
 
 The CPU adaptor (megatron-core 0.16.1 assumes CUDA in a few places; CPU-only torch raises
-"Torch not compiled with CUDA enabled" there). Three patches, nothing else:
+"Torch not compiled with CUDA enabled" there). Four patches, nothing else:
 
 1. ``_CpuTorch``: in the listed megatron modules only, the module-global name ``torch`` is
    replaced by a thin proxy that forwards every attribute to torch, except that factory
@@ -34,7 +34,9 @@ The CPU adaptor (megatron-core 0.16.1 assumes CUDA in a few places; CPU-only tor
    - dist_checkpointing.strategies.filesystem_async: ``preload_tensors`` (torch_dist save)
      calls ``torch.cuda.synchronize()``;
    - dist_checkpointing.strategies.state_dict_saver: the save's failure flag is broadcast
-     from a tensor on ``torch.cuda.current_device()``.
+     from a tensor on ``torch.cuda.current_device()``;
+   - tensor_parallel.mappings (tp > 1): the all-gather buffers (``parallel_output=False``
+     logits, sequence parallelism) are allocated on ``torch.cuda.current_device()``.
 
 2. ``_CpuRNGStatesTracker``: megatron's ``CudaRNGStatesTracker`` saves and restores the CUDA
    generator (``torch.cuda.get_rng_state``/``_C._cuda_setRNGState``); on CPU the tracker is
@@ -45,6 +47,10 @@ The CPU adaptor (megatron-core 0.16.1 assumes CUDA in a few places; CPU-only tor
    optimizer calls it) asserts ``param.grad.type() == 'torch.cuda.FloatTensor'``; on CPU it is
    replaced by the same scaling (``grads *= max_norm / (total_norm + 1e-6)`` when < 1) without
    the assertion.
+
+4. ``LanguageModule.setup_embeddings_and_output_layer`` (tied embeddings, pp > 1) moves the
+   last stage's copy of the embedding with ``weight.data.cuda()`` before all-reducing it; on CPU
+   the method runs with ``Tensor.cuda`` answering the tensor itself, for that call only.
 
 Not patched, and not needed in fp32: ``Float16OptimizerWithFloat16Params`` and the
 distributed optimizer check ``param.type() == 'torch.cuda.FloatTensor'`` (so bf16/fp16 and
@@ -78,6 +84,7 @@ CPU_PROXY_MODULES = (
     "megatron.core.distributed.param_and_grad_buffer",
     "megatron.core.dist_checkpointing.strategies.filesystem_async",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver",
+    "megatron.core.tensor_parallel.mappings",
 )
 
 
@@ -251,7 +258,7 @@ _CPU_ADAPTED = False
 
 
 def apply_cpu_adaptor() -> None:
-    """Apply the three CPU patches above (idempotent)."""
+    """Apply the CPU patches above (idempotent)."""
     global _CPU_ADAPTED
     if _CPU_ADAPTED:
         return
@@ -271,7 +278,30 @@ def apply_cpu_adaptor() -> None:
     from megatron.core.optimizer import optimizer as moptimizer
 
     moptimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32_cpu
+    from megatron.core.models.common.language_module import language_module as lm
+
+    lm.LanguageModule.setup_embeddings_and_output_layer = _tensor_cuda_is_identity(
+        lm.LanguageModule.setup_embeddings_and_output_layer
+    )
     _CPU_ADAPTED = True
+
+
+def _tensor_cuda_is_identity(fn: Any) -> Any:
+    """``fn`` with ``torch.Tensor.cuda`` returning the tensor itself while it runs (patch 4)."""
+    import functools
+
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        saved = torch.Tensor.cuda
+        torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.Tensor.cuda = saved  # type: ignore[method-assign]
+
+    return wrapper
 
 
 def seed_model_parallel_rng(seed: int, device: str) -> None:

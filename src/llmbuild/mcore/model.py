@@ -81,8 +81,11 @@ class ModelArgs:
     def heads_per_group(self) -> int:
         return self.num_attention_heads // self.num_query_groups
 
-    def check_parallel(self, tp: int, pp: int) -> None:
-        """Raise a UserError if this model cannot be split ``tp`` x ``pp`` ways."""
+    def check_parallel(self, tp: int, pp: int, pp_layers: tuple[int, ...] | None = None) -> None:
+        """Raise a UserError if this model cannot be split ``tp`` x ``pp`` ways (``pp_layers``:
+        an uneven split, layers per pipeline stage)."""
+        if pp < 1 or tp < 1:
+            raise UserError(f"tp={tp} and pp={pp} must be >= 1", field="--tp/--pp")
         if self.num_query_groups % tp or self.num_attention_heads % tp:
             raise UserError(
                 f"tp={tp} must divide num_attention_heads "
@@ -98,9 +101,24 @@ class ModelArgs:
             raise UserError(
                 f"tp={tp} must divide the padded vocabulary {self.padded_vocab_size}", field="--tp"
             )
-        if self.num_layers % pp:
+        if pp > self.num_layers:
             raise UserError(
-                f"pp={pp} must divide num_hidden_layers {self.num_layers}", field="--pp"
+                f"pp={pp} is larger than num_hidden_layers {self.num_layers}: every pipeline "
+                "stage needs at least one layer",
+                field="--pp",
+            )
+        if pp_layers is not None:
+            if len(pp_layers) != pp or sum(pp_layers) != self.num_layers or min(pp_layers) < 1:
+                raise UserError(
+                    f"layer split {list(pp_layers)} must give each of the {pp} pipeline stages "
+                    f">= 1 layer and sum to num_hidden_layers {self.num_layers}",
+                    field="--pp-layers",
+                )
+        elif self.num_layers % pp:
+            raise UserError(
+                f"pp={pp} must divide num_hidden_layers {self.num_layers} (or give an uneven "
+                "split with --pp-layers)",
+                field="--pp",
             )
 
     @classmethod
@@ -308,7 +326,13 @@ def transformer_config(
 
     if dtype not in _DTYPES:
         raise UserError(f"dtype {dtype!r}; use one of {', '.join(_DTYPES)}", field="dtype")
-    args.check_parallel(tp, pp)
+    first = overrides.get("num_layers_in_first_pipeline_stage")
+    last = overrides.get("num_layers_in_last_pipeline_stage")
+    split = None
+    if pp > 1 and first is not None and last is not None:  # uneven: first, middle..., last
+        rest = args.num_layers - first - last
+        split = (first, *([rest // (pp - 2)] * (pp - 2) if pp > 2 else []), last)
+    args.check_parallel(tp, pp, split)
     params_dtype = getattr(torch, dtype)
     kwargs: dict[str, Any] = dict(
         num_layers=args.num_layers,

@@ -1,0 +1,482 @@
+"""megatron-core's torch_dist checkpoint, written and read chunk by chunk without building a model.
+
+A torch_dist checkpoint (``iter_XXXXXXX/``) is a torch.distributed.checkpoint (DCP) directory:
+``.metadata`` (a pickled ``Metadata``: every tensor's global shape and the chunks it is stored
+in, and where each chunk lies in which ``.distcp`` file), the ``__<rank>_0.distcp`` files (each
+chunk a ``torch.save`` record), ``common.pt`` (the non-tensor state) and ``metadata.json``
+(megatron's backend marker). megatron-core's sharded keys stack the layers on a leading axis::
+
+    decoder.layers.self_attention.linear_qkv.weight     [num_layers, qkv_rows, hidden]
+
+and every layer of every tensor-parallel rank is one chunk. This module writes exactly that, as
+megatron-core 0.16.1 writes it for a GPTModel with the local layer spec at ``tp`` x ``pp`` (one
+file per rank, a tensor-parallel rank's slice per chunk, SwiGLU's fc1 as separate gate and up
+chunks), producing one global tensor at a time, so a conversion holds one tensor, never the
+model. megatron-core loads it at any TP/PP (it reshards torch_dist on load).
+
+``TorchDistReader`` reads any region of a tensor from the chunks that overlap it, and infers the
+tensor/pipeline-parallel layout a checkpoint was written with from its chunks and files.
+
+``test_parity.py`` checks this layout against megatron-core's own ``sharded_state_dict``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmbuild.convert import registry as R
+from llmbuild.convert import weights as W
+from llmbuild.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from llmbuild.mcore.model import ModelArgs
+
+LAYERS = "decoder.layers."
+# megatron.core.models.gpt.gpt_layer_specs.get_gpt_layer_local_spec: sharded_state_dict_keys_map
+SHARDED_RENAMES = {
+    "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+    "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
+}
+# Modules whose (empty) ``_extra_state`` megatron saves as a ShardedObject per layer.
+EXTRA_STATE_MODULES = (
+    "self_attention.linear_proj",
+    "self_attention.linear_qkv",
+    "mlp.linear_fc1",
+    "mlp.linear_fc2",
+)
+METADATA_JSON = {
+    "sharded_backend": "torch_dist",
+    "sharded_backend_version": 1,
+    "common_backend": "torch",
+    "common_backend_version": 1,
+}
+CHECKPOINT_VERSION = 3.0
+# The tensor whose chunks tell the layout: row-parallel (split on its last axis), in every layer.
+PROBE = "decoder.layers.self_attention.linear_proj.weight"
+
+
+def sharded_key(state_key: str) -> tuple[str, int | None]:
+    """``decoder.layers.3.input_layernorm.weight`` ->
+    (``decoder.layers.self_attention.linear_qkv.layer_norm_weight``, 3)."""
+    if not state_key.startswith(LAYERS):
+        return state_key, None
+    idx, rest = state_key[len(LAYERS) :].split(".", 1)
+    for old, new in SHARDED_RENAMES.items():
+        if rest.startswith(old):
+            rest = new + rest[len(old) :]
+            break
+    return LAYERS + rest, int(idx)
+
+
+Region = tuple[tuple[int, int], ...]  # (start, length) per axis
+
+
+def tp_regions(kind: str, shape: tuple[int, ...], tp: int) -> list[tuple[int, Region]]:
+    """(tensor-parallel rank, region of the global tensor) of each chunk megatron stores."""
+    full = tuple((0, n) for n in shape)
+
+    def split(axis: int, start: int, length: int) -> list[Region]:
+        step = length // tp
+        return [
+            tuple((start + r * step, step) if a == axis else full[a] for a in range(len(shape)))
+            for r in range(tp)
+        ]
+
+    if kind == W.REPLICATED:
+        return [(0, full)]
+    if kind in (W.COLUMN, W.VOCAB, W.QKV):
+        return list(enumerate(split(0, 0, shape[0])))
+    if kind == W.ROW:
+        return list(enumerate(split(1, 0, shape[1])))
+    if kind == W.SWIGLU:  # gate then up, each split across ranks (megatron's swiglu factory)
+        half = shape[0] // 2
+        gate, up = split(0, 0, half), split(0, half, half)
+        return [x for r in range(tp) for x in ((r, gate[r]), (r, up[r]))]
+    raise ValueError(f"unknown parallel kind {kind!r}")
+
+
+def stage_layers(num_layers: int, pp: int, split: tuple[int, ...] | None = None) -> list[int]:
+    """The pipeline stage of each layer: even split, or ``split`` (layers per stage)."""
+    counts = list(split) if split else [num_layers // pp] * pp
+    if len(counts) != pp or sum(counts) != num_layers or min(counts) < 1:
+        raise UserError(
+            f"layer split {counts} does not give {pp} stages of >= 1 layer summing to {num_layers}",
+            field="--pp-layers",
+        )
+    return [s for s, n in enumerate(counts) for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    fqn: str  # sharded key
+    global_shape: tuple[int, ...]
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    key: str  # megatron global state-dict key (concrete layer)
+    region: Region  # of that key's global tensor
+    rank: int  # the writing rank (tp_rank + tp * stage)
+
+
+@dataclass(frozen=True)
+class Layout:
+    chunks: list[Chunk]
+    objects: list[tuple[str, int]]  # (ShardedObject unique key, writing rank)
+    dtypes: dict[str, str]
+
+
+def layout(
+    spec: R.ArchSpec,
+    args: ModelArgs,
+    tp: int,
+    pp: int,
+    *,
+    dtype: str,
+    shapes: dict[str, tuple[int, ...]],
+    pp_layers: tuple[int, ...] | None = None,
+) -> Layout:
+    """Every chunk megatron-core would write for this model at ``tp`` x ``pp`` (data-parallel
+    size 1), in the order of the key table, so each global tensor is produced once.
+
+    ``shapes``: the global shape of each megatron key (from the converted tensors' plan).
+    """
+    stage = stage_layers(args.num_layers, pp, pp_layers)
+    table = R.key_table(spec, args)
+    chunks: list[Chunk] = []
+    for key, (rule, _) in table.items():
+        fqn, layer = sharded_key(key)
+        shape = shapes[key]
+        if layer is None:
+            st = pp - 1 if key in ("decoder.final_layernorm.weight", "output_layer.weight") else 0
+            prefix_off, prefix_size, gshape = (), (), shape
+        else:
+            st = stage[layer]
+            prefix_off, prefix_size, gshape = (layer,), (1,), (args.num_layers, *shape)
+        for r, region in tp_regions(rule.parallel, shape, tp):
+            chunks.append(
+                Chunk(
+                    fqn=fqn,
+                    global_shape=gshape,
+                    offsets=prefix_off + tuple(s for s, _ in region),
+                    sizes=prefix_size + tuple(n for _, n in region),
+                    key=key,
+                    region=region,
+                    rank=r + tp * st,
+                )
+            )
+    objects = [
+        (f"{LAYERS}{m}._extra_state/shard_{layer}_{args.num_layers}", tp * stage[layer])
+        for layer in range(args.num_layers)
+        for m in EXTRA_STATE_MODULES
+    ]
+    return Layout(chunks, objects, {c.fqn: dtype for c in chunks})
+
+
+def preload() -> None:
+    """Import what reading and writing need (torch.distributed.checkpoint takes seconds), so a
+    caller can time the conversion apart from the imports."""
+    import torch.distributed.checkpoint  # noqa: F401
+    from torch.distributed.checkpoint import filesystem, metadata  # noqa: F401
+
+
+@dataclass
+class Cat:
+    """Tensors concatenated along dim 0, not yet copied: a region inside one part is a view of
+    it (SwiGLU's gate and up chunks, the vocabulary's real rows), so writing a chunk copies
+    nothing that does not need copying."""
+
+    parts: list[Any]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(p.shape[0] for p in self.parts), *self.parts[0].shape[1:])
+
+
+def region_of(t: Any, region: Region) -> torch.Tensor:
+    """``t[region]`` for a tensor or a ``Cat`` (a view where possible)."""
+    import torch
+
+    if not isinstance(t, Cat):
+        return t[tuple(slice(s, s + n) for s, n in region)]
+    (start, length), rest = region[0], tuple(slice(s, s + n) for s, n in region[1:])
+    pieces, base = [], 0
+    for p in t.parts:
+        lo, hi = max(start, base), min(start + length, base + p.shape[0])
+        if lo < hi:
+            pieces.append(p[(slice(lo - base, hi - base), *rest)])
+        base += p.shape[0]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor whose storage is exactly its bytes (what ``torch.save`` writes): a
+    contiguous view gets a storage view of its bytes (no copy); anything else is copied."""
+    import torch
+
+    if not t.is_contiguous():
+        return t.contiguous()
+    if t.untyped_storage().nbytes() == t.nbytes:
+        return t
+    off = t.storage_offset() * t.element_size()
+    sub = t.untyped_storage()[off : off + t.nbytes]
+    return torch.empty(0, dtype=t.dtype).set_(sub, 0, t.shape, t.stride())
+
+
+def write(
+    iter_dir: Path,
+    lay: Layout,
+    tensor_of: Callable[[str], Any],
+    *,
+    iteration: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write ``iter_dir`` (an existing empty directory). ``tensor_of(key)`` gives the global
+    megatron tensor of a state-dict key (a tensor or a ``Cat``), in the target dtype; it is
+    called once per key, in layout order. Returns the bytes of tensor data written."""
+    import torch
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    files: dict[int, Any] = {}
+
+    def stream(rank: int) -> tuple[str, Any]:
+        name = f"__{rank}_0.distcp"
+        if rank not in files:
+            files[rank] = (iter_dir / name).open("wb")
+        return name, files[rank]
+
+    md: dict[str, Any] = {}
+    storage: dict[Any, Any] = {}
+    written = 0
+    current: tuple[str, Any] = ("", None)
+    try:
+        for c in lay.chunks:
+            if current[0] != c.key:
+                current = (c.key, None)  # drop the previous tensor before making the next
+                current = (c.key, tensor_of(c.key))
+            part = region_of(current[1], c.region)
+            if len(c.sizes) > len(c.region):
+                part = part.unsqueeze(0)
+            part = _own_storage(part)
+            name, f = stream(c.rank)
+            off = f.tell()
+            torch.save(part, f)
+            meta = md.setdefault(
+                c.fqn,
+                TensorStorageMetadata(
+                    properties=TensorProperties(dtype=part.dtype),
+                    size=torch.Size(c.global_shape),
+                    chunks=[],
+                ),
+            )
+            index = MetadataIndex(c.fqn, torch.Size(c.offsets), len(meta.chunks))
+            meta.chunks.append(
+                ChunkStorageMetadata(offsets=torch.Size(c.offsets), sizes=torch.Size(c.sizes))
+            )
+            storage[index] = _StorageInfo(name, off, f.tell() - off)
+            written += part.nbytes
+            if progress is not None:
+                progress(written)
+        current = ("", None)
+        empty = io.BytesIO()
+        torch.save([None], empty)  # megatron's serialisation of a list of ShardedObject data
+        for fqn, rank in lay.objects:
+            name, f = stream(rank)
+            off = f.tell()
+            f.write(empty.getbuffer())
+            md[fqn] = BytesStorageMetadata()
+            storage[MetadataIndex(fqn)] = _StorageInfo(name, off, f.tell() - off)
+    finally:
+        for f in files.values():
+            f.close()
+    metadata = Metadata(state_dict_metadata=md, storage_data=storage)
+    with (iter_dir / ".metadata").open("wb") as f:
+        pickle.dump(metadata, f)
+    torch.save(
+        {"iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}, iter_dir / "common.pt"
+    )
+    (iter_dir / "metadata.json").write_text(json.dumps(METADATA_JSON))
+    return written
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of ``length`` bytes at ``offset`` of an open file (what
+    ``torch.load`` of one DCP record needs, without reading the record into memory first)."""
+
+    def __init__(self, f: Any, offset: int, length: int) -> None:
+        self.f, self.start, self.length, self.pos = f, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = max(0, min(self.length, base + pos))
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self.length - self.pos)
+        if n <= 0:
+            return 0
+        self.f.seek(self.start + self.pos)
+        got = self.f.readinto(memoryview(b)[:n])
+        self.pos += got
+        return got
+
+
+class TorchDistReader:
+    """Regions of the tensors of one ``iter_XXXXXXX`` directory, read from the chunks."""
+
+    def __init__(self, iter_dir: str | Path) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        self.dir = Path(iter_dir)
+        try:
+            self.md = dcp.FileSystemReader(str(self.dir)).read_metadata()
+        except Exception as exc:  # noqa: BLE001 - any failure: unreadable checkpoint
+            raise UserError(f"unreadable torch_dist metadata ({exc})", path=self.dir) from exc
+        self.chunks: dict[str, list[tuple[Any, Any]]] = {}
+        need: dict[str, int] = {}
+        for index, info in (self.md.storage_data or {}).items():
+            need[info.relative_path] = max(
+                need.get(info.relative_path, 0), info.offset + info.length
+            )
+            if index.offset is not None:
+                self.chunks.setdefault(index.fqn, []).append((index, info))
+        for name, size in sorted(need.items()):
+            path = self.dir / name
+            if not path.is_file():
+                raise UserError(f"checkpoint file {name} is missing", path=path)
+            if path.stat().st_size < size:
+                raise UserError(
+                    f"checkpoint file {name} is truncated ({path.stat().st_size} bytes, "
+                    f"the metadata needs {size})",
+                    path=path,
+                )
+        self._files: dict[str, Any] = {}
+
+    def tensors(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+        """fqn -> (global shape, dtype) of every tensor stored."""
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        return {
+            k: (tuple(v.size), v.properties.dtype)
+            for k, v in self.md.state_dict_metadata.items()
+            if isinstance(v, TensorStorageMetadata)
+        }
+
+    def _load(self, info: Any) -> torch.Tensor:
+        import torch
+
+        if info.relative_path not in self._files:
+            self._files[info.relative_path] = (self.dir / info.relative_path).open("rb")
+        f = self._files[info.relative_path]
+        return torch.load(
+            io.BufferedReader(_Window(f, info.offset, info.length)),
+            map_location="cpu",
+            weights_only=True,
+        )
+
+    def read(
+        self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], dtype: Any = None
+    ) -> torch.Tensor:
+        """The region ``[offsets, offsets + sizes)`` of tensor ``fqn``."""
+        import torch
+
+        if fqn not in self.chunks:
+            raise UserError(f"tensor {fqn} is not in the checkpoint", path=self.dir)
+        stored = self.md.state_dict_metadata[fqn]
+        dtype = dtype or stored.properties.dtype
+        for index, info in self.chunks[fqn]:  # one stored chunk is the region: no copy
+            if tuple(index.offset) == tuple(offsets) and any(
+                tuple(c.offsets) == tuple(offsets) and tuple(c.sizes) == tuple(sizes)
+                for c in stored.chunks
+            ):
+                return self._load(info).to(dtype)
+        out = torch.empty(sizes, dtype=dtype)
+        covered = 0
+        for index, info in self.chunks[fqn]:
+            chunk = next(c for c in stored.chunks if tuple(c.offsets) == tuple(index.offset))
+            lo = [max(a, b) for a, b in zip(chunk.offsets, offsets, strict=True)]
+            hi = [
+                min(a + n, b + m)
+                for a, n, b, m in zip(chunk.offsets, chunk.sizes, offsets, sizes, strict=True)
+            ]
+            if any(h <= lo_ for lo_, h in zip(lo, hi, strict=True)):
+                continue
+            data = self._load(info)
+            src = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, chunk.offsets, strict=True))
+            dst = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offsets, strict=True))
+            out[dst] = data[src]
+            covered += 1
+            del data
+        if not covered:
+            raise UserError(f"no stored chunk covers {fqn} at {offsets}", path=self.dir)
+        return out
+
+    def read_key(
+        self, key: str, shape: tuple[int, ...], dtype: Any = None, row: int = 0
+    ) -> torch.Tensor:
+        """``shape`` of the global tensor of a megatron state-dict key (one layer of a stacked
+        tensor) from row ``row`` (so padded rows are never read, and fc1's gate and up halves
+        can be read apart)."""
+        fqn, layer = sharded_key(key)
+        start = (row,) + (0,) * (len(shape) - 1)
+        if layer is None:
+            return self.read(fqn, start, shape, dtype)
+        return self.read(fqn, (layer, *start), (1, *shape), dtype)[0]
+
+    def inferred_layout(self) -> tuple[int, int]:
+        """(tp, pp) the checkpoint was written with, from the chunks of ``PROBE``: the number
+        of chunks per layer, and the number of runs of consecutive layers stored in the same
+        files."""
+        chunks = self.chunks.get(PROBE)
+        if not chunks:
+            raise UserError(f"no {PROBE}: not a GPT checkpoint", path=self.dir)
+        by_layer: dict[int, set[str]] = {}
+        for index, info in chunks:
+            by_layer.setdefault(int(index.offset[0]), set()).add(info.relative_path)
+        tp = sum(1 for index, _ in chunks if int(index.offset[0]) == 0)
+        runs, prev = 0, None
+        for layer in sorted(by_layer):
+            files = frozenset(by_layer[layer])
+            if files != prev:
+                runs += 1
+                prev = files
+        return tp, runs
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def iter_keys(lay: Layout) -> Iterator[str]:
+    seen: set[str] = set()
+    for c in lay.chunks:
+        if c.key not in seen:
+            seen.add(c.key)
+            yield c.key
