@@ -1,10 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC_DIR = os.path.relpath(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC_DIR)
 from llmbuild.errors import UserError  # noqa: E402
 from llmbuild import plan  # noqa: E402
 

@@ -2,6 +2,8 @@
 # Rules list env_marker(<stack>) among their inputs, so a changed spec rebuilds that
 # environment and reruns exactly the rules that use it. In envs.mode: external this rule is
 # never needed: llmbuild comes from the active environment (conda:, container: or your own).
+# The builder itself needs only the standard library, so it runs from src/ with the same
+# interpreter the environments are made from.
 
 
 rule env:
@@ -17,9 +19,10 @@ rule env:
         mem_mb=2000,
     params:
         python=config["envs"]["python"],
-        driver=sys.executable,
+        src=SRC_DIR,
     shell:
-        "{params.driver} -m llmbuild env create --spec {input.spec} --prefix .envs/{wildcards.stack}"
+        "PYTHONPATH={params.src} {params.python} -m llmbuild env create --spec {input.spec}"
+        " --prefix .envs/{wildcards.stack}"
         " --marker {output.marker} --python {params.python} > {log} 2>&1"
 
 
