@@ -70,3 +70,51 @@ rule bench_static:
         " --output-len {params.output_len} --epochs {params.epochs} --seed {params.seed}"
         " --output {output.csv} --records {output.records}"
         " --ready-timeout {params.timeout} > {log} 2>&1"
+
+
+rule dataset_generate:
+    input:
+        tokenizer=get_base_hf,
+        env=env_marker("bench"),
+    output:
+        "results/{model}/bench/datasets/generated.jsonl",
+    log:
+        "logs/{model}/bench/dataset_generate.log",
+    conda:
+        "../envs/bench.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        llmbuild=llmbuild("bench"),
+        flags=dataset_generate_flags(),
+    shell:
+        "{params.llmbuild} dataset generate --output {output} --tokenizer {input.tokenizer}"
+        " {params.flags} > {log} 2>&1"
+
+
+# Shares the static benchmark's service. Snakemake starts a service's consumers together;
+# `llmbuild bench` holds a per-service lock while measuring, so they take turns.
+rule bench_dynamic:
+    input:
+        endpoint=endpoint_for("bench"),
+        tokenizer=get_serve_model,
+        dataset=get_bench_dataset,
+        env=env_marker("bench"),
+    output:
+        csv="results/{model}/bench/{variant}/dynamic.csv",
+        records="results/{model}/bench/{variant}/dynamic.jsonl",
+    log:
+        "logs/{model}/bench/{variant}/dynamic.log",
+    conda:
+        "../envs/bench.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        llmbuild=llmbuild("bench"),
+        flags=bench_dynamic_flags(),
+        timeout=lookup("serve/ready_timeout", within=config),
+    shell:
+        "{params.llmbuild} bench dynamic --endpoint {input.endpoint} --tokenizer {input.tokenizer}"
+        " --dataset {input.dataset} {params.flags}"
+        " --output {output.csv} --records {output.records}"
+        " --ready-timeout {params.timeout} > {log} 2>&1"

@@ -128,11 +128,16 @@ def csv_list(values):
 
 
 def get_final_targets():
-    return [
+    targets = [
         f"results/{MODEL}/plots/bench.png",
         f"results/{MODEL}/plots/loss.png",
         f"results/{MODEL}/eval/summary.json",
     ]
+    if config["bench"]["dynamic"]["enabled"]:
+        targets += expand(
+            "results/{model}/bench/{variant}/dynamic.csv", model=MODEL, variant=SERVED
+        )
+    return targets
 
 
 # --- serving --------------------------------------------------------------------------------
@@ -186,3 +191,54 @@ def get_train_logs(wildcards):
         model=wildcards.model,
         phase=["pretrain", "sft"],
     )
+
+
+# --- benchmarks -----------------------------------------------------------------------------
+
+
+def _flags(section, keys):
+    """`--key value` flags of config[...] entries (booleans as switches, nulls left out)."""
+    flags = []
+    for key in keys:
+        value = section[key]
+        if value is None or value is False:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        flags.append(flag if value is True else f"{flag} {value}")
+    return " ".join(flags)
+
+
+def dataset_generate_flags():
+    keys = ["num_requests", "seed"]
+    for side in ("input", "output"):
+        keys += [f"{stat}_{side}" for stat in ("min", "max", "avg", "std")]
+    return _flags(config["bench"]["dataset"], keys)
+
+
+def get_bench_dataset(wildcards):
+    ds = config["bench"]["dataset"]
+    if ds["type"] == "generated":
+        return f"results/{wildcards.model}/bench/datasets/generated.jsonl"
+    if not ds["path"]:
+        from snakemake.exceptions import WorkflowError
+
+        raise WorkflowError(
+            f"{CONFIG_SOURCE}: bench.dataset.path: dataset type {ds['type']!r} needs a file;"
+            " set path or use type: generated"
+        )
+    return ds["path"]
+
+
+def bench_dynamic_flags():
+    dyn, ds = config["bench"]["dynamic"], config["bench"]["dataset"]
+    kind = "custom" if ds["type"] == "generated" else ds["type"]
+    flags = [
+        f"--request-rate {csv_list(dyn['request_rate'])}",
+        f"--num-prompts {csv_list(dyn['num_prompts'])}",
+        f"--dataset-type {kind}",
+        _flags(dyn, ["max_concurrency", "api", "output_mode", "speculative", "seed"]),
+        _flags(ds, ["max_prompt_tokens", "max_tokens", "output_len"]),
+    ]
+    if dyn["lora_mix"]:
+        flags.append(f"--lora-mix '{dyn['lora_mix']}'")
+    return " ".join(f for f in flags if f)

@@ -1,21 +1,32 @@
 """A mock OpenAI-compatible server for client tests (aiohttp, loopback only).
 
-Streams /v1/completions as server-sent events with a configurable time to first token, a
-configurable gap between tokens, a fraction of HTTP 500 errors and of streams cut mid-way;
-answers /v1/chat/completions (non-streamed) with a fixed string or a function of the prompt.
-Runs in its own thread and event loop, so synchronous code (CLI handlers) can call it.
+Streams /v1/completions and (with ``"stream": true``) /v1/chat/completions as server-sent
+events with a configurable time to first token, a configurable gap between chunks, a fraction
+of HTTP 500 errors and of streams cut mid-way, several tokens per chunk (as speculative
+decoding streams them), a natural length at which the "model" stops unless ``ignore_eos``,
+and a set of served model names (LoRA adapters) outside which it answers 404 as vLLM does.
+Non-streamed chat answers a fixed string or a function of the prompt. Runs in its own thread
+and event loop, so synchronous code (CLI handlers) can call it.
 
     with MockOpenAI(MockConfig(ttft_s=0.05, itl_s=0.01)) as srv:
         srv.write_endpoint(tmp_path / "endpoint.json")
         ...
+
+As a process of its own (for benchmarks/bench_client_rate.py), until SIGTERM or SIGINT:
+
+    python tests/mock_openai.py --endpoint /tmp/mock.json [--ttft-s 0] [--itl-s 0]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import math
 import os
 import random
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +49,10 @@ class MockConfig:
     api_key: str | None = None  # when set, require "Authorization: Bearer <key>"
     healthy: bool = True
     seed: int = 0
+    tokens_per_chunk: int = 1  # >1: several tokens per chunk, as speculative decoding sends
+    natural_len: int | None = None  # without ignore_eos, stop after this many tokens
+    served_models: tuple[str, ...] | None = None  # names answered (default: just `model`)
+    record: bool = True  # keep request bodies and stream timestamps (tests)
 
 
 @dataclass
@@ -64,6 +79,7 @@ class MockOpenAI:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._stopped = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> MockOpenAI:
@@ -71,9 +87,14 @@ class MockOpenAI:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
+    def crash(self) -> None:
+        """Stop serving now, dropping open streams (a server crash); safe from any thread."""
+        if self._runner is not None and not self._stopped:
+            self._stopped = True
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.crash()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -126,7 +147,17 @@ class MockOpenAI:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": self.config.model, "object": "model"}]})
 
+    def _unknown_model(self, body: dict) -> web.Response | None:
+        names = self.config.served_models or (self.config.model,)
+        if body.get("model") in names:
+            return None
+        msg = f"The model `{body.get('model')}` does not exist."
+        return web.json_response({"error": {"message": msg, "code": 404}}, status=404)
+
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._stream(request, chat=False)
+
+    async def _stream(self, request: web.Request, chat: bool) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         t0 = loop.time()  # delays count from the request's arrival
         arrival = time.perf_counter()
@@ -135,36 +166,50 @@ class MockOpenAI:
         if (denied := self._denied(request)) is not None:
             return denied
         body = await request.json()
-        cnt.bodies.append(body)
+        if cfg.record:
+            cnt.bodies.append(body)
+        if (unknown := self._unknown_model(body)) is not None:
+            cnt.errors += 1
+            return unknown
         if self._fail_now():
             cnt.errors += 1
             return web.json_response({"error": {"message": "mock failure"}}, status=500)
         cut = cfg.disconnect_rate > 0 and self._rng.random() < cfg.disconnect_rate
         n_tokens = int(body.get("max_tokens", 16))
-        prompt_tokens = len(str(body.get("prompt", "")).split())
+        if cfg.natural_len is not None and not body.get("ignore_eos"):
+            n_tokens = min(n_tokens, cfg.natural_len)
+        k = max(cfg.tokens_per_chunk, 1)
+        n_chunks = math.ceil(n_tokens / k)
+        prompt = body["messages"][-1]["content"] if chat else str(body.get("prompt", ""))
+        prompt_tokens = len(prompt.split())
+        kind = "chat.completion.chunk" if chat else "text_completion"
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         writes: list[float] = []
-        cnt.streams.append((arrival, writes))
-        for i in range(n_tokens):
-            # absolute deadlines, so sleep overshoot does not accumulate over the tokens
+        if cfg.record:
+            cnt.streams.append((arrival, writes))
+        for i in range(n_chunks):
+            # absolute deadlines, so sleep overshoot does not accumulate over the chunks
             await asyncio.sleep(max(0.0, t0 + cfg.ttft_s + i * cfg.itl_s - loop.time()))
             if cut and i == cfg.disconnect_after:
                 cnt.disconnects += 1
                 assert request.transport is not None
                 request.transport.close()  # drop the connection mid-stream
                 return resp
+            text = "".join(f" t{j}" for j in range(i * k, min((i + 1) * k, n_tokens)))
+            finish = "length" if i == n_chunks - 1 else None
+            if chat:
+                if i == 0:  # vLLM first announces the role, with empty content
+                    role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
+                    await resp.write(_sse({"object": kind, "choices": [role]}))
+                choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": text, "finish_reason": finish}
             chunk = {
                 "id": "cmpl-mock",
-                "object": "text_completion",
-                "model": cfg.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "text": f" t{i}",
-                        "finish_reason": "length" if i == n_tokens - 1 else None,
-                    }
-                ],
+                "object": kind,
+                "model": body.get("model"),
+                "choices": [choice],
             }
             await resp.write(_sse(chunk))
             writes.append(time.perf_counter())
@@ -193,6 +238,9 @@ class MockOpenAI:
         if (denied := self._denied(request)) is not None:
             return denied
         body = await request.json()
+        if body.get("stream"):
+            cnt.requests -= 1  # counted again by the streaming handler
+            return await self._stream(request, chat=True)
         cnt.bodies.append(body)
         if self._fail_now():
             cnt.errors += 1
@@ -220,3 +268,24 @@ class MockOpenAI:
                 },
             }
         )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="serve the mock until SIGTERM/SIGINT")
+    ap.add_argument("--endpoint", required=True, help="endpoint file to write when listening")
+    ap.add_argument("--ttft-s", type=float, default=0.0)
+    ap.add_argument("--itl-s", type=float, default=0.0)
+    args = ap.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with MockOpenAI(MockConfig(ttft_s=args.ttft_s, itl_s=args.itl_s, record=False)) as srv:
+        srv.write_endpoint(args.endpoint)
+        print(f"mock listening on {srv.base_url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "quant": ("llmbuild.quant.cli", "quantize with llm-compressor"),
     "serve": ("llmbuild.serve.cli", "run an OpenAI-compatible vLLM service"),
     "eval": ("llmbuild.evaluate.cli", "task accuracy through a service"),
+    "dataset": ("llmbuild.bench.dataset_cli", "benchmark datasets: generate, filter"),
     "bench": ("llmbuild.bench.cli", "benchmark a service"),
     "plot": ("llmbuild.plot.cli", "plots and report pieces"),
     "env": ("llmbuild.envs.cli", "per-stage environments"),

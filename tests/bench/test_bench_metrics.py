@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from llmbuild.bench.metrics import SLO, compute_metrics, percentile, summarize
+from llmbuild.bench.metrics import (
+    SLO,
+    compute_metrics,
+    max_in_flight,
+    percentile,
+    summarize,
+    validity,
+)
 from llmbuild.bench.records import RequestRecord, RequestSpec
 from llmbuild.errors import UserError
 
@@ -145,3 +152,69 @@ def test_slo_rejects_non_positive(bad):
 def test_request_spec_validates():
     with pytest.raises(UserError, match="output_len"):
         RequestSpec(prompt="x", prompt_len=1, output_len=0)
+
+
+# --- validity columns ----------------------------------------------------------------------
+
+
+def _sent(rec: RequestRecord, start: float, due: float, wait: float = 0.0) -> RequestRecord:
+    rec.start_time, rec.scheduled_time, rec.queue_wait = start, due, wait
+    rec.sched_lag = start - due - wait
+    return rec
+
+
+def test_validity_of_an_empty_cell():
+    v = validity([])
+    assert (v["successes"], v["failures"], v["first_error"]) == (0, 0, "")
+    assert math.isnan(v["p99_sched_lag_ms"]) and math.isnan(v["mean_queue_wait_ms"])
+    assert v["max_in_flight"] == 0 and v["too_few_for_p99"] is True
+    assert v["output_tokens_source"] == "" and math.isnan(v["mean_tokens_per_chunk"])
+
+
+def test_validity_of_all_failures():
+    recs = [
+        _sent(failed("ClientConnectorError: refused\n  at 127.0.0.1"), 0.0, 0.0),
+        _sent(failed("HTTP 500: boom"), 0.5, 0.499),
+    ]
+    v = validity(recs, target_rate=2.0, achieved_rate=1.9)
+    assert (v["successes"], v["failures"]) == (0, 2)
+    assert v["first_error"] == "ClientConnectorError: refused at 127.0.0.1"
+    assert v["max_sched_lag_ms"] == pytest.approx(1.0)  # failed requests were still sent
+    assert (v["target_request_rate"], v["achieved_request_rate"]) == (2.0, 1.9)
+    assert v["output_len_mismatch"] == 0 and v["prompt_len_mismatch"] == 0
+
+
+def test_validity_of_single_token_outputs_and_lag_percentiles():
+    recs = []
+    for k in range(100):
+        r = ok(0.02, [], output_tokens=1)
+        r.output_len, r.chunks, r.output_tokens_source = 1, 1, "usage"
+        r.server_prompt_tokens = 32
+        recs.append(_sent(r, k * 0.1 + k / 1000, k * 0.1))  # lag k ms
+    v = validity(recs)
+    assert v["too_few_for_p99"] is False and v["output_len_mismatch"] == 0
+    assert v["mean_sched_lag_ms"] == pytest.approx(49.5)
+    assert v["p99_sched_lag_ms"] == pytest.approx(98.01)
+    assert v["max_sched_lag_ms"] == pytest.approx(99.0)
+    assert v["mean_tokens_per_chunk"] == 1.0 and v["output_tokens_source"] == "usage"
+    assert v["max_in_flight"] == 1  # each ends (20 ms) before the next starts
+
+
+def test_validity_mismatches_depend_on_mode_and_api():
+    a = ok(0.1, [0.01] * 3, output_tokens=4)  # asked 4, got 4
+    b = ok(0.1, [0.01] * 3, output_tokens=4)
+    b.output_len = 8  # asked 8, stopped at 4
+    a.server_prompt_tokens, b.server_prompt_tokens = 32, 40  # b's chat template added 8
+    assert validity([a, b])["output_len_mismatch"] == 1
+    assert validity([a, b], forced_output=False)["output_len_mismatch"] == 0
+    assert validity([a, b])["prompt_len_mismatch"] == 1
+    assert math.isnan(validity([a, b], check_prompt_len=False)["prompt_len_mismatch"])
+
+
+def test_max_in_flight_counts_overlaps():
+    recs = [
+        RequestRecord(start_time=s, latency=lat)
+        for s, lat in [(0, 1), (0.5, 1), (0.9, 0.05), (1.0, 1)]
+    ]
+    # at 0.9-0.95 three are open; the first ends at 1.0 exactly when the fourth starts
+    assert max_in_flight(recs) == 3

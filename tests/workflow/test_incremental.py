@@ -95,6 +95,8 @@ def test_full_build_made_every_target(built):
         "results/tiny-llama/plots/loss.png",
         "results/tiny-llama/eval/summary.json",
         "results/tiny-llama/sft/quant/w8a8/content.txt",
+        "results/tiny-llama/bench/sft-w8a8/dynamic.csv",
+        "results/tiny-llama/bench/datasets/generated.jsonl",
     ]:
         assert (built / rel).exists(), rel
     summary = json.loads((built / "results/tiny-llama/eval/summary.json").read_text())
@@ -109,11 +111,31 @@ def test_noop_run_does_nothing(built):
 
 def test_bench_setting_reruns_only_benchmarks_and_plots(built):
     jobs = planned(built, change={"bench": {"static": {"concurrency": [1, 2]}}})
-    assert jobs == {"serve": 3, "bench_static": 3, "plot_bench": 1, "all": 1}
+    # the dynamic benchmark shares the bench service, which restarts
+    assert jobs == {"serve": 3, "bench_static": 3, "bench_dynamic": 3, "plot_bench": 1, "all": 1}
     assert all(
         "consumer=bench" in line
         for line in served(built, change={"bench": {"static": {"concurrency": [1, 2]}}})
     )
+
+
+def test_dynamic_bench_setting_reruns_only_benchmarks_and_plots(built):
+    change = {"bench": {"dynamic": {"request_rate": [1, 2]}}}
+    jobs = planned(built, change=change)
+    assert jobs == {"serve": 3, "bench_static": 3, "bench_dynamic": 3, "plot_bench": 1, "all": 1}
+    assert all("consumer=bench" in line for line in served(built, change=change))
+
+
+def test_bench_dataset_setting_regenerates_it_and_reruns_only_benchmarks(built):
+    jobs = planned(built, change={"bench": {"dataset": {"avg_input": 40}}})
+    assert jobs == {
+        "dataset_generate": 1,
+        "serve": 3,
+        "bench_static": 3,
+        "bench_dynamic": 3,
+        "plot_bench": 1,
+        "all": 1,
+    }
 
 
 def test_smoothing_strength_reruns_only_the_quantized_branch(built):
@@ -123,6 +145,7 @@ def test_smoothing_strength_reruns_only_the_quantized_branch(built):
         "serve": 2,
         "eval_accuracy": 1,
         "bench_static": 1,
+        "bench_dynamic": 1,
         "eval_summary": 1,
         "plot_bench": 1,
         "all": 1,
@@ -140,6 +163,7 @@ def test_training_data_reruns_tokenization_and_downstream_only(built):
         "serve": 4,
         "eval_accuracy": 2,
         "bench_static": 2,
+        "bench_dynamic": 2,
         "eval_summary": 1,
         "plot_bench": 1,
         "plot_loss": 1,
@@ -164,6 +188,7 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
         "serve": 2,
         "eval_accuracy": 1,
         "bench_static": 1,
+        "bench_dynamic": 1,
         "eval_summary": 1,
         "plot_bench": 1,
         "all": 1,

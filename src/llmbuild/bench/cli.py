@@ -1,4 +1,10 @@
-"""`llmbuild bench ...`: benchmark an OpenAI-compatible service (static for now)."""
+"""`llmbuild bench ...`: benchmark an OpenAI-compatible service (static and dynamic).
+
+Both verbs write one CSV row per cell (config columns, vLLM-named metrics, validity columns;
+every column is defined in ``llmbuild.bench.metrics``) and one JSON line per request. Both
+hold the service's benchmark lock while they measure (``llmbuild.bench.lock``): benchmarks of
+one service run one after the other, never over each other.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from llmbuild import provenance
 from llmbuild.atomic import atomic_file
@@ -16,15 +23,92 @@ def _fmt(x: float) -> str:
     return "nan" if x != x else f"{x:.1f}"
 
 
-def _static(args: argparse.Namespace) -> int:
-    from llmbuild.bench.client import Endpoint, api_key_from_env
+def _workload(args: argparse.Namespace) -> tuple[Any, Any]:
+    from llmbuild.bench.workload import ModelMix, Workload
+
+    workload = Workload(api=args.api, output_mode=args.output_mode, speculative=args.speculative)
+    mix = ModelMix.parse(args.lora_mix) if args.lora_mix else None
+    return workload, mix
+
+
+def _checks(args: argparse.Namespace) -> Any:
     from llmbuild.bench.metrics import SLO
+
+    if args.request_timeout <= 0:
+        raise UserError("must be > 0 seconds", field="--request-timeout")
+    return SLO(ttft_ms=args.slo_ttft_ms, tpot_ms=args.slo_tpot_ms, e2el_ms=args.slo_e2el_ms)
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    """The endpoint: from a service's endpoint file (waiting until it is ready) or a base URL."""
+    from llmbuild.bench.client import Endpoint, api_key_from_env
+    from llmbuild.serve.endpoint import wait_ready
+
+    api_key = api_key_from_env(args.api_key_env)
+    if args.base_url:
+        if not args.model:
+            raise UserError("--base-url needs --model (the served model name)", field="--model")
+        return Endpoint(base_url=args.base_url, model=args.model, api_key=api_key)
+    print(f"waiting for {args.endpoint} (up to {args.ready_timeout:g} s)", flush=True)
+    info = wait_ready(args.endpoint, args.ready_timeout)
+    return Endpoint(base_url=info.base_url, model=args.model or info.model, api_key=api_key)
+
+
+def _exclusive(endpoint: Any) -> Any:
+    from llmbuild.bench.lock import service_lock
+
+    def waiting(path: Path) -> None:
+        print(
+            f"another benchmark of {endpoint.base_url} is running; waiting for it ({path})",
+            flush=True,
+        )
+
+    return service_lock(endpoint.base_url, waiting)
+
+
+def _cell_line(prefix: str, row: dict) -> str:
+    return (
+        f"{prefix}: {row['successes']}/{row['successes'] + row['failures']} ok, "
+        f"p90 TTFT {_fmt(row['p90_ttft_ms'])} ms, p90 TPOT {_fmt(row['p90_tpot_ms'])} ms, "
+        f"output {_fmt(row['output_throughput'])} tok/s, "
+        f"sent at {_fmt(row['achieved_request_rate'])} req/s, "
+        f"p99 client lag {row['p99_sched_lag_ms']:.2f} ms"
+        + (f", first error: {row['first_error'][:200]}" if row["failures"] else "")
+    )
+
+
+def _finish(args, command, rows, out_csv, out_rec, inputs, started, endpoint) -> int:
+    for path in (out_csv, out_rec):
+        provenance.write(
+            path,
+            command=command,
+            args=vars(args),
+            inputs=inputs,
+            started=started,
+            extra={"model": endpoint.model, "base_url": endpoint.base_url},
+        )
+    failures = sum(r["failures"] for r in rows)
+    total = sum(r["successes"] + r["failures"] for r in rows)
+    print(
+        f"wrote {len(rows)} rows to {out_csv} and {total} request records to {out_rec}; "
+        f"{failures} of {total} requests failed"
+    )
+    return 0
+
+
+def _tokenizer_input(path: str) -> str:
+    # the tokenizer file only: digesting a whole model directory would read every weight
+    tok = Path(path)
+    return str(tok if tok.is_file() else tok / "tokenizer.json")
+
+
+def _static(args: argparse.Namespace) -> int:
     from llmbuild.bench.prompts import PromptMaker, load_tokenizer
     from llmbuild.bench.static import StaticConfig, parse_int_list, run_static, write_csv
     from llmbuild.progress import RateLog
-    from llmbuild.serve.endpoint import wait_ready
 
     started = time.time()
+    workload, mix = _workload(args)
     cfg = StaticConfig(
         concurrency=parse_int_list(args.concurrency, "--concurrency"),
         input_lens=parse_int_list(args.input_len, "--input-len"),
@@ -32,20 +116,16 @@ def _static(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         prefix_len=args.prefix_len,
+        workload=workload,
+        model_mix=mix,
     )
-    slo = SLO(ttft_ms=args.slo_ttft_ms, tpot_ms=args.slo_tpot_ms, e2el_ms=args.slo_e2el_ms)
-    if args.request_timeout <= 0:
-        raise UserError("must be > 0 seconds", field="--request-timeout")
-    api_key = api_key_from_env(args.api_key_env)
+    slo = _checks(args)
     maker = PromptMaker(load_tokenizer(args.tokenizer))
-    print(f"waiting for {args.endpoint} (up to {args.ready_timeout:g} s)", flush=True)
-    info = wait_ready(args.endpoint, args.ready_timeout)
-    endpoint = Endpoint(base_url=info.base_url, model=args.model or info.model, api_key=api_key)
+    endpoint = _connect(args)
     print(
         f"benchmarking {endpoint.base_url} model {endpoint.model}: {len(cfg.cells())} cells",
         flush=True,
     )
-
     logs: dict[object, RateLog] = {}
 
     def on_request(cell, n: int) -> None:
@@ -59,64 +139,112 @@ def _static(args: argparse.Namespace) -> int:
         logs[cell].update(n)
 
     def on_cell(row: dict) -> None:
-        print(
-            f"c={row['concurrency']} in={row['input_len']} out={row['output_len']}: "
-            f"{row['successes']}/{row['num_requests']} ok, "
-            f"p90 TTFT {_fmt(row['p90_ttft_ms'])} ms, p90 TPOT {_fmt(row['p90_tpot_ms'])} ms, "
-            f"output {_fmt(row['output_throughput'])} tok/s"
-            + (f", first error: {row['first_error'][:200]}" if row["failures"] else ""),
-            flush=True,
-        )
+        prefix = f"c={row['concurrency']} in={row['input_len']} out={row['output_len']}"
+        print(_cell_line(prefix, row), flush=True)
 
     out_csv, out_rec = Path(args.output), Path(args.records)
-    with atomic_file(out_csv) as fcsv, atomic_file(out_rec) as frec:
+    with _exclusive(endpoint), atomic_file(out_csv) as fcsv, atomic_file(out_rec) as frec:
         rows = run_static(
             endpoint, cfg, maker, slo, args.request_timeout, frec, on_request, on_cell
         )
         write_csv(rows, fcsv)
-    # the tokenizer file only: digesting a whole model directory would read every weight
-    tok = Path(args.tokenizer)
-    inputs = [args.endpoint, str(tok if tok.is_file() else tok / "tokenizer.json")]
-    for path in (out_csv, out_rec):
-        provenance.write(
-            path,
-            command="bench static",
-            args=vars(args),
-            inputs=inputs,
-            started=started,
-            extra={"model": endpoint.model, "base_url": endpoint.base_url},
-        )
-    failures = sum(r["failures"] for r in rows)
-    total = sum(r["num_requests"] for r in rows)
+    inputs = [p for p in (args.endpoint, _tokenizer_input(args.tokenizer)) if p]
+    return _finish(args, "bench static", rows, out_csv, out_rec, inputs, started, endpoint)
+
+
+def _dynamic(args: argparse.Namespace) -> int:
+    from llmbuild.bench.datasets import load_dataset
+    from llmbuild.bench.dynamic import DynamicConfig, parse_rates, run_dynamic
+    from llmbuild.bench.prompts import load_tokenizer
+    from llmbuild.bench.static import parse_int_list, write_csv
+    from llmbuild.progress import RateLog
+
+    started = time.time()
+    workload, mix = _workload(args)
+    cfg = DynamicConfig(
+        rates=parse_rates(args.request_rate),
+        num_prompts=parse_int_list(" ".join(args.num_prompts), "--num-prompts"),
+        seed=args.seed,
+        max_concurrency=args.max_concurrency,
+        workload=workload,
+        model_mix=mix,
+    )
+    slo = _checks(args)
+    entries, report = load_dataset(
+        args.dataset,
+        args.dataset_type,
+        load_tokenizer(args.tokenizer),
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens,
+        output_len=args.output_len,
+    )
+    print(f"dataset {args.dataset} ({args.dataset_type}): {report}", flush=True)
+    endpoint = _connect(args)
     print(
-        f"wrote {len(rows)} rows to {out_csv} and {total} request records to {out_rec}; "
-        f"{failures} of {total} requests failed"
+        f"benchmarking {endpoint.base_url} model {endpoint.model}: rates {list(cfg.rates)} "
+        f"req/s, {list(cfg.num_prompts)} requests",
+        flush=True,
     )
-    return 0
+    logs: dict[float, RateLog] = {}
+
+    def on_request(rate: float, n: int) -> None:
+        if rate not in logs:
+            total = cfg.num_prompts[cfg.rates.index(rate)]
+            logs[rate] = RateLog(f"rate {rate:g}", total=total, unit="requests", stream=sys.stdout)
+        logs[rate].update(n)
+
+    def on_cell(row: dict) -> None:
+        print(_cell_line(f"rate {row['request_rate']:g} req/s", row), flush=True)
+
+    out_csv, out_rec = Path(args.output), Path(args.records)
+    with _exclusive(endpoint), atomic_file(out_csv) as fcsv, atomic_file(out_rec) as frec:
+        rows = run_dynamic(
+            endpoint,
+            cfg,
+            entries,
+            Path(args.dataset).name,
+            slo,
+            args.request_timeout,
+            frec,
+            on_request,
+            on_cell,
+        )
+        write_csv(rows, fcsv)
+    inputs = [p for p in (args.endpoint, _tokenizer_input(args.tokenizer), args.dataset) if p]
+    return _finish(args, "bench dynamic", rows, out_csv, out_rec, inputs, started, endpoint)
 
 
-def register(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("static", help="concurrency x (input, output) lengths x epochs -> CSV")
-    p.add_argument("--endpoint", required=True, help="service endpoint file (JSON)")
+def _common(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--endpoint", help="service endpoint file (JSON), waited on until ready")
+    where.add_argument("--base-url", help="or the service's base URL, e.g. http://host:8000/v1")
     p.add_argument("--tokenizer", required=True, help="served model dir with tokenizer.json")
-    p.add_argument("--concurrency", required=True, help="comma-separated, e.g. 1,2,4")
-    p.add_argument("--input-len", required=True, help="prompt tokens, comma-separated")
-    p.add_argument(
-        "--output-len",
-        required=True,
-        help="output tokens, comma-separated, one per --input-len value",
-    )
-    p.add_argument("--epochs", type=int, default=5, help="rounds of <concurrency> requests")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--prefix-len",
-        type=int,
-        default=0,
-        help="tokens of a prefix common to all prompts (prefix caching)",
-    )
     p.add_argument("--output", required=True, help="CSV, one row per cell")
     p.add_argument("--records", required=True, help="JSONL, one line per request")
     p.add_argument("--model", default=None, help="served model name (default: endpoint's)")
+    p.add_argument(
+        "--api",
+        choices=("completions", "chat"),
+        default="completions",
+        help="/v1/completions (raw prompt) or /v1/chat/completions (server's chat template)",
+    )
+    p.add_argument(
+        "--output-mode",
+        choices=("forced", "natural"),
+        default="forced",
+        help="forced: ignore_eos + min_tokens, exactly the output length; natural: a cap only",
+    )
+    p.add_argument(
+        "--speculative",
+        action="store_true",
+        help="speculative decoding: count output tokens from the stream's usage (required)",
+    )
+    p.add_argument(
+        "--lora-mix",
+        default=None,
+        help="model names with weights, e.g. lora1=3,lora2=1,base=1 (multi-LoRA traffic)",
+    )
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--api-key-env", default=None, help="name of the environment variable holding the API key"
     )
@@ -135,4 +263,55 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--slo-ttft-ms", type=float, default=None)
     p.add_argument("--slo-tpot-ms", type=float, default=None)
     p.add_argument("--slo-e2el-ms", type=float, default=None)
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("static", help="concurrency x (input, output) lengths x epochs -> CSV")
+    p.add_argument("--concurrency", required=True, help="comma-separated, e.g. 1,2,4")
+    p.add_argument("--input-len", required=True, help="prompt tokens, comma-separated")
+    p.add_argument(
+        "--output-len",
+        required=True,
+        help="output tokens, comma-separated, one per --input-len value",
+    )
+    p.add_argument("--epochs", type=int, default=5, help="rounds of <concurrency> requests")
+    p.add_argument(
+        "--prefix-len",
+        type=int,
+        default=0,
+        help="tokens of a prefix common to all prompts (prefix caching)",
+    )
+    _common(p)
     p.set_defaults(func=_static)
+
+    p = verbs.add_parser(
+        "dynamic", help="request rates (Poisson arrivals) x num-prompts over a dataset -> CSV"
+    )
+    p.add_argument(
+        "--request-rate", required=True, nargs="+", help="req/s, e.g. 0.5 1 2 or 1,2,inf"
+    )
+    p.add_argument(
+        "--num-prompts", required=True, nargs="+", help="requests per rate (or one for all)"
+    )
+    p.add_argument("--dataset", required=True, help="dataset file")
+    p.add_argument(
+        "--dataset-type",
+        choices=("custom", "sharegpt", "alpaca", "human-eval"),
+        default="custom",
+        help="custom: `llmbuild dataset generate` JSONL",
+    )
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="drop longer prompts")
+    p.add_argument(
+        "--max-tokens", type=int, default=None, help="drop entries whose prompt + output exceed"
+    )
+    p.add_argument(
+        "--output-len", type=int, default=None, help="one output length for every request"
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="at most this many requests in flight (default: no limit, open loop)",
+    )
+    _common(p)
+    p.set_defaults(func=_dynamic)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from llmbuild.bench.records import RequestRecord, RequestSpec
+from llmbuild.bench.workload import Workload
 from llmbuild.errors import UserError
 
 T = TypeVar("T")
@@ -72,20 +73,39 @@ def _error(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
-def completion_payload(endpoint: Endpoint, spec: RequestSpec) -> dict[str, Any]:
-    """The /v1/completions body: exactly ``output_len`` tokens when ``ignore_eos``."""
-    body: dict[str, Any] = {
-        "model": endpoint.model,
-        "prompt": spec.prompt,
-        "max_tokens": spec.output_len,
-        "temperature": 0.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+def completion_payload(
+    endpoint: Endpoint, spec: RequestSpec, api: str = "completions"
+) -> dict[str, Any]:
+    """The request body: exactly ``output_len`` tokens when ``ignore_eos``, else at most."""
+    body: dict[str, Any] = {"model": spec.model or endpoint.model}
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": spec.prompt}]
+    else:
+        body["prompt"] = spec.prompt
+    body.update(
+        max_tokens=spec.output_len,
+        temperature=0.0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     if spec.ignore_eos:
         body["ignore_eos"] = True
         body["min_tokens"] = spec.output_len
     return body
+
+
+def _chunk_output(msg: dict[str, Any], api: str) -> tuple[bool, str]:
+    """(does this chunk carry output, its text). A completions chunk is one engine step (its
+    text may be empty for a partial UTF-8 character); a chat chunk that only announces the
+    assistant role carries none."""
+    choice = msg["choices"][0]
+    if api == "completions":
+        return True, choice.get("text") or ""
+    delta = choice.get("delta") or {}
+    text = delta.get("content") or delta.get("reasoning_content") or ""
+    if "role" in delta and not text:
+        return False, ""
+    return True, text
 
 
 async def stream_completion(
@@ -93,11 +113,22 @@ async def stream_completion(
     endpoint: Endpoint,
     spec: RequestSpec,
     run_start: float = 0.0,
+    workload: Workload | None = None,
 ) -> RequestRecord:
-    """Send one streamed completion and time it: TTFT, every inter-chunk gap, latency."""
+    """Send one streamed request and time it: TTFT, every inter-chunk gap, latency.
+
+    The body is serialized before the clock starts, so the client's JSON work is not TTFT.
+    """
+    workload = workload or Workload()
     rec = RequestRecord(
-        request_id=spec.request_id, prompt_len=spec.prompt_len, output_len=spec.output_len
+        request_id=spec.request_id,
+        prompt_len=spec.prompt_len,
+        output_len=spec.output_len,
+        model=spec.model or endpoint.model,
     )
+    data = json.dumps(completion_payload(endpoint, spec, workload.api)).encode()
+    headers = endpoint.headers()
+    url = endpoint.url(workload.path)
     chunks = 0
     usage_tokens: int | None = None
     text_parts: list[str] = []
@@ -106,38 +137,38 @@ async def stream_completion(
     last = st
     done = False
     try:
-        async with session.post(
-            endpoint.url("completions"),
-            json=completion_payload(endpoint, spec),
-            headers=endpoint.headers(),
-        ) as resp:
+        async with session.post(url, data=data, headers=headers) as resp:
             if resp.status != 200:
                 body = (await resp.text())[:300]
                 rec.error = f"HTTP {resp.status}: {body}".strip()
+                rec.latency = time.perf_counter() - st
                 return rec
             async for raw in resp.content:
                 line = raw.decode("utf-8", errors="replace").strip()
-                if not line or line.startswith(":") or not line.startswith("data:"):
+                if not line.startswith("data:"):
                     continue
-                data = line[len("data:") :].strip()
-                if data == "[DONE]":
+                data_text = line[5:].strip()
+                if data_text == "[DONE]":
                     done = True
                     break
                 ts = time.perf_counter()
-                msg = json.loads(data)
+                msg = json.loads(data_text)
                 if msg.get("error"):
                     err = msg["error"]
                     detail = err.get("message", err) if isinstance(err, dict) else err
                     rec.error = f"server error event: {detail}"[:MAX_ERROR_CHARS]
+                    rec.latency = ts - st
                     return rec
                 if msg.get("choices"):
-                    if chunks == 0:
-                        rec.ttft = ts - st
-                    else:
-                        rec.itl.append(ts - last)
-                    last = ts
-                    chunks += 1
-                    text_parts.append(msg["choices"][0].get("text") or "")
+                    carries, text = _chunk_output(msg, workload.api)
+                    if carries:
+                        if chunks == 0:
+                            rec.ttft = ts - st
+                        else:
+                            rec.itl.append(ts - last)
+                        last = ts
+                        chunks += 1
+                        text_parts.append(text)
                 usage = msg.get("usage")
                 if usage and usage.get("completion_tokens") is not None:
                     usage_tokens = int(usage["completion_tokens"])
@@ -148,13 +179,20 @@ async def stream_completion(
     except Exception as exc:  # a failed request is a record, not a crash
         rec.error = _error(exc)
         rec.latency = time.perf_counter() - st
+        rec.chunks = chunks
         return rec
     rec.generated_text = "".join(text_parts)
     rec.latency = last - st
+    rec.chunks = chunks
     if not done:
         rec.error = f"stream ended before 'data: [DONE]' after {chunks} chunks"
     elif chunks == 0:
         rec.error = "no tokens streamed"
+    elif workload.speculative and usage_tokens is None:
+        rec.error = (
+            "speculative mode needs the server's token count, but the stream sent no usage "
+            "(stream_options.include_usage unsupported?)"
+        )
     else:
         rec.success = True
     if usage_tokens is not None:
@@ -243,8 +281,11 @@ async def run_concurrent(
 
 
 def make_session(concurrency: int, timeout_s: float) -> aiohttp.ClientSession:
-    """A session with one connection per concurrent request and a per-request time limit."""
+    """A session with one connection per concurrent request and a per-request time limit.
+
+    ``concurrency`` 0 means no limit: aiohttp's default pool (100 connections) would
+    otherwise cap an open-loop benchmark silently."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max(concurrency, 1), force_close=False),
+        connector=aiohttp.TCPConnector(limit=max(concurrency, 0), force_close=False),
         timeout=aiohttp.ClientTimeout(total=timeout_s),
     )

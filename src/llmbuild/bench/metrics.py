@@ -1,20 +1,62 @@
 """Benchmark metrics: a pure function of request records and the wall-clock duration.
 
-Names follow vLLM's ``benchmark_serving``: ``request_throughput``, ``output_throughput``,
-``total_token_throughput``, ``mean_ttft_ms``, ``median_ttft_ms``, ``std_ttft_ms``,
-``p90_ttft_ms``, ``p99_ttft_ms`` and the same for ``tpot``, ``itl`` and ``e2el``.
+This docstring is the one definition of every number in a benchmark CSV (static and dynamic).
+Names follow vLLM's ``benchmark_serving`` / ``vllm bench serve``, so rows line up with it:
+``request_throughput``, ``output_throughput``, ``total_token_throughput``, ``mean_ttft_ms``,
+``median_ttft_ms``, ``std_ttft_ms``, ``p90_ttft_ms``, ``p99_ttft_ms`` and the same for
+``tpot``, ``itl`` and ``e2el``.
 
-Definitions (successful requests only; failures are counted in ``failed``):
+Latencies (successful requests only; failures are counted in ``failed``), all in ms:
 
-- TTFT: time from sending the request to the first streamed chunk.
+- TTFT: from just before the request is written (its JSON body already serialized) to the
+  first streamed chunk that carries output (a chat chunk that only announces the assistant
+  role does not).
 - TPOT, per request: ``(latency - ttft) / (output_tokens - 1)``, the decode time per token
-  excluding the first; undefined (left out) for 1-token outputs.
-- ITL: every gap between consecutive streamed chunks, pooled over all requests.
-- E2EL: request latency, send to last chunk.
+  excluding the first; undefined (left out) for 1-token outputs. Its mean/percentiles are
+  over requests, each request counting once (vLLM's definition; perf_analyzer's "inter-token
+  latency" averaged over tokens is ITL below).
+- ITL: every gap between consecutive output chunks, pooled over all requests. With
+  speculative decoding a chunk can carry several tokens: ITL is then per chunk, TPOT per
+  token.
+- E2EL: request latency, send to last output chunk.
+- ``output_tokens``: the server's ``usage.completion_tokens`` from the stream when it sends
+  one (``output_tokens_source`` = ``usage``), else the number of output chunks (``chunks``).
 - Percentiles interpolate linearly between order statistics (numpy's default); std is the
   population standard deviation (ddof=0). A statistic of no samples is NaN.
-- Goodput: successful requests per second that meet every given SLO; a 1-token request has no
-  TPOT and meets any TPOT SLO. ``slo_attainment`` is that count over all requests sent.
+
+Throughput, over the cell's wall time ``duration_s`` (first send to last completion):
+
+- ``request_throughput``: completed requests/s; ``input_throughput``, ``output_throughput``,
+  ``total_token_throughput``: prompt tokens (the client's count), output tokens, both, per
+  second, of completed requests only.
+- Goodput: ``request_goodput`` = completed requests/s that meet every SLO given
+  (``--slo-ttft-ms``, ``--slo-tpot-ms``, ``--slo-e2el-ms``); a 1-token request has no TPOT
+  and meets any TPOT SLO. ``slo_attainment`` is that count over all requests sent. NaN
+  when no SLO is given.
+
+Validity, in every row (``validity()``), so a row that measured the client or a broken
+server says so:
+
+- ``target_request_rate``: the rate asked for (dynamic; NaN for the closed-loop static
+  benchmark). ``achieved_request_rate``: requests sent per second, ``n / (time of the last
+  send since the cell started)`` for dynamic cells, ``n / duration_s`` for static ones.
+- ``successes``, ``failures``, ``first_error`` (one line): a failure is any request without
+  a complete stream (HTTP error, error event, transport error, timeout, a stream cut before
+  ``data: [DONE]``), recorded, never raised.
+- ``mean_sched_lag_ms``, ``p99_sched_lag_ms``, ``max_sched_lag_ms``: how late the client
+  sent requests versus when it was free to: ``sent - max(scheduled, released)``, where a
+  request is released when a ``--max-concurrency`` slot frees (static: when its round
+  starts). ``mean_queue_wait_ms``: time requests waited for such a slot (intended, not lag).
+- ``max_in_flight``: the most requests open at once, from the records' send and end times
+  (shows a concurrency cap, the client's or a proxy's, that the target rate ran into).
+- ``too_few_for_p99``: fewer than 100 completed requests, so p99 is at most the max of a
+  handful of samples.
+- ``output_len_mismatch``: completed requests whose output token count differs from the
+  forced length (natural mode: exceeds the cap); ``prompt_len_mismatch``: completed requests
+  whose server prompt count differs from the client's (completions API only: chat adds a
+  template); ``output_tokens_source``: ``usage``, ``chunks`` or both;
+  ``mean_tokens_per_chunk``: output tokens over output chunks (above 1 with speculative
+  decoding or server-side batching of the stream).
 """
 
 from __future__ import annotations
@@ -146,3 +188,86 @@ def compute_metrics(
     for name in LATENCIES:
         out.update(summarize(samples[name], name, percentiles))
     return out
+
+
+# --- validity -------------------------------------------------------------------------------
+
+VALIDITY_COLUMNS = (
+    "target_request_rate",
+    "achieved_request_rate",
+    "successes",
+    "failures",
+    "first_error",
+    "mean_sched_lag_ms",
+    "p99_sched_lag_ms",
+    "max_sched_lag_ms",
+    "mean_queue_wait_ms",
+    "max_in_flight",
+    "too_few_for_p99",
+    "output_len_mismatch",
+    "prompt_len_mismatch",
+    "output_tokens_source",
+    "mean_tokens_per_chunk",
+)
+
+
+def max_in_flight(records: Sequence[RequestRecord]) -> int:
+    """The most requests open at once (send to end), from the records' own times."""
+    events = []
+    for r in records:
+        events.append((r.start_time, 1))
+        events.append((r.start_time + max(r.latency, 0.0), -1))
+    events.sort(key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    peak = cur = 0
+    for _, d in events:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def validity(
+    records: Sequence[RequestRecord],
+    *,
+    target_rate: float = NAN,
+    achieved_rate: float = NAN,
+    forced_output: bool = True,
+    check_prompt_len: bool = True,
+) -> dict[str, float | int | str | bool]:
+    """The validity columns of one cell (see the module docstring)."""
+    ok = [r for r in records if r.success]
+    failed = [r for r in records if not r.success]
+    sources = sorted({r.output_tokens_source for r in ok})
+    lag = sorted(r.sched_lag * 1000 for r in records)
+    if forced_output:
+        out_bad = sum(1 for r in ok if r.output_tokens != r.output_len)
+    else:
+        out_bad = sum(1 for r in ok if r.output_tokens > r.output_len)
+    prompt_bad: int | float = (
+        sum(
+            1
+            for r in ok
+            if r.server_prompt_tokens is not None and r.server_prompt_tokens != r.prompt_len
+        )
+        if check_prompt_len
+        else NAN
+    )
+    chunks = sum(r.chunks for r in ok)
+    return {
+        "target_request_rate": target_rate,
+        "achieved_request_rate": achieved_rate,
+        "successes": len(ok),
+        "failures": len(failed),
+        "first_error": " ".join(failed[0].error.split()) if failed else "",
+        "mean_sched_lag_ms": math.fsum(lag) / len(lag) if lag else NAN,
+        "p99_sched_lag_ms": percentile(lag, 99),
+        "max_sched_lag_ms": lag[-1] if lag else NAN,
+        "mean_queue_wait_ms": (
+            math.fsum(r.queue_wait for r in records) * 1000 / len(records) if records else NAN
+        ),
+        "max_in_flight": max_in_flight(records),
+        "too_few_for_p99": len(ok) < P99_MIN_SAMPLES,
+        "output_len_mismatch": out_bad,
+        "prompt_len_mismatch": prompt_bad,
+        "output_tokens_source": "+".join(sources),
+        "mean_tokens_per_chunk": sum(r.output_tokens for r in ok) / chunks if chunks else NAN,
+    }

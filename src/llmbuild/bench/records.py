@@ -2,7 +2,8 @@
 
 A request that fails is a record with ``success=False`` and an ``error`` string, never an
 exception, so a run always completes and its failures are counted. Times are seconds, measured
-with ``time.perf_counter`` on the client.
+with ``time.perf_counter`` on the client; ``scheduled_time`` and ``start_time`` count from the
+start of the cell.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from llmbuild.errors import UserError
 
 @dataclass(frozen=True)
 class RequestSpec:
-    """One request to send: a prompt of a known token length and the tokens to generate."""
+    """One request to send: a prompt of a known token length and the tokens to generate.
+
+    ``ignore_eos`` forces exactly ``output_len`` tokens (``ignore_eos`` + ``min_tokens``);
+    without it ``output_len`` is only the cap (``max_tokens``) and the model stops where it
+    likes. ``model`` overrides the endpoint's model name (a LoRA adapter's name)."""
 
     prompt: str
     prompt_len: int
     output_len: int
     request_id: str = ""
     ignore_eos: bool = True
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.prompt_len < 1:
@@ -31,13 +37,13 @@ class RequestSpec:
 
 @dataclass
 class RequestRecord:
-    """What one request measured. ``itl`` holds every gap between streamed chunks after the
-    first; ``output_tokens`` comes from the server's usage when it sent one
-    (``output_tokens_source == "usage"``), else it is the number of streamed chunks."""
+    """What one request measured. ``itl`` holds every gap between streamed token chunks after
+    the first; ``output_tokens`` comes from the server's usage when it sent one
+    (``output_tokens_source == "usage"``), else it is the number of token chunks."""
 
     request_id: str = ""
     prompt_len: int = 0
-    output_len: int = 0  # requested
+    output_len: int = 0  # requested (forced) or the cap (natural)
     success: bool = False
     error: str = ""
     ttft: float = 0.0
@@ -45,9 +51,14 @@ class RequestRecord:
     latency: float = 0.0
     output_tokens: int = 0
     output_tokens_source: str = ""  # "usage" | "chunks" | ""
+    chunks: int = 0  # streamed chunks that carried output
     server_prompt_tokens: int | None = None
     generated_text: str = ""
-    start_time: float = 0.0  # seconds since the run started
+    model: str = ""
+    scheduled_time: float = 0.0  # when the schedule said to send it
+    start_time: float = 0.0  # when it was sent
+    queue_wait: float = 0.0  # time held back by a concurrency limit
+    sched_lag: float = 0.0  # client lateness: sent - max(scheduled, released by the limit)
 
     @property
     def tpot(self) -> float | None:

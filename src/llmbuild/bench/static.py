@@ -2,8 +2,11 @@
 
 The seeds' ``benchmark_parallel.py`` shape: for each (input, output) pair and each concurrency
 c, ``epochs`` rounds of c simultaneous requests (a round starts when the previous one has
-finished), each with its own random prompt of exactly ``input_len`` tokens and
-``ignore_eos`` so it generates exactly ``output_len`` tokens. One CSV row per cell.
+finished), each with its own random prompt of exactly ``input_len`` tokens (after an optional
+common prefix of ``prefix_len`` tokens, for prefix-caching runs) and, in forced output mode
+(the default), ``ignore_eos`` so it generates exactly ``output_len`` tokens. The workload
+options (API, output mode, speculative accounting, LoRA mix) are ``workload.py``'s. One CSV
+row per cell; every column is defined in ``metrics.py``.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ import csv
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import numpy as np
 
 from llmbuild.bench.client import Endpoint, make_session, run_concurrent, stream_completion
-from llmbuild.bench.metrics import P99_MIN_SAMPLES, SLO, compute_metrics
+from llmbuild.bench.metrics import SLO, VALIDITY_COLUMNS, compute_metrics, validity
 from llmbuild.bench.prompts import PromptMaker
 from llmbuild.bench.records import RequestRecord, RequestSpec
+from llmbuild.bench.workload import ModelMix, Workload
 from llmbuild.errors import UserError
+
+__all__ = ["CONFIG_COLUMNS", "VALIDITY_COLUMNS", "StaticConfig", "run_static", "write_csv"]
 
 CONFIG_COLUMNS = (
     "concurrency",
@@ -32,17 +38,12 @@ CONFIG_COLUMNS = (
     "num_requests",
     "model",
     "prefix_len",
-)
-VALIDITY_COLUMNS = (
-    "successes",
-    "failures",
-    "first_error",
-    "too_few_for_p99",
-    "output_len_mismatch",
-    "prompt_len_mismatch",
-    "output_tokens_source",
+    "api",
+    "output_mode",
+    "lora_mix",
 )
 _PREFIX_STREAM = 0x5EED
+_MODEL_STREAM = 0x10AA
 
 
 def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -72,6 +73,8 @@ class StaticConfig:
     epochs: int = 1
     seed: int = 0
     prefix_len: int = 0
+    workload: Workload = field(default_factory=Workload)
+    model_mix: ModelMix | None = None
 
     def __post_init__(self) -> None:
         if len(self.input_lens) != len(self.output_lens):
@@ -108,6 +111,11 @@ def build_requests(cfg: StaticConfig, cell: Cell, maker: PromptMaker) -> list[li
     every request has its own prompt (no accidental prefix-cache hits across requests)."""
     prefix = maker.prefix(cfg.prefix_len, np.random.default_rng([cfg.seed, _PREFIX_STREAM]))
     rng = np.random.default_rng([cfg.seed, cell.input_len, cell.output_len, cell.concurrency])
+    n = cfg.epochs * cell.concurrency
+    models: list[str | None] = [None] * n
+    if cfg.model_mix is not None:
+        mrng = np.random.default_rng([cfg.seed, cell.concurrency, _MODEL_STREAM])
+        models = list(cfg.model_mix.draw(n, mrng))
     rounds = []
     for e in range(cfg.epochs):
         rounds.append(
@@ -117,30 +125,13 @@ def build_requests(cfg: StaticConfig, cell: Cell, maker: PromptMaker) -> list[li
                     prompt_len=cell.input_len,
                     output_len=cell.output_len,
                     request_id=f"c{cell.concurrency}-i{cell.input_len}-o{cell.output_len}-e{e}-{k}",
+                    ignore_eos=cfg.workload.forced,
+                    model=models[e * cell.concurrency + k],
                 )
                 for k in range(cell.concurrency)
             ]
         )
     return rounds
-
-
-def validity(records: Sequence[RequestRecord]) -> dict[str, Any]:
-    ok = [r for r in records if r.success]
-    failed = [r for r in records if not r.success]
-    sources = sorted({r.output_tokens_source for r in ok})
-    return {
-        "successes": len(ok),
-        "failures": len(failed),
-        "first_error": " ".join(failed[0].error.split()) if failed else "",
-        "too_few_for_p99": len(ok) < P99_MIN_SAMPLES,
-        "output_len_mismatch": sum(1 for r in ok if r.output_tokens != r.output_len),
-        "prompt_len_mismatch": sum(
-            1
-            for r in ok
-            if r.server_prompt_tokens is not None and r.server_prompt_tokens != r.prompt_len
-        ),
-        "output_tokens_source": sources[0] if len(sources) == 1 else "+".join(sources),
-    }
 
 
 def cell_row(
@@ -160,9 +151,20 @@ def cell_row(
         "num_requests": cfg.epochs * cell.concurrency,
         "model": model,
         "prefix_len": cfg.prefix_len,
+        "api": cfg.workload.api,
+        "output_mode": cfg.workload.output_mode,
+        "lora_mix": str(cfg.model_mix or ""),
     }
     row.update(compute_metrics(records, duration_s, slo))
-    row.update(validity(records))
+    achieved = len(records) / duration_s if duration_s > 0 else float("nan")
+    row.update(
+        validity(
+            records,
+            achieved_rate=achieved,
+            forced_output=cfg.workload.forced,
+            check_prompt_len=cfg.workload.api == "completions",
+        )
+    )
     return row
 
 
@@ -172,8 +174,12 @@ async def run_cell(
     concurrency: int,
     timeout_s: float,
     on_request: Callable[[int], None] | None = None,
+    workload: Workload | None = None,
 ) -> tuple[list[RequestRecord], float]:
-    """Send the rounds one after another; returns the records and the cell's wall time."""
+    """Send the rounds one after another; returns the records and the cell's wall time.
+
+    A round's requests are all due when it starts: each one's scheduling lag is how long
+    after the round's start the client actually sent it."""
     records: list[RequestRecord] = []
     async with make_session(concurrency, timeout_s) as session:
         t0 = time.perf_counter()
@@ -184,9 +190,17 @@ async def run_cell(
                 if on_request is not None:
                     on_request(base + n)
 
-            records += await run_concurrent(
-                specs, concurrency, lambda s: stream_completion(session, endpoint, s, t0), done
+            due = time.perf_counter() - t0
+            got = await run_concurrent(
+                specs,
+                concurrency,
+                lambda s: stream_completion(session, endpoint, s, t0, workload),
+                done,
             )
+            for rec in got:
+                rec.scheduled_time = due
+                rec.sched_lag = max(rec.start_time - due, 0.0)
+            records += got
         duration = time.perf_counter() - t0
     return records, duration
 
@@ -206,10 +220,12 @@ def run_static(
     for cell in cfg.cells():
         rounds = build_requests(cfg, cell, maker)
         cb = (lambda n, cell=cell: on_request(cell, n)) if on_request else None
-        records, duration = asyncio.run(run_cell(endpoint, rounds, cell.concurrency, timeout_s, cb))
+        records, duration = asyncio.run(
+            run_cell(endpoint, rounds, cell.concurrency, timeout_s, cb, cfg.workload)
+        )
         if records_out is not None:
             for k, rec in enumerate(records):
-                line = {
+                line: dict[str, Any] = {
                     "concurrency": cell.concurrency,
                     "input_len": cell.input_len,
                     "output_len": cell.output_len,
@@ -217,6 +233,7 @@ def run_static(
                     **rec.as_dict(),
                 }
                 records_out.write(json.dumps(line) + "\n")
+            records_out.flush()
         row = cell_row(cfg, cell, endpoint.model, records, duration, slo)
         rows.append(row)
         if on_cell is not None:
