@@ -498,8 +498,10 @@ def run_service(
 ) -> int:
     """Serve ``cfg`` until SIGTERM/SIGINT (returns 0) or until the server dies (UserError).
 
-    The endpoint file says "starting" at once, "ready" once GET /health answers, and
-    "stopped" when we are done. The server's output is copied to ``sink``.
+    The endpoint file says "starting" at once and "ready" once GET /health answers. A
+    requested stop removes it (it is a Snakemake service output: a file left behind, newer than
+    the consumers' results, would make the next run redo them); a server that fails leaves it
+    "stopped", so waiting consumers fail at once. The server's output is copied to ``sink``.
     """
     if ready_timeout <= 0:
         raise UserError(f"must be > 0 seconds, got {ready_timeout}", field="ready_timeout")
@@ -518,6 +520,7 @@ def run_service(
     child: subprocess.Popen[bytes] | None = None
     tee: _Tee | None = None
     ep: Endpoint | None = None
+    requested_stop = False
     try:
         port = free_port(host)
         ep = Endpoint.make(
@@ -575,6 +578,7 @@ def run_service(
         )
     except Stopped as stop:
         log(f"received {stop}: stopping the vLLM server")
+        requested_stop = True
         return 0
     finally:
         for s in handled:  # a second signal must not break the cleanup
@@ -585,6 +589,9 @@ def run_service(
             tee.join(5)
         if ep is not None:
             with contextlib.suppress(OSError):
-                write_endpoint(endpoint_path, ep.with_state("stopped"))
+                if requested_stop:
+                    os.unlink(endpoint_path)
+                else:
+                    write_endpoint(endpoint_path, ep.with_state("stopped"))
         for s, h in previous.items():
             signal.signal(s, h)
