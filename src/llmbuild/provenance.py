@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -10,8 +11,10 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -19,7 +22,9 @@ from llmbuild.atomic import atomic_file
 
 PROVENANCE = "provenance.json"
 _SECRET_WORDS = ("token", "secret", "password", "api_key", "apikey", "credential")
-_CHUNK = 1 << 20
+_CHUNK = 8 << 20
+# Left out of a directory's digest: the record itself, and what tools put beside the content.
+_NOT_CONTENT = (PROVENANCE, ".snakemake_timestamp")
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -30,22 +35,119 @@ def file_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def path_digest(path: str | os.PathLike[str]) -> str:
+def _content_files(p: Path) -> list[tuple[str, Path]]:
+    out = []
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        rel = f.relative_to(p).as_posix()
+        if rel in _NOT_CONTENT or rel.startswith(".snakemake"):
+            continue
+        out.append((rel, f))
+    return out
+
+
+def path_digest(path: str | os.PathLike[str], known: Mapping[str, str] | None = None) -> str:
     """sha256 of a file, or of a directory's (relative path, file digest) list.
 
-    A directory's own provenance.json and hidden files are left out, so the digest is of
-    the content alone and stays the same when only the record of how it was made changes.
+    A directory's own provenance.json and Snakemake's marker files are left out, so the digest
+    is of the content alone and stays the same when only the record of how it was made
+    changes. ``known``: digests of some of the files (relative path -> hex), already computed
+    while they were written, so they are not read again.
     """
     p = Path(path)
     if p.is_file():
         return file_digest(p)
     h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
-        rel = f.relative_to(p).as_posix()
-        if rel == PROVENANCE or any(part.startswith(".") for part in f.relative_to(p).parts):
-            continue
-        h.update(rel.encode() + b"\0" + file_digest(f).encode() + b"\n")
+    for rel, f in _content_files(p):
+        digest = (known or {}).get(rel) or file_digest(f)
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
+
+
+class _Stream:
+    """The sha256 of a file being appended to, brought up to date from the page cache."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.pos, self.h = path, 0, hashlib.sha256()
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def advance(self, size: int) -> None:
+        while self.pos < size:
+            block = os.pread(self.fd, min(_CHUNK, size - self.pos), self.pos)
+            if not block:
+                break
+            self.h.update(block)
+            self.pos += len(block)
+
+    def finish(self) -> str | None:
+        """The digest, or None if the file changed in ways appending does not explain."""
+        try:
+            self.advance(os.fstat(self.fd).st_size)
+            return self.h.hexdigest() if self.pos == os.fstat(self.fd).st_size else None
+        finally:
+            os.close(self.fd)
+
+
+class Digester:
+    """sha256 digests off the main thread, for commands that move gigabytes.
+
+    ``inputs(paths)`` starts digesting inputs at once (reading them ahead also fills the page
+    cache for the reads the command makes next); ``written(path, size)`` says a file being
+    written has ``size`` bytes so far, and a second thread hashes the new bytes while the
+    command goes on writing. ``output_digests(root)`` waits and gives what ``write(...,
+    known=...)`` takes; ``input_digests()`` what ``write(..., input_digests=...)`` takes.
+    hashlib releases the GIL on large buffers, so both threads run beside the main one.
+    """
+
+    def __init__(self) -> None:
+        self._in_pool = ThreadPoolExecutor(1, thread_name_prefix="digest-in")
+        self._out_pool = ThreadPoolExecutor(1, thread_name_prefix="digest-out")
+        self._in: dict[str, Future[str]] = {}
+        self._streams: dict[Path, _Stream] = {}
+        self._lock = threading.Lock()
+
+    def inputs(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        for p in paths:
+            if p and Path(p).exists() and str(p) not in self._in:
+                self._in[str(p)] = self._in_pool.submit(path_digest, p)
+
+    def written(self, path: str | os.PathLike[str], size: int) -> None:
+        path = Path(path)
+        with self._lock:
+            if path not in self._streams:
+                self._streams[path] = _Stream(path)
+            stream = self._streams[path]
+        self._out_pool.submit(stream.advance, size)
+
+    def input_digests(self) -> dict[str, str]:
+        return {k: f.result() for k, f in self._in.items()}
+
+    def output_digests(self, root: str | os.PathLike[str]) -> dict[str, str]:
+        """Relative path (under ``root``) -> digest of every file reported by ``written``."""
+        root = Path(root)
+        done = {p: self._out_pool.submit(s.finish) for p, s in self._streams.items()}
+        out = {}
+        for p, fut in done.items():
+            digest = fut.result()
+            if digest is not None and p.is_relative_to(root):
+                out[p.relative_to(root).as_posix()] = digest
+        self._streams.clear()
+        return out
+
+    def close(self) -> None:
+        for f in self._in.values():
+            f.cancel()
+        self._in_pool.shutdown(wait=True, cancel_futures=True)
+        self._out_pool.shutdown(wait=True, cancel_futures=True)
+        for s in self._streams.values():
+            with contextlib.suppress(OSError):
+                os.close(s.fd)
+        self._streams.clear()
+
+    def __enter__(self) -> Digester:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def provenance_path(artifact: str | os.PathLike[str]) -> Path:
@@ -99,11 +201,15 @@ def record(
     inputs: Iterable[str | os.PathLike[str]],
     started: float,
     extra: Mapping[str, object] | None = None,
+    input_digests: Mapping[str, str] | None = None,
 ) -> dict[str, object]:
+    known = input_digests or {}
     return {
         "command": command,
         "arguments": redact(args),
-        "inputs": {str(p): path_digest(p) for p in inputs if p and Path(p).exists()},
+        "inputs": {
+            str(p): known.get(str(p)) or path_digest(p) for p in inputs if p and Path(p).exists()
+        },
         "code": git_revision(),
         "python": sys.version.split()[0],
         "executable": sys.executable,
@@ -125,11 +231,23 @@ def write(
     started: float,
     extra: Mapping[str, object] | None = None,
     digest_output: bool = True,
+    input_digests: Mapping[str, str] | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write the provenance record of ``artifact`` (a directory or a file) beside or inside it."""
-    rec = record(command=command, args=args, inputs=inputs, started=started, extra=extra)
+    """Write the provenance record of ``artifact`` (a directory or a file) beside or inside it.
+
+    ``input_digests`` (path -> digest) and ``known`` (relative path in the artifact -> digest)
+    are digests a ``Digester`` already computed; anything else is hashed here."""
+    rec = record(
+        command=command,
+        args=args,
+        inputs=inputs,
+        started=started,
+        extra=extra,
+        input_digests=input_digests,
+    )
     if digest_output:
-        rec["output_digest"] = path_digest(artifact)
+        rec["output_digest"] = path_digest(artifact, known)
     dest = provenance_path(artifact)
     with atomic_file(dest) as fh:
         json.dump(rec, fh, indent=2, sort_keys=False)

@@ -295,8 +295,6 @@ def test_cli_roundtrip_complete_sharded_hf_dir(tmp_path):
         "2",
         "--pp",
         "2",
-        "--device",
-        "cpu",
     )
     assert r.returncode == 0, r.stderr[-2000:]
     desc = json.loads((tmp_path / "mg" / "llmbuild_model.json").read_text())

@@ -148,18 +148,18 @@ def hf_to_megatron(
     *,
     tp: int,
     pp: int,
-    device: str = "cpu",
     dtype: str = "float32",
     make_vocab_size_divisible_by: int = 128,
     pp_layers: tuple[int, ...] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    written: Callable[[Path, int], None] | None = None,
 ) -> ConvertStats:
     """Write a megatron torch_dist checkpoint (iteration 0) of ``hf_dir`` into ``out_dir``
     (an existing, empty directory; the caller makes it atomic). One process, any TP/PP.
 
-    ``dtype``: the stored dtype and the one the description records for training;
-    ``device`` is accepted for symmetry and unused (conversion is tensor copying on CPU).
-    ``progress(done_bytes, total_bytes)`` is called after each chunk."""
+    ``dtype``: the stored dtype and the one the description records for training.
+    ``progress(done_bytes, total_bytes)`` is called after each chunk; ``written(path, size)``
+    as files grow (see ``torch_dist.write``)."""
     import time
 
     import torch
@@ -197,12 +197,13 @@ def hf_to_megatron(
     target = out / ckpt.iter_name(0)
     target.mkdir(parents=True)
     try:
-        written = TD.write(
+        nbytes = TD.write(
             target,
             lay,
             tensor_of,
             iteration=0,
             progress=None if progress is None else (lambda n: progress(n, total)),
+            written=written,
         )
     finally:
         weights.close()
@@ -223,7 +224,7 @@ def hf_to_megatron(
         len(shapes),
         n_params,
         args.padded_vocab_size,
-        written,
+        nbytes,
         dtype,
         round(time.perf_counter() - started, 3),
     )
@@ -415,6 +416,7 @@ def megatron_to_hf(
     max_shard_bytes: int = MAX_SHARD_BYTES,
     progress: Callable[[int, int], None] | None = None,
     source: MegatronSource | None = None,
+    written: Callable[[Path, int], None] | None = None,
 ) -> dict[str, Any]:
     """Write a complete HF directory into ``out_dir`` (existing, empty): config.json,
     generation_config.json, the source's tokenizer files, safetensors (+ index if sharded).
@@ -445,6 +447,7 @@ def megatron_to_hf(
             iter_hf_tensors(src, out_dtype),
             max_shard_bytes=max_shard_bytes,
             progress=None if progress is None else (lambda n: progress(n, total)),
+            written=written,
         )
     finally:
         src.reader.close()

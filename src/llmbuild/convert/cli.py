@@ -17,12 +17,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
     p.add_argument(
-        "--device",
-        default="cpu",
-        choices=("cpu", "cuda", "npu"),
-        help="accepted for symmetry with training; conversion copies tensors on the CPU",
-    )
-    p.add_argument(
         "--dtype",
         default="float32",
         choices=DTYPES,
@@ -52,7 +46,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
         choices=DTYPES,
         help="dtype of the written weights (default: the original HF dtype)",
     )
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"), help="unused")
     p.add_argument(
         "--max-shard-size",
         type=_size,
@@ -121,40 +114,47 @@ class Progress:
 def _hf2mg(args: argparse.Namespace) -> int:
     from llmbuild import provenance
     from llmbuild.atomic import atomic_dir
-    from llmbuild.convert import checkpointer as C
-    from llmbuild.mcore import device as D
 
     started = time.time()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # launched under torchrun: conversion is one process, rank 0 does it
-    D.check_device(args.device)
-    # Every check (config, architecture, TP/PP, shards, shapes) runs before the output exists.
-    C.open_hf(
-        args.hf,
-        tp=args.tp,
-        pp=args.pp,
-        make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-        pp_layers=args.pp_layers,
-    ).weights.close()
-    with atomic_dir(args.output) as tmp:
-        stats = C.hf_to_megatron(
+    with provenance.Digester() as digests:
+        # Hashing the source starts first: it reads the files ahead of the conversion (from
+        # disk into the page cache) while this thread imports torch.
+        digests.inputs([args.hf])
+        from llmbuild.convert import checkpointer as C
+
+        # Every check (config, architecture, TP/PP, shards, shapes) runs before the output
+        # exists.
+        C.open_hf(
             args.hf,
-            tmp,
             tp=args.tp,
             pp=args.pp,
-            dtype=args.dtype,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
             pp_layers=args.pp_layers,
-            progress=Progress("hf2mg"),
-        )
-        provenance.write(
-            tmp,
-            command="llmbuild convert hf2mg",
-            args=vars(args),
-            inputs=[args.hf],
-            started=started,
-            extra={"conversion": stats.__dict__},
-        )
+        ).weights.close()
+        with atomic_dir(args.output) as tmp:
+            stats = C.hf_to_megatron(
+                args.hf,
+                tmp,
+                tp=args.tp,
+                pp=args.pp,
+                dtype=args.dtype,
+                make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+                pp_layers=args.pp_layers,
+                progress=Progress("hf2mg"),
+                written=digests.written,
+            )
+            provenance.write(
+                tmp,
+                command="llmbuild convert hf2mg",
+                args=vars(args),
+                inputs=[args.hf],
+                started=started,
+                extra={"conversion": stats.__dict__},
+                input_digests=digests.input_digests(),
+                known=digests.output_digests(tmp),
+            )
     print(
         f"hf2mg: {stats.architecture}, {stats.tensors} tensors, {stats.parameters:,} "
         f"parameters ({stats.dtype}, vocab padded to {stats.padded_vocab_size}), tp={args.tp} "
@@ -165,43 +165,55 @@ def _hf2mg(args: argparse.Namespace) -> int:
 
 
 def _mg2hf(args: argparse.Namespace) -> int:
+    import contextlib
     from pathlib import Path
 
     from llmbuild import provenance
     from llmbuild.atomic import atomic_dir
-    from llmbuild.convert import checkpointer as C
-    from llmbuild.mcore import device as D
+    from llmbuild.convert.verify_worker import VerifyWorker
 
     started = time.time()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    D.quiet_warnings()
-    D.check_device(args.device)
     verify = "none" if args.skip_load_check else args.verify
-    C.check_tokenizer_source(Path(args.hf_source))
-    source = C.open_megatron(args.load)  # every check runs before the output exists
-    with atomic_dir(args.output) as tmp:
-        info = C.megatron_to_hf(
-            args.load,
-            args.hf_source,
-            tmp,
-            dtype=args.dtype,
-            max_shard_bytes=args.max_shard_size,
-            progress=Progress("mg2hf"),
-            source=source,
-        )
-        if verify != "none":
-            C.verify_hf_dir(tmp, weights=verify == "weights")
-        info["verified"] = verify
-        provenance.write(
-            tmp,
-            command="llmbuild convert mg2hf",
-            args=vars(args),
+    with contextlib.ExitStack() as stack:
+        # The transformers check's imports run in a second process while this one converts,
+        # and the checkpoint is hashed (and so read ahead) by a thread.
+        worker = stack.enter_context(VerifyWorker()) if verify != "none" else None
+        digests = stack.enter_context(provenance.Digester())
+        digests.inputs([args.load])
+        from llmbuild.convert import checkpointer as C
+        from llmbuild.mcore import device as D
+
+        D.quiet_warnings()
+        C.check_tokenizer_source(Path(args.hf_source))
+        source = C.open_megatron(args.load)  # every check runs before the output exists
+        with atomic_dir(args.output) as tmp:
+            info = C.megatron_to_hf(
+                args.load,
+                args.hf_source,
+                tmp,
+                dtype=args.dtype,
+                max_shard_bytes=args.max_shard_size,
+                progress=Progress("mg2hf"),
+                source=source,
+                written=digests.written,
+            )
+            if worker is not None:
+                worker.check(tmp, weights=verify == "weights")
+            info["verified"] = verify
             # the source's weights are not read: only the files copied from it are inputs
-            inputs=[args.load, *(Path(args.hf_source) / f for f in info["copied"])],
-            started=started,
-            extra={"conversion": info},
-        )
+            inputs = [args.load, *(Path(args.hf_source) / f for f in info["copied"])]
+            provenance.write(
+                tmp,
+                command="llmbuild convert mg2hf",
+                args=vars(args),
+                inputs=inputs,
+                started=started,
+                extra={"conversion": info},
+                input_digests=digests.input_digests(),
+                known=digests.output_digests(tmp),
+            )
     if not info["chat_template"]:
         print(
             f"mg2hf: warning: {args.hf_source} has no chat template; chat requests to a "

@@ -1,10 +1,11 @@
-"""Safetensors read and written one tensor at a time, without mmap and without a whole-model dict.
+"""Safetensors read and written one tensor at a time, without a whole-model dict.
 
 The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length
 ``n``, ``n`` bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, ...,
 "__metadata__": {str: str}}``, then the tensors' bytes, contiguous, offsets relative to the
-end of the header. Reading a tensor is one ``seek`` + ``readinto`` into a fresh tensor, so the
-resident memory of a conversion is the tensors it holds, not the pages of a mapped file; the
+end of the header. Reading a tensor maps just that tensor's pages (``map_region``: a private,
+copy-on-write mapping that lives as long as the tensor does), so nothing is copied until a
+conversion has to, and the resident memory is the tensors it holds, not a mapped file; the
 whole file is validated (header, offsets, size) before anything is read, so a truncated shard is
 one clear error up front, not a crash half way through a conversion.
 
@@ -15,6 +16,7 @@ streams the bytes of each tensor as it is produced (``write_sharded``).
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -124,17 +126,25 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     return out, meta
 
 
-def read_tensor(f: Any, info: TensorInfo) -> torch.Tensor:
-    """One tensor from an open binary file, read into fresh memory (no mmap)."""
+def map_region(f: Any, begin: int, nbytes: int) -> torch.Tensor:
+    """``nbytes`` at ``begin`` of an open file as a uint8 tensor over a private mapping of just
+    those pages: no copy, writes stay in this process, unmapped when the last tensor (or view)
+    using it is gone."""
     import torch
 
-    buf = torch.empty(info.nbytes, dtype=torch.uint8)
-    if info.nbytes:
-        f.seek(info.begin)
-        got = f.readinto(memoryview(buf.numpy()))
-        if got != info.nbytes:
-            raise UserError(f"short read of {info.name!r}", path=getattr(f, "name", None))
-    return buf.view(getattr(torch, _DTYPES[info.dtype])).reshape(info.shape)
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    start = begin - begin % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(f.fileno(), begin + nbytes - start, offset=start, access=mmap.ACCESS_COPY)
+    return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=begin - start)
+
+
+def read_tensor(f: Any, info: TensorInfo) -> torch.Tensor:
+    """One tensor from an open binary file (mapped, see ``map_region``)."""
+    import torch
+
+    raw = map_region(f, info.begin, info.nbytes)
+    return raw.view(getattr(torch, _DTYPES[info.dtype])).reshape(info.shape)
 
 
 class LazyHFWeights(Mapping[str, "torch.Tensor"]):
@@ -286,10 +296,12 @@ def write_sharded(
     max_shard_bytes: int,
     metadata: Mapping[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
+    written: Callable[[Path, int], None] | None = None,
 ) -> list[str]:
     """Write ``tensors`` (produced in the order of ``specs``, one at a time) as transformers'
     safetensors layout: one ``model.safetensors``, or shards plus ``model.safetensors.index.json``.
-    Each tensor is checked against its spec; returns the file names."""
+    Each tensor is checked against its spec; returns the file names. ``written(path, size)``:
+    told after each tensor how many bytes a shard has on disk so far."""
     import torch
 
     plan = plan_shards(specs, max_shard_bytes)
@@ -307,6 +319,10 @@ def write_sharded(
                 flat = t.contiguous().reshape(-1)
                 if flat.numel():
                     f.write(memoryview(flat.view(torch.uint8).numpy()))
+                del t, flat
+                if written is not None:
+                    f.flush()
+                    written(out_dir / fname, f.tell())
                 weight_map[s.name] = fname
                 done += s.nbytes
                 if progress is not None:

@@ -22,9 +22,12 @@ tensor/pipeline-parallel layout a checkpoint was written with from its chunks an
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import pickle
+import struct
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,10 +183,9 @@ def layout(
 
 
 def preload() -> None:
-    """Import what reading and writing need (torch.distributed.checkpoint takes seconds), so a
-    caller can time the conversion apart from the imports."""
-    import torch.distributed.checkpoint  # noqa: F401
-    from torch.distributed.checkpoint import filesystem, metadata  # noqa: F401
+    """Import what reading and writing need, so a caller can time the conversion apart from
+    the imports (torch.distributed.checkpoint is not one of them: see dcp_meta)."""
+    import torch  # noqa: F401
 
 
 @dataclass
@@ -236,19 +238,25 @@ def write(
     *,
     iteration: int = 0,
     progress: Callable[[int], None] | None = None,
+    written: Callable[[Path, int], None] | None = None,
 ) -> int:
     """Write ``iter_dir`` (an existing empty directory). ``tensor_of(key)`` gives the global
     megatron tensor of a state-dict key (a tensor or a ``Cat``), in the target dtype; it is
-    called once per key, in layout order. Returns the bytes of tensor data written."""
+    called once per key, in layout order. Returns the bytes of tensor data written.
+
+    ``written(path, size)``: told after each record that a ``.distcp`` file has ``size``
+    bytes on disk so far (the files only grow), e.g. to hash them while writing goes on."""
     import torch
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
-    from torch.distributed.checkpoint.metadata import (
+
+    from llmbuild.convert.dcp_meta import (
         BytesStorageMetadata,
         ChunkStorageMetadata,
         Metadata,
         MetadataIndex,
+        StorageInfo,
         TensorProperties,
         TensorStorageMetadata,
+        dumps,
     )
 
     files: dict[int, Any] = {}
@@ -259,9 +267,14 @@ def write(
             files[rank] = (iter_dir / name).open("wb")
         return name, files[rank]
 
+    def told(name: str, f: Any) -> None:
+        if written is not None:
+            f.flush()
+            written(iter_dir / name, f.tell())
+
     md: dict[str, Any] = {}
     storage: dict[Any, Any] = {}
-    written = 0
+    nbytes = 0
     current: tuple[str, Any] = ("", None)
     try:
         for c in lay.chunks:
@@ -287,10 +300,11 @@ def write(
             meta.chunks.append(
                 ChunkStorageMetadata(offsets=torch.Size(c.offsets), sizes=torch.Size(c.sizes))
             )
-            storage[index] = _StorageInfo(name, off, f.tell() - off)
-            written += part.nbytes
+            storage[index] = StorageInfo(name, off, f.tell() - off)
+            told(name, f)
+            nbytes += part.nbytes
             if progress is not None:
-                progress(written)
+                progress(nbytes)
         current = ("", None)
         empty = io.BytesIO()
         torch.save([None], empty)  # megatron's serialisation of a list of ShardedObject data
@@ -299,18 +313,19 @@ def write(
             off = f.tell()
             f.write(empty.getbuffer())
             md[fqn] = BytesStorageMetadata()
-            storage[MetadataIndex(fqn)] = _StorageInfo(name, off, f.tell() - off)
+            storage[MetadataIndex(fqn)] = StorageInfo(name, off, f.tell() - off)
+        for rank, f in files.items():
+            told(f"__{rank}_0.distcp", f)
     finally:
         for f in files.values():
             f.close()
     metadata = Metadata(state_dict_metadata=md, storage_data=storage)
-    with (iter_dir / ".metadata").open("wb") as f:
-        pickle.dump(metadata, f)
+    (iter_dir / ".metadata").write_bytes(dumps(metadata))
     torch.save(
         {"iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}, iter_dir / "common.pt"
     )
     (iter_dir / "metadata.json").write_text(json.dumps(METADATA_JSON))
-    return written
+    return nbytes
 
 
 # --------------------------------------------------------------------------- reading
@@ -347,17 +362,118 @@ class _Window(io.RawIOBase):
         return got
 
 
+# torch.save's storage classes (pickled by name) -> dtype
+_STORAGE_DTYPES = {
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+}
+
+
+class _StorageType:
+    def __init__(self, dtype: Any) -> None:
+        self.dtype = dtype
+
+
+class _RecordUnpickler(pickle.Unpickler):
+    """The ``data.pkl`` of one ``torch.save``'d tensor, its storage taken from a mapping of the
+    record's bytes instead of read into memory. Allows only what a plain tensor pickles to;
+    anything else raises ``_NotPlain`` and the record goes to ``torch.load(weights_only)``."""
+
+    def __init__(self, f: Any, storage: Callable[[str, Any, int], Any]) -> None:
+        super().__init__(f)
+        self.storage = storage
+
+    def find_class(self, module: str, name: str) -> Any:
+        import torch
+
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(getattr(torch, _STORAGE_DTYPES[name]))
+        raise _NotPlain(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _NotPlain(repr(pid))
+        _, stype, key, _location, numel = pid
+        if not isinstance(stype, _StorageType):
+            raise _NotPlain(repr(stype))
+        return self.storage(str(key), stype.dtype, int(numel))
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _rebuild(storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> torch.Tensor:
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+def load_record(f: Any, offset: int, length: int) -> torch.Tensor:
+    """The tensor ``torch.save`` wrote at ``[offset, offset + length)`` of an open ``.distcp``
+    file. A plain tensor (the records DCP and this module write) is mapped, not copied: the
+    zip entries are stored uncompressed, so its storage is a private mapping of those bytes
+    (``safetensors_io.map_region``). Anything else goes through ``torch.load(weights_only)``."""
+    import torch
+
+    from llmbuild.convert.safetensors_io import map_region
+
+    window = _Window(f, offset, length)
+    try:
+        with zipfile.ZipFile(io.BufferedReader(window)) as z:
+            infos = {i.filename.split("/", 1)[-1]: i for i in z.infolist()}
+            order = z.read(infos["byteorder"]).decode() if "byteorder" in infos else "little"
+            if order != "little" or "data.pkl" not in infos:
+                raise _NotPlain(order)
+
+            def storage(key: str, dtype: Any, numel: int) -> torch.Tensor:
+                zi = infos.get(f"data/{key}")
+                itemsize = torch.empty((), dtype=dtype).element_size()
+                if zi is None or zi.compress_type != zipfile.ZIP_STORED:
+                    raise _NotPlain(key)
+                if zi.file_size != numel * itemsize:
+                    raise _NotPlain(key)
+                f.seek(offset + zi.header_offset)
+                head = f.read(30)
+                if len(head) != 30 or head[:4] != b"PK\x03\x04":
+                    raise _NotPlain(key)
+                name_len, extra_len = struct.unpack("<HH", head[26:30])
+                start = offset + zi.header_offset + 30 + name_len + extra_len
+                if start + zi.file_size > offset + length:
+                    raise _NotPlain(key)
+                return map_region(f, start, zi.file_size).view(dtype)
+
+            with z.open(infos["data.pkl"]) as pkl:
+                out = _RecordUnpickler(pkl, storage).load()
+        if isinstance(out, torch.Tensor):
+            return out
+    except (_NotPlain, KeyError, zipfile.BadZipFile):
+        pass
+    return torch.load(
+        io.BufferedReader(_Window(f, offset, length)), map_location="cpu", weights_only=True
+    )
+
+
 class TorchDistReader:
     """Regions of the tensors of one ``iter_XXXXXXX`` directory, read from the chunks."""
 
     def __init__(self, iter_dir: str | Path) -> None:
-        import torch.distributed.checkpoint as dcp
+        from llmbuild.convert import dcp_meta
 
         self.dir = Path(iter_dir)
-        try:
-            self.md = dcp.FileSystemReader(str(self.dir)).read_metadata()
-        except Exception as exc:  # noqa: BLE001 - any failure: unreadable checkpoint
-            raise UserError(f"unreadable torch_dist metadata ({exc})", path=self.dir) from exc
+        if not (self.dir / ".metadata").is_file():
+            raise UserError("no .metadata: not a torch_dist checkpoint", path=self.dir)
+        self.md = dcp_meta.load(self.dir / ".metadata")
         self.chunks: dict[str, list[tuple[Any, Any]]] = {}
         need: dict[str, int] = {}
         for index, info in (self.md.storage_data or {}).items():
@@ -380,7 +496,7 @@ class TorchDistReader:
 
     def tensors(self) -> dict[str, tuple[tuple[int, ...], Any]]:
         """fqn -> (global shape, dtype) of every tensor stored."""
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+        from llmbuild.convert.dcp_meta import TensorStorageMetadata
 
         return {
             k: (tuple(v.size), v.properties.dtype)
@@ -389,16 +505,9 @@ class TorchDistReader:
         }
 
     def _load(self, info: Any) -> torch.Tensor:
-        import torch
-
         if info.relative_path not in self._files:
             self._files[info.relative_path] = (self.dir / info.relative_path).open("rb")
-        f = self._files[info.relative_path]
-        return torch.load(
-            io.BufferedReader(_Window(f, info.offset, info.length)),
-            map_location="cpu",
-            weights_only=True,
-        )
+        return load_record(self._files[info.relative_path], info.offset, info.length)
 
     def read(
         self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], dtype: Any = None

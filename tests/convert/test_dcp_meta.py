@@ -1,0 +1,144 @@
+"""dcp_meta's stand-ins pickle to what torch.distributed.checkpoint reads as its own classes and
+back, refuse anything else; torch_dist.load_record maps the tensors torch.save wrote."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import pytest
+import torch
+import torch.distributed.checkpoint.filesystem as dfs
+import torch.distributed.checkpoint.metadata as dmd
+
+from llmbuild.convert import dcp_meta as DM
+from llmbuild.convert import torch_dist as TD
+from llmbuild.errors import UserError
+
+
+def _ours() -> DM.Metadata:
+    props = DM.TensorProperties(dtype=torch.bfloat16)
+    md = {
+        "w": DM.TensorStorageMetadata(
+            props,
+            torch.Size([4, 6]),
+            [
+                DM.ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([2, 6])),
+                DM.ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([2, 6])),
+            ],
+        ),
+        "obj/shard_0_1": DM.BytesStorageMetadata(),
+    }
+    storage = {
+        DM.MetadataIndex("w", torch.Size([0, 0]), 0): DM.StorageInfo("__0_0.distcp", 0, 100),
+        DM.MetadataIndex("w", torch.Size([2, 0]), 1): DM.StorageInfo("__1_0.distcp", 0, 100),
+        DM.MetadataIndex("obj/shard_0_1"): DM.StorageInfo("__0_0.distcp", 100, 20),
+    }
+    return DM.Metadata(state_dict_metadata=md, storage_data=storage)
+
+
+def _real() -> dmd.Metadata:
+    props = dmd.TensorProperties(dtype=torch.bfloat16)
+    md = {
+        "w": dmd.TensorStorageMetadata(
+            props,
+            torch.Size([4, 6]),
+            [
+                dmd.ChunkStorageMetadata(torch.Size([0, 0]), torch.Size([2, 6])),
+                dmd.ChunkStorageMetadata(torch.Size([2, 0]), torch.Size([2, 6])),
+            ],
+        ),
+        "obj/shard_0_1": dmd.BytesStorageMetadata(),
+    }
+    storage = {
+        dmd.MetadataIndex("w", [0, 0], 0): dfs._StorageInfo("__0_0.distcp", 0, 100),
+        dmd.MetadataIndex("w", [2, 0], 1): dfs._StorageInfo("__1_0.distcp", 0, 100),
+        dmd.MetadataIndex("obj/shard_0_1"): dfs._StorageInfo("__0_0.distcp", 100, 20),
+    }
+    return dmd.Metadata(state_dict_metadata=md, storage_data=storage)
+
+
+def _same(ours: DM.Metadata, real: dmd.Metadata) -> None:
+    assert set(ours.state_dict_metadata) == set(real.state_dict_metadata)
+    o, r = ours.state_dict_metadata["w"], real.state_dict_metadata["w"]
+    assert type(o).__name__ == type(r).__name__ == "TensorStorageMetadata"
+    assert o.size == r.size and o.properties.dtype == r.properties.dtype
+    assert o.properties.layout == r.properties.layout == torch.strided
+    assert [(c.offsets, c.sizes) for c in o.chunks] == [(c.offsets, c.sizes) for c in r.chunks]
+    assert type(ours.state_dict_metadata["obj/shard_0_1"]).__name__ == "BytesStorageMetadata"
+    os_ = {(k.fqn, k.offset): (v.relative_path, v.offset, v.length) for k, v in
+           ours.storage_data.items()}  # fmt: skip
+    rs = {(k.fqn, k.offset): (v.relative_path, v.offset, v.length) for k, v in
+          real.storage_data.items()}  # fmt: skip
+    assert os_ == rs
+
+
+def test_dumps_is_read_by_dcp_as_its_own_classes(tmp_path):
+    loaded = pickle.loads(DM.dumps(_ours()))
+    assert type(loaded) is dmd.Metadata
+    assert type(loaded.state_dict_metadata["w"]) is dmd.TensorStorageMetadata
+    assert all(type(v) is dfs._StorageInfo for v in loaded.storage_data.values())
+    assert loaded == _real()  # dataclass equality, field by field
+    _same(_ours(), loaded)
+    # and DCP's own reader accepts the file
+    (tmp_path / ".metadata").write_bytes(DM.dumps(_ours()))
+    read = dfs.FileSystemReader(str(tmp_path)).read_metadata()
+    read.storage_meta = None  # the reader stamps its own load id
+    assert read == _real()
+
+
+def test_load_reads_what_dcp_pickles(tmp_path):
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(_real()))
+    md = DM.load(tmp_path / ".metadata")
+    assert isinstance(md, DM.Metadata)
+    _same(md, _real())
+    assert md.state_dict_metadata["w"].properties.memory_format == DM.MemFormat(0)
+
+
+def test_load_refuses_anything_else_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / ".metadata").write_bytes(DM.dumps(DM.Metadata({"x": Evil()})))
+    with pytest.raises(UserError) as exc:
+        DM.load(tmp_path / ".metadata")
+    assert "system" in str(exc.value) and "\n" not in str(exc.value)
+    assert not marker.exists()
+    (tmp_path / ".metadata").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="unreadable torch_dist metadata"):
+        DM.load(tmp_path / ".metadata")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_load_record_maps_plain_tensors(tmp_path, dtype):
+    t = (torch.randn(37, 5) * 100).to(dtype)
+    path = tmp_path / "f.distcp"
+    with path.open("wb") as f:
+        f.write(b"x" * 13)  # records start anywhere in the file
+        off = f.tell()
+        torch.save(t, f)
+        n = f.tell() - off
+        torch.save(t[:, 1:3], f)  # a view: torch.save writes the whole storage
+        n2 = f.tell() - off - n
+    with path.open("rb") as f:
+        got = TD.load_record(f, off, n)
+        view = TD.load_record(f, off + n, n2)
+    assert got.dtype == dtype and torch.equal(got, t)
+    assert torch.equal(view, t[:, 1:3])
+    got[0, 0] = 1  # private mapping: writable, the file is untouched
+    with path.open("rb") as f:
+        assert torch.equal(TD.load_record(f, off, n), t)
+
+
+def test_load_record_falls_back_for_other_records(tmp_path):
+    buf = io.BytesIO()
+    torch.save({"a": torch.arange(3)}, buf)
+    path = tmp_path / "f.distcp"
+    path.write_bytes(buf.getvalue())
+    with path.open("rb") as f:
+        got = TD.load_record(f, 0, len(buf.getvalue()))
+    assert torch.equal(got["a"], torch.arange(3))
