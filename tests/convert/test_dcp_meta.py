@@ -142,3 +142,34 @@ def test_load_record_falls_back_for_other_records(tmp_path):
     with path.open("rb") as f:
         got = TD.load_record(f, 0, len(buf.getvalue()))
     assert torch.equal(got["a"], torch.arange(3))
+
+
+def test_verify_worker_checks_in_its_process_and_falls_back(tmp_path):
+    """mg2hf's transformers check runs in the worker (imports done while converting); a worker
+    that died still gets the check done, in the parent."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from llmbuild.convert.verify_worker import VerifyWorker
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny
+
+    good = tmp_path / "good"
+    tiny.make_model(good, arch="llama", layers=2)
+    with VerifyWorker() as w:
+        w.check(good, weights=True)
+    bad = tmp_path / "bad"
+    tiny.make_model(bad, arch="llama", layers=2)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["num_hidden_layers"] = 3  # weights of layer 2 missing
+    (bad / "config.json").write_text(json.dumps(cfg))
+    for kill in (False, True):
+        with VerifyWorker() as w:
+            if kill:
+                w.proc.kill()
+                w.proc.wait()
+            with pytest.raises(UserError) as exc:
+                w.check(bad, weights=True)
+        assert "missing_keys" in str(exc.value) and "\n" not in str(exc.value)

@@ -63,3 +63,45 @@ def test_env_spec_must_be_pinned(tmp_path):
     parsed = parse_spec(spec)
     assert parsed.requirements == ("torch==2.13.0",)
     assert parsed.post == ("pip uninstall -y torchvision",)
+
+
+def test_digester_matches_path_digest_and_covers_every_file(tmp_path):
+    """Digests computed by threads while a file grows equal digests of the finished files;
+    a file cut shorter than reported is left to be hashed again; hidden content files count."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(3 << 20))
+    (src / "b.txt").write_text("b")
+    out = tmp_path / "out"
+    out.mkdir()
+    with provenance.Digester() as d:
+        d.inputs([src, tmp_path / "missing"])
+        with (out / "big.bin").open("wb") as f:
+            for _ in range(5):
+                f.write(os.urandom(3 << 20))
+                f.flush()
+                d.written(out / "big.bin", f.tell())
+        with (out / "rewritten.bin").open("wb") as f:
+            f.write(b"x" * 100)
+            f.flush()
+            d.written(out / "rewritten.bin", f.tell())
+            f.truncate(50)  # shorter than reported: the stream digest is not used
+        (out / ".metadata").write_bytes(b"hidden but content")
+        (out / ".snakemake_timestamp").write_text("")
+        inputs, known = d.input_digests(), d.output_digests(out)
+    assert inputs == {str(src): provenance.path_digest(src)}
+    assert "big.bin" in known  # and what it knows is right (the cut file: right or absent)
+    assert all(v == provenance.file_digest(out / k) for k, v in known.items())
+    provenance.write(
+        out, command="t", args={}, inputs=[src], started=0, input_digests=inputs, known=known
+    )
+    rec = json.loads((out / "provenance.json").read_text())
+    assert rec["output_digest"] == provenance.path_digest(out)
+    assert rec["inputs"] == {str(src): provenance.path_digest(src)}
+    # .metadata is part of the content; Snakemake's marker and the record are not
+    before = provenance.path_digest(out)
+    (out / ".metadata").write_bytes(b"changed")
+    assert provenance.path_digest(out) != before
+    (out / ".snakemake_timestamp").write_text("1")
+    (out / ".metadata").write_bytes(b"hidden but content")
+    assert provenance.path_digest(out) == before
