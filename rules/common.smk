@@ -58,6 +58,44 @@ def serve_stack():
     return config["serve"]["stack"]
 
 
+# --- parallel training ----------------------------------------------------------------------
+# These return literal pieces of the hf2mg and train commands, so with tp = pp = 1 and an even
+# split the commands (and Snakemake's code rerun trigger) are exactly the single-process ones.
+
+TRAIN_RANKS = config["train"]["tp"] * config["train"]["pp"]
+
+
+def pp_layers_flag():
+    """` --pp-layers a,b,...` when train.pp_layers sets an uneven pipeline split, else ''."""
+    layers = config["train"]["pp_layers"]
+    return f" --pp-layers {csv_list(layers)}" if layers else ""
+
+
+def train_launcher():
+    """The train stack's `llmbuild`, or with tp * pp > 1 torchrun starting one `llmbuild` per
+    tensor/pipeline rank."""
+    if TRAIN_RANKS == 1:
+        return llmbuild("train")
+    exe = "torchrun"
+    if config["envs"]["mode"] != "external":
+        exe = ".envs/train/bin/torchrun"
+    return f"{exe} --standalone --nproc_per_node {TRAIN_RANKS} -m llmbuild"
+
+
+def train_log_flag():
+    """torchrun's own parser takes `--log` for its --log-dir, so under it the flag is
+    spelled `--train-log`."""
+    return "--log" if TRAIN_RANKS == 1 else "--train-log"
+
+
+def train_rank_threads():
+    """`--threads` of each rank: the job's threads shared out, at least 1 per rank."""
+    if TRAIN_RANKS == 1:
+        return "{threads}"
+    n = TRAIN_RANKS
+    return f"$(( {{threads}} > {n} ? {{threads}} / {n} : 1 ))"
+
+
 # --- inputs ---------------------------------------------------------------------------------
 
 

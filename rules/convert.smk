@@ -19,7 +19,7 @@ rule hf2mg:
         pp=lookup("train/pp", within=config),
     shell:
         "{params.llmbuild} convert hf2mg --hf {input.hf} --output {output}"
-        " --tp {params.tp} --pp {params.pp} > {log} 2>&1"
+        f" --tp {{params.tp}} --pp {{params.pp}}{pp_layers_flag()} > {{log}} 2>&1"
 
 
 rule mg2hf:

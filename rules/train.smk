@@ -1,4 +1,5 @@
 # Training on megatron-core: pretrain from the converted base, then SFT from the pretrained.
+# With train.tp * train.pp > 1 the command runs under torchrun, one process per rank.
 
 
 rule train:
@@ -15,11 +16,11 @@ rule train:
         phase="pretrain|sft",
     conda:
         "../envs/train.yaml"
-    threads: 2
+    threads: max(2, TRAIN_RANKS)
     resources:
         mem_mb=6000,
     params:
-        llmbuild=llmbuild("train"),
+        llmbuild=train_launcher(),
         device=lookup("train/device", within=config),
         tp=lookup("train/tp", within=config),
         pp=lookup("train/pp", within=config),
@@ -34,10 +35,10 @@ rule train:
         seed=train_param("seed"),
     shell:
         "{params.llmbuild} train run --mode {wildcards.phase} --load {input.load}"
-        " --data {input.data} --save {output.ckpt} --log {output.log}"
+        f" --data {{input.data}} --save {{output.ckpt}} {train_log_flag()} {{output.log}}"
         " --train-iters {params.iters} --lr {params.lr} --min-lr {params.min_lr}"
         " --warmup-iters {params.warmup} --micro-batch-size {params.mbs}"
         " --global-batch-size {params.gbs} --seq-length {params.seq_length}"
         " --weight-decay {params.weight_decay} --seed {params.seed}"
-        " --device {params.device} --tp {params.tp} --pp {params.pp}"
-        " --threads {threads} > {log} 2>&1"
+        f" --device {{params.device}} --tp {{params.tp}} --pp {{params.pp}}{pp_layers_flag()}"
+        f" --threads {train_rank_threads()} > {{log}} 2>&1"

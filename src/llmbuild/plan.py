@@ -6,6 +6,7 @@ model/quantization pair stops before any job runs.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
         )
     if sft["min_len"] > sft["max_len"]:
         raise UserError("min_len must be <= max_len", path=source, field="data.sft.min_len")
+    check_pipeline_split(config, source)
     for phase in ("pretrain", "sft"):
         p = config["train"][phase]
         if p["global_batch_size"] % p["micro_batch_size"]:
@@ -116,3 +118,70 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
                 path=source,
                 field=f"train.{phase}.global_batch_size",
             )
+
+
+def model_num_layers(config: dict[str, Any]) -> int | None:
+    """The model's decoder layer count when planning can know it: the tiny model's config,
+    or the config.json of a local HF directory; None otherwise."""
+    model = config["model"]
+    if model["source"] == "tiny":
+        return int(model["tiny"]["num_layers"])
+    path = Path(model["path"] or "") / "config.json"
+    try:
+        hf = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    n = hf.get("num_hidden_layers") if isinstance(hf, dict) else None
+    return n if isinstance(n, int) else None
+
+
+def check_pipeline_split(config: dict[str, Any], source: str) -> None:
+    """train.pp_layers gives one layer count >= 1 per pipeline stage, summing to the model's
+    layers (when known); without it, pp must divide the layers evenly."""
+    train = config["train"]
+    pp, layers = train["pp"], train.get("pp_layers")
+    n = model_num_layers(config)
+    if n is not None and pp > n:
+        raise UserError(
+            f"pp={pp} is more than the model's {n} layers; every pipeline stage needs at least "
+            f"one layer, so use pp <= {n}",
+            path=source,
+            field="train.pp",
+        )
+    if layers is None:
+        if n is not None and n % pp:
+            raise UserError(
+                f"pp={pp} does not divide the model's {n} layers; set train.pp_layers "
+                f"(layers per stage, e.g. {_example_split(n, pp)}) or another pp",
+                path=source,
+                field="train.pp",
+            )
+        return
+    given = ",".join(str(x) for x in layers)
+    if len(layers) != pp:
+        raise UserError(
+            f"[{given}] has {len(layers)} stages but train.pp is {pp}; give one layer count "
+            "per pipeline stage (or set train.pp to match)",
+            path=source,
+            field="train.pp_layers",
+        )
+    if min(layers) < 1:
+        raise UserError(
+            f"[{given}]: every pipeline stage needs at least 1 layer",
+            path=source,
+            field="train.pp_layers",
+        )
+    if n is not None and sum(layers) != n:
+        raise UserError(
+            f"[{given}] sums to {sum(layers)} but the model has {n} layers; make the layer "
+            f"counts sum to {n} (e.g. {_example_split(n, pp)})",
+            path=source,
+            field="train.pp_layers",
+        )
+
+
+def _example_split(n: int, pp: int) -> str:
+    """A split of ``n >= pp`` layers over ``pp`` stages, the larger stages last, e.g. 4 over
+    3 -> [1,1,2]."""
+    base, extra = divmod(n, pp)
+    return "[" + ",".join(str(base + (i >= pp - extra)) for i in range(pp)) + "]"

@@ -88,6 +88,8 @@ def _args(**kw):
         ({"micro_batch_size": 3, "global_batch_size": 4}, "--global-batch-size"),
         ({"save": "a"}, "--save"),
         ({"seq_length": 1}, "--seq-length"),
+        ({"pp": 2, "pp_layers": (4,)}, "--pp-layers"),
+        ({"pp": 2, "pp_layers": (0, 4)}, "--pp-layers"),
     ],
 )
 def test_train_args_reject(kw, flag):
@@ -100,6 +102,15 @@ def test_identity_ignores_paths_and_logging_only():
     assert a.identity() == b.identity()
     assert a.identity() != _args(seed=7).identity()
     assert partial_dir("out/ckpt/") == partial_dir("out/ckpt")
+
+
+def test_identity_keeps_the_pipeline_split():
+    even, uneven = _args(pp=2), _args(pp=2, pp_layers=[1, 3])
+    assert "pp_layers" not in even.identity()  # the identity runs without a split always had
+    assert uneven.pp_layers == (1, 3) and uneven.identity()["pp_layers"] == [1, 3]
+    assert uneven.identity() != even.identity() != _args(pp=2, pp_layers=(3, 1)).identity()
+    # stored as JSON in <save>.partial and compared with the next run's: it must round-trip
+    assert json.loads(json.dumps(uneven.identity())) == uneven.identity()
 
 
 def test_fingerprint_changes_with_content(tmp_path):

@@ -98,3 +98,63 @@ def test_variant_dirs():
     assert plan.variant_model_dir("m", "sft-w8a8") == "results/m/sft/quant/w8a8"
     with pytest.raises(UserError):
         plan.variant_model_dir("m", "final")
+
+
+def test_pipeline_split_fits_the_tiny_model():
+    cfg = filled({"train": {"pp": 2, "pp_layers": [1, 3]}})
+    plan.check_plan(cfg, CATALOG, "c.yaml")
+    assert cfg["train"]["pp_layers"] == [1, 3]
+    assert filled({})["train"]["pp_layers"] is None  # default: an even split
+
+
+@pytest.mark.parametrize(
+    ("train", "start"),
+    [
+        (
+            {"pp": 3, "pp_layers": [1, 3]},
+            "c.yaml: train.pp_layers: [1,3] has 2 stages but train.pp is 3",
+        ),
+        (
+            {"pp": 2, "pp_layers": [1, 2]},
+            "c.yaml: train.pp_layers: [1,2] sums to 3 but the model has 4",
+        ),
+        (
+            {"pp": 3},
+            "c.yaml: train.pp: pp=3 does not divide the model's 4 layers; set train.pp_layers",
+        ),
+        ({"pp": 5}, "c.yaml: train.pp: pp=5 is more than the model's 4 layers"),
+    ],
+)
+def test_pipeline_split_errors_are_one_line_naming_the_field(train, start):
+    with pytest.raises(UserError) as exc:
+        plan.check_plan(filled({"train": train}), CATALOG, "c.yaml")
+    msg = str(exc.value)
+    assert msg.startswith(start) and "\n" not in msg
+
+
+def test_pipeline_split_stage_of_zero_layers_is_a_schema_error():
+    with pytest.raises(UserError, match=r"^c.yaml: train.pp_layers.1: 0 is less than"):
+        plan.check_config({"train": {"pp": 2, "pp_layers": [4, 0]}}, SCHEMA, "c.yaml")
+
+
+def test_pipeline_split_of_a_local_hf_model_uses_its_config(tmp_path):
+    (tmp_path / "config.json").write_text('{"num_hidden_layers": 6}')
+    model = {"name": "my-model", "source": "hf", "path": str(tmp_path)}
+    ok = filled(
+        {"model": model, "quantize": {"schemes": []}, "train": {"pp": 2, "pp_layers": [2, 4]}}
+    )
+    plan.check_plan(ok, CATALOG, "c.yaml")
+    bad = filled(
+        {"model": model, "quantize": {"schemes": []}, "train": {"pp": 2, "pp_layers": [1, 3]}}
+    )
+    with pytest.raises(UserError, match="sums to 4 but the model has 6 layers"):
+        plan.check_plan(bad, CATALOG, "c.yaml")
+    # no config.json to read: the count is not known at planning, training checks it
+    gone = filled(
+        {
+            "model": dict(model, path=str(tmp_path / "nowhere")),
+            "quantize": {"schemes": []},
+            "train": {"pp": 2, "pp_layers": [1, 3]},
+        }
+    )
+    plan.check_plan(gone, CATALOG, "c.yaml")

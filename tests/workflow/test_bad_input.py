@@ -53,3 +53,18 @@ def test_unsupported_model_quantization_pair(tmp_path):
     assert proc.returncode != 0
     (line,) = error_lines(proc)
     assert "bad.yaml: quantize.schemes: model 'qwen2.5-7b' does not support w8a8" in line
+
+
+@pytest.mark.parametrize(
+    ("train", "says"),
+    [
+        ({"pp": 2, "pp_layers": [1, 2]}, "train.pp_layers: [1,2] sums to 3 but the model has 4"),
+        ({"pp": 2, "pp_layers": [1, 1, 2]}, "train.pp_layers: [1,1,2] has 3 stages but train.pp"),
+        ({"pp": 2, "pp_layers": [4, 0]}, "train.pp_layers.1: 0 is less than the minimum of 1"),
+    ],
+)
+def test_bad_pipeline_split_stops_planning(tmp_path, train, says):
+    proc = plan_with(tmp_path, {"train": train})
+    assert proc.returncode != 0
+    (line,) = error_lines(proc)
+    assert line.startswith("llmbuild: error: bad.yaml: ") and says in line

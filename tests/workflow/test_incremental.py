@@ -71,6 +71,21 @@ def served(workdir, change):
     return [b.split("wildcards:")[1].splitlines()[0] for b in blocks]
 
 
+def commands(workdir, *args, change=None):
+    """{rule: [shell command, ...]} of a dry-run (``-p``), with ``change`` applied."""
+    if change is not None:
+        overlay = workdir / "change.yaml"
+        overlay.write_text(json.dumps(change))
+        args = (*args, "--configfile", "config/config.yaml", str(overlay))
+    out = snakemake(workdir, "-n", "-p", *args).stdout
+    found = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0]
+        cmd = [ln for ln in block.splitlines() if ln.startswith("Shell command: ")]
+        found.setdefault(rule, []).extend(c.removeprefix("Shell command: ") for c in cmd)
+    return found
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     wd = tmp_path_factory.mktemp("graph")
@@ -193,3 +208,65 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
         "plot_bench": 1,
         "all": 1,
     }
+
+
+# The single-process commands, exactly: tp = pp = 1 must keep them (and their code rerun
+# trigger), so graphs built before parallel training existed do not rerun.
+HF2MG_1 = (
+    ".envs/train/bin/llmbuild convert hf2mg --hf results/tiny-llama/base/hf"
+    " --output results/tiny-llama/base/mcore --tp 1 --pp 1 > logs/tiny-llama/hf2mg.log 2>&1"
+)
+TRAIN_SFT_1 = (
+    ".envs/train/bin/llmbuild train run --mode sft --load results/tiny-llama/pretrain/mcore"
+    " --data results/tiny-llama/shards/sft --save results/tiny-llama/sft/mcore"
+    " --log results/tiny-llama/sft/train_log.jsonl --train-iters 400 --lr 0.001"
+    " --min-lr 0.0001 --warmup-iters 20 --micro-batch-size 32 --global-batch-size 32"
+    " --seq-length 64 --weight-decay 0.01 --seed 1234 --device cpu --tp 1 --pp 1"
+    " --threads 2 > logs/tiny-llama/sft/train.log 2>&1"
+)
+
+
+def test_single_process_training_commands_are_unchanged(built):
+    cmds = commands(built, "-R", "hf2mg")
+    assert cmds["hf2mg"] == [HF2MG_1]
+    assert TRAIN_SFT_1 in cmds["train"]
+    assert not any("torchrun" in c for c in cmds["train"])
+
+
+def test_uneven_pipeline_split_reconverts_and_trains_under_torchrun(built):
+    change = {"train": {"pp": 2, "pp_layers": [1, 3]}}
+    jobs = planned(built, change=change)
+    # the base is converted again with the split; both phases and everything after rerun
+    assert jobs == {
+        "hf2mg": 1,
+        "train": 2,
+        "mg2hf": 1,
+        "quantize": 1,
+        "serve": 4,
+        "eval_accuracy": 2,
+        "bench_static": 2,
+        "bench_dynamic": 2,
+        "eval_summary": 1,
+        "plot_bench": 1,
+        "plot_loss": 1,
+        "all": 1,
+    }
+    cmds = commands(built, change=change)
+    (hf2mg,) = cmds["hf2mg"]
+    assert " --tp 1 --pp 2 --pp-layers 1,3 > " in hf2mg
+    assert len(cmds["train"]) == 2
+    for cmd in cmds["train"]:
+        # one process per rank; torchrun would take --log for its --log-dir; 2 threads / 2 ranks
+        assert cmd.startswith(
+            ".envs/train/bin/torchrun --standalone --nproc_per_node 2 -m llmbuild train run "
+        )
+        assert " --train-log results/tiny-llama/" in cmd and " --log " not in cmd
+        assert " --tp 1 --pp 2 --pp-layers 1,3 --threads $(( 2 > 2 ? 2 / 2 : 1 )) > " in cmd
+
+
+def test_tensor_parallel_training_runs_under_torchrun_without_a_split(built):
+    cmds = commands(built, "-R", "train", change={"train": {"tp": 2}})
+    assert "--pp-layers" not in cmds["hf2mg"][0] and " --tp 2 --pp 1 " in cmds["hf2mg"][0]
+    for cmd in cmds["train"]:
+        assert "--nproc_per_node 2 -m llmbuild train run" in cmd
+        assert " --tp 2 --pp 1 --threads " in cmd

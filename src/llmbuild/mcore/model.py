@@ -12,6 +12,7 @@ ColumnParallelLinear/RowParallelLinear, DotProductAttention.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,19 @@ def load_description(ckpt_dir: str | Path) -> ModelDescription:
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+def pipeline_layout(pp_layers: Sequence[int]) -> list[list[str]] | None:
+    """megatron-core's ``pipeline_model_parallel_layout`` for ``pp_layers`` decoder layers per
+    pipeline stage (the embedding on the first stage, the loss on the last), or None for an
+    even split (megatron's default). The layout places any split; megatron's
+    ``num_layers_in_first/last_pipeline_stage`` only describe ones with even middle stages."""
+    if len(set(pp_layers)) <= 1:
+        return None
+    stages = [["decoder"] * n for n in pp_layers]
+    stages[0].insert(0, "embedding")
+    stages[-1].append("loss")
+    return stages
+
+
 def transformer_config(
     args: ModelArgs,
     *,
@@ -317,9 +331,11 @@ def transformer_config(
     pp: int = 1,
     dtype: str = "float32",
     device: str = "cpu",
+    pp_layers: Sequence[int] | None = None,
     **overrides: Any,
 ):
-    """megatron.core TransformerConfig for ``args`` (fusions off: they need CUDA kernels)."""
+    """megatron.core TransformerConfig for ``args`` (fusions off: they need CUDA kernels);
+    ``pp_layers``: an uneven pipeline split, decoder layers per stage."""
     import torch
     import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
@@ -328,7 +344,13 @@ def transformer_config(
         raise UserError(f"dtype {dtype!r}; use one of {', '.join(_DTYPES)}", field="dtype")
     first = overrides.get("num_layers_in_first_pipeline_stage")
     last = overrides.get("num_layers_in_last_pipeline_stage")
-    split = None
+    split = None if pp_layers is None else tuple(int(n) for n in pp_layers)
+    if split is not None and (first is not None or last is not None):
+        raise UserError(
+            "give the uneven pipeline split once: pp_layers or "
+            "num_layers_in_first/last_pipeline_stage",
+            field="--pp-layers",
+        )
     if pp > 1 and first is not None and last is not None:  # uneven: first, middle..., last
         rest = args.num_layers - first - last
         split = (first, *([rest // (pp - 2)] * (pp - 2) if pp > 2 else []), last)
@@ -371,6 +393,9 @@ def transformer_config(
         # without them TP>1 treats every shard as a duplicate (wrong grad norm).
         perform_initialization=tp > 1,
     )
+    layout = pipeline_layout(split) if pp_layers is not None else None
+    if layout is not None:
+        kwargs["pipeline_model_parallel_layout"] = layout
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 
@@ -420,13 +445,21 @@ def build_for_this_rank(
     device: str,
     dtype: str | None = None,
     parallel_output: bool = True,
+    pp_layers: Sequence[int] | None = None,
     **overrides: Any,
 ):
-    """TransformerConfig + GPTModel for the current pipeline stage, on ``device``."""
+    """TransformerConfig + GPTModel for the current pipeline stage, on ``device``
+    (``pp_layers``: an uneven pipeline split, decoder layers per stage)."""
     from megatron.core import parallel_state
 
     config = transformer_config(
-        desc.args, tp=tp, pp=pp, dtype=dtype or desc.dtype, device=device, **overrides
+        desc.args,
+        tp=tp,
+        pp=pp,
+        dtype=dtype or desc.dtype,
+        device=device,
+        pp_layers=pp_layers,
+        **overrides,
     )
     model = build_gpt_model(
         desc.args,

@@ -38,6 +38,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    p.add_argument(
+        "--pp-layers",
+        type=_layers,
+        default=None,
+        help="uneven pipeline split: layers per stage, e.g. 1,3 (default: pp equal stages)",
+    )
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--adam-beta1", type=float, default=0.9)
@@ -48,6 +54,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--log-interval", type=int, default=10, help="a human progress line every N steps"
     )
     p.set_defaults(func=_run)
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of layer counts: {text!r}") from None
 
 
 def _run(args: argparse.Namespace) -> int:

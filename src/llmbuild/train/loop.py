@@ -51,6 +51,7 @@ class TrainArgs:
     save_interval: int = 0
     tp: int = 1
     pp: int = 1
+    pp_layers: tuple[int, ...] | None = None  # uneven pipeline split: layers per stage
     weight_decay: float = 0.01
     clip_grad: float = 1.0
     adam_beta1: float = 0.9
@@ -75,6 +76,14 @@ class TrainArgs:
         ):
             if v < 1:
                 raise bad(flag, f"must be >= 1, got {v}")
+        if self.pp_layers is not None:
+            self.pp_layers = tuple(int(n) for n in self.pp_layers)
+            if len(self.pp_layers) != self.pp or min(self.pp_layers) < 1:
+                raise bad(
+                    "--pp-layers",
+                    f"{','.join(map(str, self.pp_layers))} must give one layer count >= 1 "
+                    f"per pipeline stage (--pp {self.pp})",
+                )
         if self.seq_length < 2:
             raise bad("--seq-length", f"must be >= 2, got {self.seq_length}")
         if not self.lr > 0:
@@ -100,7 +109,14 @@ class TrainArgs:
             raise bad("--save", "must differ from --load")
 
     def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in NOT_IDENTITY}
+        """The arguments that change the result, as JSON would store them (an even split
+        leaves pp_layers out, so the identity of such runs is what it always was)."""
+        out = {k: v for k, v in asdict(self).items() if k not in NOT_IDENTITY}
+        if self.pp_layers is None:
+            del out["pp_layers"]
+        else:
+            out["pp_layers"] = list(self.pp_layers)
+        return out
 
 
 @dataclass
@@ -220,7 +236,7 @@ def _check_inputs(a: TrainArgs) -> tuple[D.DataMeta, M.ModelDescription]:
             path=a.load,
             field="dtype",
         )
-    desc.args.check_parallel(a.tp, a.pp)
+    desc.args.check_parallel(a.tp, a.pp, a.pp_layers)
     return meta, desc
 
 
@@ -313,7 +329,12 @@ def _train(
     tdev = backend.torch_device
 
     config, model = M.build_for_this_rank(
-        desc, tp=a.tp, pp=a.pp, device=a.device, calculate_per_token_loss=True
+        desc,
+        tp=a.tp,
+        pp=a.pp,
+        device=a.device,
+        pp_layers=a.pp_layers,
+        calculate_per_token_loss=True,
     )
     model.to(tdev)
     ddp = DDP(
@@ -502,6 +523,9 @@ def _train(
 def _save(
     work: Path, step: int, ddp: Any, optimizer: Any, scheduler: Any, tokens: int, elapsed: float
 ) -> None:
+    # The common state must be the same on every rank (megatron warns otherwise); each rank
+    # has its own clock, so the time is rank 0's.
+    elapsed = _from_rank0(elapsed)
     ckpt.save(
         work,
         step,
@@ -512,6 +536,17 @@ def _save(
     )
     if _rank() == 0:
         _prune(work, step)
+
+
+def _from_rank0(value: Any) -> Any:
+    import torch
+
+    d = torch.distributed
+    if not d.is_initialized() or d.get_world_size() == 1:
+        return value
+    box = [value]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -541,6 +576,10 @@ def _finish(
 
     shutil.rmtree(work / "data_cache", ignore_errors=True)
     _prune(work, a.train_iters)
+    # The layout this checkpoint was written with (the loaded one's may differ).
+    extra = {k: v for k, v in desc.extra.items() if k != "pp_layers"}
+    if a.pp_layers is not None:
+        extra["pp_layers"] = list(a.pp_layers)
     trained = M.ModelDescription(
         hf_config=desc.hf_config,
         args=desc.args,
@@ -548,7 +587,7 @@ def _finish(
         pp=a.pp,
         dtype=desc.dtype,
         extra={
-            **desc.extra,
+            **extra,
             "trained": {"mode": a.mode, "iterations": a.train_iters, "from": str(a.load)},
         },
     )
