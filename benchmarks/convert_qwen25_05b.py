@@ -6,9 +6,17 @@ beside the time of a plain copy of the same bytes, with the targets (peak RSS <=
 checkpoint size, wall <= 3x the plain copy); medians over ``--runs``.
 
 "Cold-ish": before every timed step (copy or conversion) the input files are dropped from the
-page cache with posix_fadvise(DONTNEED), so the copy and the conversions both read from disk.
+page cache with posix_fadvise(DONTNEED), so the copy and the conversions both read from disk
+(where the virtual disk is cached by the host, "disk" is memory speed, and so is the copy).
+
+Also printed, measured in the same run: the floor of each direction, what any Python process
+pays before converting a byte (interpreter + ``import torch`` for hf2mg; + ``import
+transformers`` for mg2hf's load check, which runs in a second process beside the conversion);
+it does not grow with the model, the copy does. ``--shape 1.5b`` (Qwen2.5-1.5B's shape, about
+3.1 GB) shows how the ratio moves with size.
 
     .envs/train/bin/python benchmarks/convert_qwen25_05b.py [--runs 3] [--workdir DIR]
+        [--shape 0.5b|1.5b]
 """
 
 from __future__ import annotations
@@ -46,9 +54,21 @@ QWEN25_05B = {
     "eos_token_id": 151645,
     "dtype": "bfloat16",
 }
+SHAPES = {
+    "0.5b": QWEN25_05B,
+    # Qwen2.5-1.5B: same family, 3x the bytes
+    "1.5b": QWEN25_05B
+    | {
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+    },
+}
 
 
-def make_checkpoint(out: Path) -> int:
+def make_checkpoint(out: Path, config: dict) -> int:
     """config, a small tokenizer and random bf16 weights written tensor by tensor; bytes."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -58,7 +78,7 @@ def make_checkpoint(out: Path) -> int:
     from llmbuild.mcore import model as M
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(QWEN25_05B, indent=2))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     vocab = {"<unk>": 0, "<|endoftext|>": 1, "<|im_start|>": 2, "<|im_end|>": 3}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -74,8 +94,8 @@ def make_checkpoint(out: Path) -> int:
             }
         )
     )
-    spec = R.find_arch(QWEN25_05B)
-    args = M.describe(QWEN25_05B, spec.name, qkv_bias=spec.qkv_bias)
+    spec = R.find_arch(config)
+    args = M.describe(config, spec.name, qkv_bias=spec.qkv_bias)
     specs = [
         S.TensorSpec(k, "bfloat16", R.hf_shape(k, args))
         for _, keys in R.key_table(spec, args).values()
@@ -146,28 +166,36 @@ def main() -> int:
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--pp", type=int, default=2)
     ap.add_argument("--verify", default="weights", choices=("weights", "meta", "none"))
+    ap.add_argument("--shape", default="0.5b", choices=sorted(SHAPES))
     ap.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)  # internal: child process
     a = ap.parse_args()
     if a.make:
-        make_checkpoint(Path(a.make))
+        make_checkpoint(Path(a.make), SHAPES[a.shape])
         return 0
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="convert-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    hf = work / "hf"
+    hf = work / f"hf-{a.shape}"
     t0 = time.perf_counter()
     if not (hf / "model.safetensors").is_file():
         # A child process: this one stays small, and a child's ru_maxrss starts from its
         # parent's peak at fork (Linux keeps the high-water mark across exec).
-        subprocess.run([sys.executable, __file__, "--make", str(hf)], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--make", str(hf), "--shape", a.shape], check=True
+        )
     size = (hf / "model.safetensors").stat().st_size
     print(
-        f"checkpoint: {size / 1e9:.3f} GB bf16 Qwen2.5-0.5B shape at {hf} "
+        f"checkpoint: {size / 1e9:.3f} GB bf16 Qwen2.5-{a.shape.upper()} shape at {hf} "
         f"(made in {time.perf_counter() - t0:.1f}s); tp={a.tp} pp={a.pp}, {a.runs} run(s)",
         flush=True,
     )
     llmbuild = [sys.executable, "-m", "llmbuild", "convert"]
     rows: dict[str, list[tuple[float, int, int]]] = {"copy": [], "hf2mg": [], "mg2hf": []}
+    floors: dict[str, list[float]] = {"hf2mg": [], "mg2hf": []}
+    floor_cmd = {
+        "hf2mg": [sys.executable, "-c", "import torch"],
+        "mg2hf": [sys.executable, "-c", "import torch, transformers; transformers.AutoModel"],
+    }
     inner: dict[str, list[float]] = {"hf2mg": [], "mg2hf": []}
     for i in range(a.runs):
         for d in ("copy.safetensors", "mg", "back"):
@@ -219,6 +247,7 @@ def main() -> int:
         for k, d in (("hf2mg", "mg"), ("mg2hf", "back")):
             prov = json.loads((work / d / "provenance.json").read_text())
             inner[k].append(float(prov["conversion"]["seconds"]))
+            floors[k].append(run_measured(floor_cmd[k])[0])
         print(
             f"run {i + 1}: copy {rows['copy'][-1][0]:.2f}s, "
             + ", ".join(
@@ -232,6 +261,7 @@ def main() -> int:
     print(
         f"{'direction':<8} {'wall s':>7} {'x copy':>7} {'peak RSS GB':>12} {'x ckpt':>7} "
         f"{'tree GB':>8}  targets: RSS <= 1.5x, wall <= 3x   {'convert s':>9} {'x copy':>7}"
+        f" {'floor s':>8} {'wall-floor':>10} {'x copy':>7}"
     )
     ok = True
     for k in ("hf2mg", "mg2hf"):
@@ -242,13 +272,17 @@ def main() -> int:
         met = rw <= 3.0 and rr <= 1.5
         ok &= met
         conv = statistics.median(inner[k])
+        floor = statistics.median(floors[k])
         print(
             f"{k:<8} {wall:>7.2f} {rw:>7.2f} {rss / 1e9:>12.2f} {rr:>7.2f} {tree / 1e9:>8.2f}  "
             f"{'met' if met else 'MISSED':<34} {conv:>9.2f} {conv / copy:>7.2f}"
+            f" {floor:>8.2f} {wall - floor:>10.2f} {(wall - floor) / copy:>7.2f}"
         )
     print(
         "wall: the whole CLI process (interpreter, imports, checks, conversion, transformers "
-        "load check, provenance digests); convert s: reading, converting and writing alone"
+        "load check, provenance digests); convert s: reading, converting and writing alone; "
+        "floor: a process that only imports what the direction needs (torch; torch + "
+        "transformers), the cost before the first byte, whatever the model's size"
     )
     if not a.workdir:
         shutil.rmtree(work)

@@ -4,6 +4,7 @@ back, refuse anything else; torch_dist.load_record maps the tensors torch.save w
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 
@@ -113,17 +114,20 @@ def test_load_refuses_anything_else_and_runs_nothing(tmp_path):
         DM.load(tmp_path / ".metadata")
 
 
+@pytest.mark.parametrize("crc", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
-def test_load_record_maps_plain_tensors(tmp_path, dtype):
+def test_load_record_maps_plain_tensors(tmp_path, dtype, crc, monkeypatch):
+    """Mapped records equal torch.load's, with or without CRC32 (torch_dist.write writes none)."""
     t = (torch.randn(37, 5) * 100).to(dtype)
     path = tmp_path / "f.distcp"
-    with path.open("wb") as f:
-        f.write(b"x" * 13)  # records start anywhere in the file
-        off = f.tell()
-        torch.save(t, f)
-        n = f.tell() - off
-        torch.save(t[:, 1:3], f)  # a view: torch.save writes the whole storage
-        n2 = f.tell() - off - n
+    monkeypatch.setattr(torch, "load", None)  # no fallback: the mapped path must read it
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(crc)
+    try:
+        _write_records(path, t)
+    finally:
+        torch.serialization.set_crc32_options(before)
+    off, n, n2 = json.loads(path.with_suffix(".json").read_text())
     with path.open("rb") as f:
         got = TD.load_record(f, off, n)
         view = TD.load_record(f, off + n, n2)
@@ -132,6 +136,17 @@ def test_load_record_maps_plain_tensors(tmp_path, dtype):
     got[0, 0] = 1  # private mapping: writable, the file is untouched
     with path.open("rb") as f:
         assert torch.equal(TD.load_record(f, off, n), t)
+
+
+def _write_records(path, t):
+    with path.open("wb") as f:
+        f.write(b"x" * 13)  # records start anywhere in the file
+        off = f.tell()
+        torch.save(t, f)
+        n = f.tell() - off
+        torch.save(t[:, 1:3], f)  # a view: torch.save writes the whole storage
+        n2 = f.tell() - off - n
+    path.with_suffix(".json").write_text(json.dumps([off, n, n2]))
 
 
 def test_load_record_falls_back_for_other_records(tmp_path):
