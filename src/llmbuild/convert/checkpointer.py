@@ -300,21 +300,33 @@ def hf_specs(src: MegatronSource, dtype: str) -> list[S.TensorSpec]:
     ]
 
 
-def iter_hf_tensors(src: MegatronSource, dtype: str) -> Iterator[torch.Tensor]:
-    """The HF tensors in ``hf_specs`` order, each made from one megatron tensor read on demand."""
+def iter_hf_tensors(src: MegatronSource, dtype: str) -> Iterator[torch.Tensor | S.Rows]:
+    """The HF tensors in ``hf_specs`` order, each made from one megatron tensor read on demand.
+    A tensor whose stored chunks tile it by rows (column-parallel, vocabulary, SwiGLU halves)
+    comes as ``Rows`` of mapped chunks, never assembled; others are assembled and split."""
     import torch
 
     args = src.desc.args
     tdtype = getattr(torch, dtype)
     shapes = R.megatron_shapes(src.spec, args)
+
+    def rows(key: str, shape: tuple[int, ...], row: int = 0) -> torch.Tensor | S.Rows:
+        parts = src.reader.read_key_rows(key, shape, tdtype, row=row)
+        if parts is None:
+            return src.reader.read_key(key, shape, tdtype, row=row)
+        return S.Rows(parts)
+
     for key, (rule, _) in R.key_table(src.spec, args).items():
         if rule.combine == R.VOCAB:  # read the real rows only: no unpadding copy
-            yield src.reader.read_key(key, (args.vocab_size, *shapes[key][1:]), tdtype)
+            yield rows(key, (args.vocab_size, *shapes[key][1:]))
             continue
         if rule.combine == R.GATE_UP:  # gate rows, then up rows, each read on its own
             half = (shapes[key][0] // 2, *shapes[key][1:])
-            yield src.reader.read_key(key, half, tdtype)
-            yield src.reader.read_key(key, half, tdtype, row=half[0])
+            yield rows(key, half)
+            yield rows(key, half, row=half[0])
+            continue
+        if rule.combine == R.COPY:
+            yield rows(key, shapes[key])
             continue
         t = src.reader.read_key(key, shapes[key], tdtype)
         parts = R.split(rule.combine, t, args)
@@ -330,7 +342,8 @@ def megatron_to_hf_tensors(
     try:
         specs = hf_specs(src, dtype)
         return src.desc, {
-            s.name: t for s, t in zip(specs, iter_hf_tensors(src, dtype), strict=True)
+            s.name: t.tensor() if isinstance(t, S.Rows) else t
+            for s, t in zip(specs, iter_hf_tensors(src, dtype), strict=True)
         }
     finally:
         src.reader.close()

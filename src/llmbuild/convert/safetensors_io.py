@@ -254,6 +254,24 @@ class TensorSpec:
         return n
 
 
+class Rows(list):
+    """One tensor given as blocks of rows (views, e.g. of mapped checkpoint chunks), written
+    one after the other: the whole tensor is never assembled in memory."""
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(p.shape[0] for p in self), *self[0].shape[1:])
+
+    @property
+    def dtype(self) -> Any:
+        return self[0].dtype
+
+    def tensor(self) -> torch.Tensor:
+        import torch
+
+        return self[0] if len(self) == 1 else torch.cat(list(self), dim=0)
+
+
 def plan_shards(specs: list[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
     """Consecutive tensors into shards of at most ``max_bytes`` (a bigger tensor gets its own)."""
     shards: list[list[TensorSpec]] = [[]]
@@ -291,7 +309,7 @@ def _header(specs: list[TensorSpec], metadata: Mapping[str, str]) -> bytes:
 def write_sharded(
     out_dir: Path,
     specs: list[TensorSpec],
-    tensors: Iterable[torch.Tensor],
+    tensors: Iterable[torch.Tensor | Rows],
     *,
     max_shard_bytes: int,
     metadata: Mapping[str, str] | None = None,
@@ -316,10 +334,12 @@ def write_sharded(
                 t = next(it)
                 if tuple(t.shape) != s.shape or str(t.dtype) != f"torch.{s.dtype}":
                     raise ValueError(f"{s.name}: produced {t.dtype} {tuple(t.shape)}, planned {s}")
-                flat = t.contiguous().reshape(-1)
-                if flat.numel():
-                    f.write(memoryview(flat.view(torch.uint8).numpy()))
-                del t, flat
+                for part in t if isinstance(t, Rows) else [t]:
+                    flat = part.contiguous().reshape(-1)
+                    if flat.numel():
+                        f.write(memoryview(flat.view(torch.uint8).numpy()))
+                    del part, flat
+                del t
                 if written is not None:
                     f.flush()
                     written(out_dir / fname, f.tell())

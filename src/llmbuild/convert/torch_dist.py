@@ -560,6 +560,57 @@ class TorchDistReader:
             raise UserError(f"no stored chunk covers {fqn} at {offsets}", path=self.dir)
         return out
 
+    def read_rows(
+        self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], axis: int, dtype: Any
+    ) -> list[torch.Tensor] | None:
+        """The region as a list of stored chunks' views that tile it along ``axis`` (each
+        covering the region's whole extent on the other axes), in order, nothing copied; None
+        if the chunks do not tile it that way (a row-parallel split: use ``read``)."""
+        if fqn not in self.chunks:
+            raise UserError(f"tensor {fqn} is not in the checkpoint", path=self.dir)
+        stored = {tuple(c.offsets): c for c in self.md.state_dict_metadata[fqn].chunks}
+        pieces = []
+        for index, info in self.chunks[fqn]:
+            chunk = stored[tuple(index.offset)]
+            lo = [max(a, b) for a, b in zip(chunk.offsets, offsets, strict=True)]
+            hi = [
+                min(a + n, b + m)
+                for a, n, b, m in zip(chunk.offsets, chunk.sizes, offsets, sizes, strict=True)
+            ]
+            if any(h <= lo_ for lo_, h in zip(lo, hi, strict=True)):
+                continue
+            if any(
+                (lo[d], hi[d]) != (offsets[d], offsets[d] + sizes[d])
+                for d in range(len(sizes))
+                if d != axis
+            ):
+                return None
+            pieces.append((lo, hi, chunk, info))
+        pieces.sort(key=lambda x: x[0][axis])
+        end = offsets[axis]
+        for lo, hi, _, _ in pieces:
+            if lo[axis] != end:
+                return None
+            end = hi[axis]
+        if end != offsets[axis] + sizes[axis]:
+            return None
+        out = []
+        for lo, hi, chunk, info in pieces:
+            src = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, chunk.offsets, strict=True))
+            out.append(self._load(info)[src].to(dtype))
+        return out
+
+    def read_key_rows(
+        self, key: str, shape: tuple[int, ...], dtype: Any, row: int = 0
+    ) -> list[torch.Tensor] | None:
+        """``read_key`` as row blocks (see ``read_rows``), or None."""
+        fqn, layer = sharded_key(key)
+        start = (row,) + (0,) * (len(shape) - 1)
+        if layer is None:
+            return self.read_rows(fqn, start, shape, 0, dtype)
+        parts = self.read_rows(fqn, (layer, *start), (1, *shape), 1, dtype)
+        return None if parts is None else [p[0] for p in parts]
+
     def read_key(
         self, key: str, shape: tuple[int, ...], dtype: Any = None, row: int = 0
     ) -> torch.Tensor:
