@@ -18,7 +18,7 @@ rule train:
         "../envs/train.yaml"
     threads: max(2, TRAIN_RANKS)
     resources:
-        mem_mb=6000,
+        mem_mb=6000 * TRAIN_RANKS,
     params:
         llmbuild=train_launcher(),
         device=lookup("train/device", within=config),

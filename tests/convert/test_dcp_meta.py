@@ -223,3 +223,30 @@ def test_mg2hf_streams_column_parallel_tensors_as_row_blocks(tmp_path):
     with S.LazyHFWeights(tmp_path / "hf") as orig:
         assert set(back) <= set(orig)
         assert all(torch.equal(back[k], orig[k]) for k in back)
+
+
+def test_verify_meta_mode_checks_names_and_shapes_without_loading(tmp_path):
+    """--verify meta: the model built on the meta device against the safetensors headers as
+    the safetensors library reads them: passes a good directory, names what is missing and
+    what has the wrong shape."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from llmbuild.convert.checkpointer import verify_hf_dir
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny
+
+    good = tmp_path / "good"
+    tiny.make_model(good, arch="llama", layers=2)
+    verify_hf_dir(good, weights=False)
+    cfg = json.loads((good / "config.json").read_text())
+    for change, word in (({"num_hidden_layers": 3}, "missing_keys"),
+                         ({"intermediate_size": cfg["intermediate_size"] * 2},
+                          "mismatched_keys")):  # fmt: skip
+        bad = tmp_path / word
+        tiny.make_model(bad, arch="llama", layers=2)
+        (bad / "config.json").write_text(json.dumps(cfg | change))
+        with pytest.raises(UserError, match=word):
+            verify_hf_dir(bad, weights=False)
