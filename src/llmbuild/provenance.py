@@ -11,7 +11,6 @@ import platform
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,8 +80,9 @@ class _Stream:
     def finish(self) -> str | None:
         """The digest, or None if the file changed in ways appending does not explain."""
         try:
-            self.advance(os.fstat(self.fd).st_size)
-            return self.h.hexdigest() if self.pos == os.fstat(self.fd).st_size else None
+            size = os.fstat(self.fd).st_size
+            self.advance(size)
+            return self.h.hexdigest() if self.pos == size else None
         finally:
             os.close(self.fd)
 
@@ -103,7 +103,6 @@ class Digester:
         self._out_pool = ThreadPoolExecutor(1, thread_name_prefix="digest-out")
         self._in: dict[str, Future[str]] = {}
         self._streams: dict[Path, _Stream] = {}
-        self._lock = threading.Lock()
 
     def inputs(self, paths: Iterable[str | os.PathLike[str]]) -> None:
         for p in paths:
@@ -112,11 +111,9 @@ class Digester:
 
     def written(self, path: str | os.PathLike[str], size: int) -> None:
         path = Path(path)
-        with self._lock:
-            if path not in self._streams:
-                self._streams[path] = _Stream(path)
-            stream = self._streams[path]
-        self._out_pool.submit(stream.advance, size)
+        if path not in self._streams:  # called from the writing thread only
+            self._streams[path] = _Stream(path)
+        self._out_pool.submit(self._streams[path].advance, size)
 
     def input_digests(self) -> dict[str, str]:
         return {k: f.result() for k, f in self._in.items()}

@@ -523,41 +523,45 @@ class TorchDistReader:
             self._files[info.relative_path] = (self.dir / info.relative_path).open("rb")
         return load_record(self._files[info.relative_path], info.offset, info.length)
 
+    def _overlaps(
+        self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...]
+    ) -> Iterator[tuple[list[int], list[int], Any, Any]]:
+        """(lo, hi, stored chunk, storage info) of every chunk of ``fqn`` overlapping the
+        region ``[offsets, offsets + sizes)``; lo/hi bound the overlap, in global indices."""
+        if fqn not in self.chunks:
+            raise UserError(f"tensor {fqn} is not in the checkpoint", path=self.dir)
+        stored = {tuple(c.offsets): c for c in self.md.state_dict_metadata[fqn].chunks}
+        for index, info in self.chunks[fqn]:
+            chunk = stored[tuple(index.offset)]
+            lo = [max(a, b) for a, b in zip(chunk.offsets, offsets, strict=True)]
+            hi = [
+                min(a + n, b + m)
+                for a, n, b, m in zip(chunk.offsets, chunk.sizes, offsets, sizes, strict=True)
+            ]
+            if all(lo_ < h for lo_, h in zip(lo, hi, strict=True)):
+                yield lo, hi, chunk, info
+
+    @staticmethod
+    def _within(chunk: Any, lo: list[int], hi: list[int]) -> tuple[slice, ...]:
+        return tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, chunk.offsets, strict=True))
+
     def read(
         self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], dtype: Any = None
     ) -> torch.Tensor:
         """The region ``[offsets, offsets + sizes)`` of tensor ``fqn``."""
         import torch
 
-        if fqn not in self.chunks:
-            raise UserError(f"tensor {fqn} is not in the checkpoint", path=self.dir)
-        stored = self.md.state_dict_metadata[fqn]
-        dtype = dtype or stored.properties.dtype
-        for index, info in self.chunks[fqn]:  # one stored chunk is the region: no copy
-            if tuple(index.offset) == tuple(offsets) and any(
-                tuple(c.offsets) == tuple(offsets) and tuple(c.sizes) == tuple(sizes)
-                for c in stored.chunks
-            ):
-                return self._load(info).to(dtype)
-        out = torch.empty(sizes, dtype=dtype)
-        covered = 0
-        for index, info in self.chunks[fqn]:
-            chunk = next(c for c in stored.chunks if tuple(c.offsets) == tuple(index.offset))
-            lo = [max(a, b) for a, b in zip(chunk.offsets, offsets, strict=True)]
-            hi = [
-                min(a + n, b + m)
-                for a, n, b, m in zip(chunk.offsets, chunk.sizes, offsets, sizes, strict=True)
-            ]
-            if any(h <= lo_ for lo_, h in zip(lo, hi, strict=True)):
-                continue
-            data = self._load(info)
-            src = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, chunk.offsets, strict=True))
-            dst = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offsets, strict=True))
-            out[dst] = data[src]
-            covered += 1
-            del data
-        if not covered:
+        pieces = list(self._overlaps(fqn, offsets, sizes))
+        dtype = dtype or self.md.state_dict_metadata[fqn].properties.dtype
+        if not pieces:
             raise UserError(f"no stored chunk covers {fqn} at {offsets}", path=self.dir)
+        chunk, info = pieces[0][2:]
+        if (tuple(chunk.offsets), tuple(chunk.sizes)) == (tuple(offsets), tuple(sizes)):
+            return self._load(info).to(dtype)  # one stored chunk is the region: no copy
+        out = torch.empty(sizes, dtype=dtype)
+        for lo, hi, chunk, info in pieces:
+            dst = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offsets, strict=True))
+            out[dst] = self._load(info)[self._within(chunk, lo, hi)]
         return out
 
     def read_rows(
@@ -566,50 +570,43 @@ class TorchDistReader:
         """The region as a list of stored chunks' views that tile it along ``axis`` (each
         covering the region's whole extent on the other axes), in order, nothing copied; None
         if the chunks do not tile it that way (a row-parallel split: use ``read``)."""
-        if fqn not in self.chunks:
-            raise UserError(f"tensor {fqn} is not in the checkpoint", path=self.dir)
-        stored = {tuple(c.offsets): c for c in self.md.state_dict_metadata[fqn].chunks}
-        pieces = []
-        for index, info in self.chunks[fqn]:
-            chunk = stored[tuple(index.offset)]
-            lo = [max(a, b) for a, b in zip(chunk.offsets, offsets, strict=True)]
-            hi = [
-                min(a + n, b + m)
-                for a, n, b, m in zip(chunk.offsets, chunk.sizes, offsets, sizes, strict=True)
-            ]
-            if any(h <= lo_ for lo_, h in zip(lo, hi, strict=True)):
-                continue
-            if any(
-                (lo[d], hi[d]) != (offsets[d], offsets[d] + sizes[d])
-                for d in range(len(sizes))
-                if d != axis
-            ):
-                return None
-            pieces.append((lo, hi, chunk, info))
-        pieces.sort(key=lambda x: x[0][axis])
+        pieces = sorted(self._overlaps(fqn, offsets, sizes), key=lambda x: x[0][axis])
         end = offsets[axis]
         for lo, hi, _, _ in pieces:
-            if lo[axis] != end:
+            others = [(lo[d], hi[d]) for d in range(len(sizes)) if d != axis]
+            if lo[axis] != end or others != [
+                (offsets[d], offsets[d] + sizes[d]) for d in range(len(sizes)) if d != axis
+            ]:
                 return None
             end = hi[axis]
         if end != offsets[axis] + sizes[axis]:
             return None
-        out = []
-        for lo, hi, chunk, info in pieces:
-            src = tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, chunk.offsets, strict=True))
-            out.append(self._load(info)[src].to(dtype))
-        return out
+        return [
+            self._load(info)[self._within(chunk, lo, hi)].to(dtype)
+            for lo, hi, chunk, info in pieces
+        ]
+
+    @staticmethod
+    def _key_region(
+        key: str, shape: tuple[int, ...], row: int
+    ) -> tuple[str, tuple[int, ...], tuple[int, ...], bool]:
+        """(sharded key, offsets, sizes, stacked) of ``shape`` rows from ``row`` of a state-dict
+        key; ``stacked``: the region has the leading layer axis of size 1."""
+        fqn, layer = sharded_key(key)
+        start = (row,) + (0,) * (len(shape) - 1)
+        if layer is None:
+            return fqn, start, shape, False
+        return fqn, (layer, *start), (1, *shape), True
 
     def read_key_rows(
         self, key: str, shape: tuple[int, ...], dtype: Any, row: int = 0
     ) -> list[torch.Tensor] | None:
         """``read_key`` as row blocks (see ``read_rows``), or None."""
-        fqn, layer = sharded_key(key)
-        start = (row,) + (0,) * (len(shape) - 1)
-        if layer is None:
-            return self.read_rows(fqn, start, shape, 0, dtype)
-        parts = self.read_rows(fqn, (layer, *start), (1, *shape), 1, dtype)
-        return None if parts is None else [p[0] for p in parts]
+        fqn, offsets, sizes, stacked = self._key_region(key, shape, row)
+        parts = self.read_rows(fqn, offsets, sizes, int(stacked), dtype)
+        if parts is None or not stacked:
+            return parts
+        return [p[0] for p in parts]
 
     def read_key(
         self, key: str, shape: tuple[int, ...], dtype: Any = None, row: int = 0
@@ -617,11 +614,9 @@ class TorchDistReader:
         """``shape`` of the global tensor of a megatron state-dict key (one layer of a stacked
         tensor) from row ``row`` (so padded rows are never read, and fc1's gate and up halves
         can be read apart)."""
-        fqn, layer = sharded_key(key)
-        start = (row,) + (0,) * (len(shape) - 1)
-        if layer is None:
-            return self.read(fqn, start, shape, dtype)
-        return self.read(fqn, (layer, *start), (1, *shape), dtype)[0]
+        fqn, offsets, sizes, stacked = self._key_region(key, shape, row)
+        t = self.read(fqn, offsets, sizes, dtype)
+        return t[0] if stacked else t
 
     def inferred_layout(self) -> tuple[int, int]:
         """(tp, pp) the checkpoint was written with, from the chunks of ``PROBE``: the number
