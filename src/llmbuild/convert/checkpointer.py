@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmbuild.convert import arrays as A
 from llmbuild.convert import registry as R
 from llmbuild.convert import safetensors_io as S
 from llmbuild.convert import torch_dist as TD
@@ -162,9 +163,6 @@ def hf_to_megatron(
     as files grow (see ``torch_dist.write``)."""
     import time
 
-    import torch
-
-    TD.preload()
     started = time.perf_counter()
     if dtype not in _DTYPES:
         raise UserError(f"dtype {dtype!r}; use one of {', '.join(_DTYPES)}", field="--dtype")
@@ -179,17 +177,15 @@ def hf_to_megatron(
     shapes = R.megatron_shapes(spec, args)
     lay = TD.layout(spec, args, tp, pp, dtype=dtype, shapes=shapes, pp_layers=pp_layers)
     table = R.key_table(spec, args)
-    tdtype = getattr(torch, dtype)
-    itemsize = torch.empty((), dtype=tdtype).element_size()
-    total = sum(_numel(s) for s in shapes.values()) * itemsize
+    total = sum(_numel(s) for s in shapes.values()) * A.itemsize(dtype)
 
-    def tensor_of(key: str) -> torch.Tensor | TD.Cat:
+    def tensor_of(key: str) -> Any:  # numpy arrays (``arrays``): no torch
         rule, hf_names = table[key]
-        parts = [weights[k].to(tdtype) for k in hf_names]
+        parts = [A.cast(weights.array(k), dtype) for k in hf_names]
         if rule.combine == R.GATE_UP:  # [gate; up]: every stored chunk lies in one of them
             return TD.Cat(parts)
         if rule.combine == R.VOCAB and args.padded_vocab_size > args.vocab_size:
-            pad = parts[0].new_zeros(args.padded_vocab_size - args.vocab_size, *parts[0].shape[1:])
+            pad = A.zeros_like_rows(parts[0], args.padded_vocab_size - args.vocab_size)
             return TD.Cat([parts[0], pad])
         return R.combine(rule.combine, parts, args)
 

@@ -8,8 +8,9 @@ module has plain stand-ins for the few DCP classes the file holds, and:
 - ``load`` unpickles with an allow-list: only those classes, ``torch.Size``, torch dtypes and
   the layout helper. Anything else in the file is refused with one line (a checkpoint is data;
   it never gets to run code here).
-- ``dump`` pickles stand-ins under DCP's own module and class names, so DCP and megatron-core
-  read the file back as their own classes (checked in tests/convert/test_dcp_meta.py against
+- ``dumps`` pickles stand-ins under DCP's own module and class names (and torch's ``Size``,
+  dtypes and ``strided`` by name, so writing needs no torch), so DCP and megatron-core read the
+  file back as their own classes (checked in tests/convert/test_dcp_meta.py against
   the real classes, and by megatron-core loading every converted checkpoint in test_parity.py).
 
 The pickled state of each class follows torch 2.13 (``TensorProperties`` pickles a tuple with a
@@ -24,10 +25,43 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from llmbuild.convert.torch_record import Ref, RefPickler
 from llmbuild.errors import UserError
 
 META = "torch.distributed.checkpoint.metadata"
 FS = "torch.distributed.checkpoint.filesystem"
+
+
+class Size(tuple):  # type: ignore[type-arg]
+    """``torch.Size`` without torch: a tuple pickled as ``torch.Size((...))``."""
+
+    def __reduce__(self) -> tuple[Any, tuple[tuple[int, ...]]]:
+        return (Size, (tuple(self),))
+
+
+def dtype_ref(name: str) -> Ref:
+    """A torch dtype by name ('bfloat16'), pickled as ``torch.bfloat16``."""
+    return Ref("torch", name)
+
+
+class _Strided:
+    """``torch.strided``, pickled as torch pickles it (``_get_layout('torch.strided')``);
+    equal to the real one."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (Ref("torch.serialization", "_get_layout"), ("torch.strided",))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Strided) or str(other) == "torch.strided"
+
+    def __hash__(self) -> int:
+        return hash("torch.strided")
+
+    def __repr__(self) -> str:
+        return "torch.strided"
+
+
+STRIDED = _Strided()
 
 
 @dataclass
@@ -62,9 +96,7 @@ class TensorProperties:
 
     def __post_init__(self) -> None:
         if self.layout is None:
-            import torch
-
-            self.layout = torch.strided
+            self.layout = STRIDED
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.dtype, self.layout, self.requires_grad, self.memory_format, self.pin_memory)
@@ -127,6 +159,7 @@ class StorageInfo:
 
 # stand-in -> (module, name) it is pickled as, and back
 _REAL: dict[type, tuple[str, str]] = {
+    Size: ("torch", "Size"),
     ChunkStorageMetadata: (META, "ChunkStorageMetadata"),
     MemFormat: (META, "_MEM_FORMAT_ENCODING"),
     TensorProperties: (META, "TensorProperties"),
@@ -137,7 +170,7 @@ _REAL: dict[type, tuple[str, str]] = {
     MetadataIndex: (META, "MetadataIndex"),
     StorageInfo: (FS, "_StorageInfo"),
 }
-_STAND_IN = {v: k for k, v in _REAL.items()}
+_STAND_IN = {v: k for k, v in _REAL.items() if k is not Size}
 
 
 class Opaque:
@@ -201,21 +234,8 @@ def load(path: str | Path) -> Metadata:
     return md
 
 
-class _Dumper(pickle._Pickler):  # type: ignore[name-defined]
-    """The pure-Python pickler, writing each stand-in class under DCP's name."""
-
-    def save_global(self, obj: Any, name: str | None = None) -> None:
-        real = _REAL.get(obj) if isinstance(obj, type) else None
-        if real is None:
-            super().save_global(obj, name)
-            return
-        self.save(real[0])
-        self.save(real[1])
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
-
-
 def dumps(md: Metadata) -> bytes:
     buf = io.BytesIO()
-    _Dumper(buf, protocol=4).dump(md)
+    # the pure-Python pickler, writing each stand-in under DCP's (or torch's) name
+    RefPickler(buf, 4, names=_REAL).dump(md)
     return buf.getvalue()

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from llmbuild.convert import arrays as A
 from llmbuild.errors import UserError
 
 if TYPE_CHECKING:
@@ -126,17 +129,27 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     return out, meta
 
 
-def map_region(f: Any, begin: int, nbytes: int) -> torch.Tensor:
-    """``nbytes`` at ``begin`` of an open file as a uint8 tensor over a private mapping of just
-    those pages: no copy, writes stay in this process, unmapped when the last tensor (or view)
+def map_array(f: Any, begin: int, nbytes: int) -> np.ndarray:
+    """``nbytes`` at ``begin`` of an open file as a uint8 array over a private mapping of just
+    those pages: no copy, writes stay in this process, unmapped when the last array (or view)
     using it is gone."""
-    import torch
-
     if nbytes == 0:
-        return torch.empty(0, dtype=torch.uint8)
+        return np.empty(0, dtype=np.uint8)
     start = begin - begin % mmap.ALLOCATIONGRANULARITY
     mm = mmap.mmap(f.fileno(), begin + nbytes - start, offset=start, access=mmap.ACCESS_COPY)
-    return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=begin - start)
+    return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=begin - start)
+
+
+def map_region(f: Any, begin: int, nbytes: int) -> torch.Tensor:
+    """``map_array`` as a uint8 torch tensor (sharing the mapping)."""
+    import torch
+
+    return torch.from_numpy(map_array(f, begin, nbytes))
+
+
+def read_array(f: Any, info: TensorInfo) -> np.ndarray:
+    """One tensor from an open binary file as a numpy array (``arrays``), mapped."""
+    return A.view(map_array(f, info.begin, info.nbytes), _DTYPES[info.dtype], info.shape)
 
 
 def read_tensor(f: Any, info: TensorInfo) -> torch.Tensor:
@@ -207,13 +220,20 @@ class LazyHFWeights(Mapping[str, "torch.Tensor"]):
         obj._files = {}
         return obj
 
-    def __getitem__(self, key: str) -> torch.Tensor:
+    def _file(self, key: str) -> Any:
         if key not in self.infos:
             raise UserError(f"missing tensor {key!r}", path=self.dir)
         path = self.file_of[key]
         if path not in self._files:
             self._files[path] = path.open("rb", buffering=0)
-        return read_tensor(self._files[path], self.infos[key])
+        return self._files[path]
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return read_tensor(self._file(key), self.infos[key])
+
+    def array(self, key: str) -> np.ndarray:
+        """The tensor as a numpy array (``arrays``; no torch), mapped."""
+        return read_array(self._file(key), self.infos[key])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.infos)

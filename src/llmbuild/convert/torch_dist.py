@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmbuild.convert import arrays as A
 from llmbuild.convert import registry as R
+from llmbuild.convert import torch_record as TR
 from llmbuild.convert import weights as W
 from llmbuild.errors import UserError
 
@@ -183,8 +185,8 @@ def layout(
 
 
 def preload() -> None:
-    """Import what reading and writing need, so a caller can time the conversion apart from
-    the imports (torch.distributed.checkpoint is not one of them: see dcp_meta)."""
+    """Import what reading needs, so a caller can time the conversion apart from the imports
+    (torch.distributed.checkpoint is not one of them: see dcp_meta)."""
     import torch  # noqa: F401
 
 
@@ -201,10 +203,8 @@ class Cat:
         return (sum(p.shape[0] for p in self.parts), *self.parts[0].shape[1:])
 
 
-def region_of(t: Any, region: Region) -> torch.Tensor:
-    """``t[region]`` for a tensor or a ``Cat`` (a view where possible)."""
-    import torch
-
+def region_of(t: Any, region: Region) -> Any:
+    """``t[region]`` for a tensor (numpy or torch) or a ``Cat`` (a view where possible)."""
     if not isinstance(t, Cat):
         return t[tuple(slice(s, s + n) for s, n in region)]
     (start, length), rest = region[0], tuple(slice(s, s + n) for s, n in region[1:])
@@ -214,21 +214,23 @@ def region_of(t: Any, region: Region) -> torch.Tensor:
         if lo < hi:
             pieces.append(p[(slice(lo - base, hi - base), *rest)])
         base += p.shape[0]
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+    return pieces[0] if len(pieces) == 1 else A.cat(pieces, dim=0)
 
 
-def _own_storage(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a tensor whose storage is exactly its bytes (what ``torch.save`` writes): a
-    contiguous view gets a storage view of its bytes (no copy); anything else is copied."""
-    import torch
+def _save(f: Any, part: Any, name: str) -> None:
+    """One chunk's ``torch.save`` record at ``f``'s position (``torch_record``: no torch; a
+    record of 4 GiB or more goes through torch.save itself)."""
+    try:
+        TR.write_tensor(f, A.to_numpy(part), name)
+    except TR.TooLarge:
+        import torch
 
-    if not t.is_contiguous():
-        return t.contiguous()
-    if t.untyped_storage().nbytes() == t.nbytes:
-        return t
-    off = t.storage_offset() * t.element_size()
-    sub = t.untyped_storage()[off : off + t.nbytes]
-    return torch.empty(0, dtype=t.dtype).set_(sub, 0, t.shape, t.stride())
+        crc = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(A.to_torch(A.to_numpy(part)).clone(), f)
+        finally:
+            torch.serialization.set_crc32_options(crc)
 
 
 def write(
@@ -241,21 +243,22 @@ def write(
     written: Callable[[Path, int], None] | None = None,
 ) -> int:
     """Write ``iter_dir`` (an existing empty directory). ``tensor_of(key)`` gives the global
-    megatron tensor of a state-dict key (a tensor or a ``Cat``), in the target dtype; it is
-    called once per key, in layout order. Returns the bytes of tensor data written.
+    megatron tensor of a state-dict key (a numpy array of a logical dtype, see ``arrays``, a
+    torch tensor, or a ``Cat`` of them), in the target dtype; it is called once per key, in
+    layout order. Returns the bytes of tensor data written. Needs no torch.
 
     ``written(path, size)``: told after each record that a ``.distcp`` file has ``size``
     bytes on disk so far (the files only grow), e.g. to hash them while writing goes on."""
-    import torch
-
     from llmbuild.convert.dcp_meta import (
         BytesStorageMetadata,
         ChunkStorageMetadata,
         Metadata,
         MetadataIndex,
+        Size,
         StorageInfo,
         TensorProperties,
         TensorStorageMetadata,
+        dtype_ref,
         dumps,
     )
 
@@ -276,10 +279,6 @@ def write(
     storage: dict[Any, Any] = {}
     nbytes = 0
     current: tuple[str, Any] = ("", None)
-    # No CRC32 in the records: torch.load (so DCP and megatron-core) does not check it, and
-    # computing it costs a third of the writing time; the provenance digest covers the files.
-    crc = torch.serialization.get_crc32_options()
-    torch.serialization.set_crc32_options(False)
     try:
         for c in lay.chunks:
             if current[0] != c.key:
@@ -287,48 +286,44 @@ def write(
                 current = (c.key, tensor_of(c.key))
             part = region_of(current[1], c.region)
             if len(c.sizes) > len(c.region):
-                part = part.unsqueeze(0)
-            part = _own_storage(part)
+                part = part[None]
             name, f = stream(c.rank)
             off = f.tell()
-            torch.save(part, f)
+            _save(f, part, f"{c.fqn}@{c.offsets}")
             meta = md.setdefault(
                 c.fqn,
                 TensorStorageMetadata(
-                    properties=TensorProperties(dtype=part.dtype),
-                    size=torch.Size(c.global_shape),
+                    properties=TensorProperties(dtype=dtype_ref(A.dtype_name(part))),
+                    size=Size(c.global_shape),
                     chunks=[],
                 ),
             )
-            index = MetadataIndex(c.fqn, torch.Size(c.offsets), len(meta.chunks))
-            meta.chunks.append(
-                ChunkStorageMetadata(offsets=torch.Size(c.offsets), sizes=torch.Size(c.sizes))
-            )
+            index = MetadataIndex(c.fqn, Size(c.offsets), len(meta.chunks))
+            meta.chunks.append(ChunkStorageMetadata(offsets=Size(c.offsets), sizes=Size(c.sizes)))
             storage[index] = StorageInfo(name, off, f.tell() - off)
             told(name, f)
             nbytes += part.nbytes
             if progress is not None:
                 progress(nbytes)
         current = ("", None)
-        empty = io.BytesIO()
-        torch.save([None], empty)  # megatron's serialisation of a list of ShardedObject data
         for fqn, rank in lay.objects:
             name, f = stream(rank)
             off = f.tell()
-            f.write(empty.getbuffer())
+            # megatron's serialisation of a list of ShardedObject data
+            TR.write_object(f, [None], fqn)
             md[fqn] = BytesStorageMetadata()
             storage[MetadataIndex(fqn)] = StorageInfo(name, off, f.tell() - off)
         for rank, f in files.items():
             told(f"__{rank}_0.distcp", f)
     finally:
-        torch.serialization.set_crc32_options(crc)
         for f in files.values():
             f.close()
     metadata = Metadata(state_dict_metadata=md, storage_data=storage)
     (iter_dir / ".metadata").write_bytes(dumps(metadata))
-    torch.save(
-        {"iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}, iter_dir / "common.pt"
-    )
+    with (iter_dir / "common.pt").open("wb") as f:
+        TR.write_object(
+            f, {"iteration": iteration, "checkpoint_version": CHECKPOINT_VERSION}, "common"
+        )
     (iter_dir / "metadata.json").write_text(json.dumps(METADATA_JSON))
     return nbytes
 

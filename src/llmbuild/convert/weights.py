@@ -8,11 +8,15 @@ then its key head, then its value head::
 each block ``head_dim`` rows; so a tensor-parallel split along dim 0 hands each rank whole
 groups. The SwiGLU ``linear_fc1`` is ``[gate; up]`` stacked along dim 0 (global tensor; megatron
 splits each half across tensor-parallel ranks, see ``tp_shard``).
+
+Every function takes torch tensors or numpy arrays (``arrays``: the converter's, no torch).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from llmbuild.convert import arrays as A
 
 if TYPE_CHECKING:
     import torch
@@ -28,14 +32,12 @@ def fuse_qkv(
     head_dim: int,
 ) -> torch.Tensor:
     """HF q/k/v projections (weights [out, in] or biases [out]) -> megatron linear_qkv."""
-    import torch
-
     per = num_heads // num_groups
     tail = q.shape[1:]
     qg = q.reshape(num_groups, per * head_dim, *tail)
     kg = k.reshape(num_groups, head_dim, *tail)
     vg = v.reshape(num_groups, head_dim, *tail)
-    return torch.cat([qg, kg, vg], dim=1).reshape((num_heads + 2 * num_groups) * head_dim, *tail)
+    return A.cat([qg, kg, vg], dim=1).reshape((num_heads + 2 * num_groups) * head_dim, *tail)
 
 
 def split_qkv(
@@ -48,33 +50,29 @@ def split_qkv(
     q = g[:, : per * head_dim].reshape(num_heads * head_dim, *tail)
     k = g[:, per * head_dim : (per + 1) * head_dim].reshape(num_groups * head_dim, *tail)
     v = g[:, (per + 1) * head_dim :].reshape(num_groups * head_dim, *tail)
-    return q.contiguous(), k.contiguous(), v.contiguous()
+    return A.contiguous(q), A.contiguous(k), A.contiguous(v)
 
 
 def fuse_gate_up(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    return torch.cat([gate, up], dim=0)
+    return A.cat([gate, up], dim=0)
 
 
 def split_gate_up(fc1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    gate, up = fc1.chunk(2, dim=0)
-    return gate.contiguous(), up.contiguous()
+    gate, up = A.chunk(fc1, 2, dim=0)
+    return A.contiguous(gate), A.contiguous(up)
 
 
 def pad_vocab(w: torch.Tensor, padded: int) -> torch.Tensor:
     """Append zero rows up to ``padded`` (megatron's padded vocabulary)."""
-    import torch
-
     if w.shape[0] > padded:
         raise ValueError(f"vocabulary {w.shape[0]} > padded size {padded}")
     if w.shape[0] == padded:
         return w
-    return torch.cat([w, w.new_zeros(padded - w.shape[0], *w.shape[1:])], dim=0)
+    return A.cat([w, A.zeros_like_rows(w, padded - w.shape[0])], dim=0)
 
 
 def unpad_vocab(w: torch.Tensor, vocab: int) -> torch.Tensor:
-    return w[:vocab].contiguous()
+    return A.contiguous(w[:vocab])
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -94,28 +92,24 @@ def tp_shard(t: torch.Tensor, kind: str, rank: int, size: int) -> torch.Tensor:
     if size == 1 or kind == REPLICATED:
         return t
     if kind in (COLUMN, VOCAB, QKV):  # QKV: whole groups per rank (group-major layout)
-        return t.chunk(size, dim=0)[rank].contiguous()
+        return A.contiguous(A.chunk(t, size, dim=0)[rank])
     if kind == ROW:
-        return t.chunk(size, dim=1)[rank].contiguous()
+        return A.contiguous(A.chunk(t, size, dim=1)[rank])
     if kind == SWIGLU:
-        import torch
-
-        gate, up = t.chunk(2, dim=0)
-        return torch.cat([gate.chunk(size, dim=0)[rank], up.chunk(size, dim=0)[rank]], dim=0)
+        gate, up = A.chunk(t, 2, dim=0)
+        return A.cat([A.chunk(gate, size, dim=0)[rank], A.chunk(up, size, dim=0)[rank]], dim=0)
     raise ValueError(f"unknown parallel kind {kind!r}")
 
 
 def tp_unshard(parts: list[torch.Tensor], kind: str) -> torch.Tensor:
     """Inverse of ``tp_shard`` over all ranks' parts."""
-    import torch
-
     if len(parts) == 1 or kind == REPLICATED:
         return parts[0]
     if kind in (COLUMN, VOCAB, QKV):
-        return torch.cat(parts, dim=0)
+        return A.cat(parts, dim=0)
     if kind == ROW:
-        return torch.cat(parts, dim=1)
+        return A.cat(parts, dim=1)
     if kind == SWIGLU:
-        halves = [p.chunk(2, dim=0) for p in parts]
-        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
+        halves = [A.chunk(p, 2, dim=0) for p in parts]
+        return A.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
     raise ValueError(f"unknown parallel kind {kind!r}")
