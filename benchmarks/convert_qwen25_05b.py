@@ -9,10 +9,10 @@ checkpoint size, wall <= 3x the plain copy); medians over ``--runs``.
 page cache with posix_fadvise(DONTNEED), so the copy and the conversions both read from disk
 (where the virtual disk is cached by the host, "disk" is memory speed, and so is the copy).
 
-Also printed, measured in the same run: the floor of each direction, what any Python process
-pays before converting a byte (interpreter + ``import torch`` for hf2mg; + ``import
-transformers`` for mg2hf's load check, which runs in a second process beside the conversion);
-it does not grow with the model, the copy does. ``--shape 1.5b`` (Qwen2.5-1.5B's shape, about
+Also printed, measured in the same run: the floor of each direction, what a Python process
+pays before converting a byte (interpreter + ``import numpy`` for hf2mg, which needs no torch;
+interpreter + ``import torch, transformers`` for mg2hf's load check, which runs in a second
+process beside the conversion); it does not grow with the model, the copy does. ``--shape 1.5b`` (Qwen2.5-1.5B's shape, about
 3.1 GB) shows how the ratio moves with size.
 
     .envs/train/bin/python benchmarks/convert_qwen25_05b.py [--runs 3] [--workdir DIR]
@@ -193,7 +193,7 @@ def main() -> int:
     rows: dict[str, list[tuple[float, int, int]]] = {"copy": [], "hf2mg": [], "mg2hf": []}
     floors: dict[str, list[float]] = {"hf2mg": [], "mg2hf": []}
     floor_cmd = {
-        "hf2mg": [sys.executable, "-c", "import torch"],
+        "hf2mg": [sys.executable, "-c", "import numpy"],
         "mg2hf": [sys.executable, "-c", "import torch, transformers; transformers.AutoModel"],
     }
     inner: dict[str, list[float]] = {"hf2mg": [], "mg2hf": []}
@@ -281,8 +281,9 @@ def main() -> int:
     print(
         "wall: the whole CLI process (interpreter, imports, checks, conversion, transformers "
         "load check, provenance digests); convert s: reading, converting and writing alone; "
-        "floor: a process that only imports what the direction needs (torch; torch + "
-        "transformers), the cost before the first byte, whatever the model's size"
+        "floor: a process that only imports what the direction needs (numpy; torch + "
+        "transformers for the load check), the cost before the first byte, whatever the "
+        "model's size"
     )
     if not a.workdir:
         shutil.rmtree(work)

@@ -296,20 +296,18 @@ def hf_specs(src: MegatronSource, dtype: str) -> list[S.TensorSpec]:
     ]
 
 
-def iter_hf_tensors(src: MegatronSource, dtype: str) -> Iterator[torch.Tensor | S.Rows]:
-    """The HF tensors in ``hf_specs`` order, each made from one megatron tensor read on demand.
-    A tensor whose stored chunks tile it by rows (column-parallel, vocabulary, SwiGLU halves)
-    comes as ``Rows`` of mapped chunks, never assembled; others are assembled and split."""
-    import torch
-
+def iter_hf_tensors(src: MegatronSource, dtype: str) -> Iterator[Any]:
+    """The HF tensors in ``hf_specs`` order (numpy arrays, ``arrays``: no torch), each made
+    from one megatron tensor read on demand. A tensor whose stored chunks tile it by rows
+    (column-parallel, vocabulary, SwiGLU halves) comes as ``Rows`` of mapped chunks, never
+    assembled; others are assembled and split."""
     args = src.desc.args
-    tdtype = getattr(torch, dtype)
     shapes = R.megatron_shapes(src.spec, args)
 
-    def rows(key: str, shape: tuple[int, ...], row: int = 0) -> torch.Tensor | S.Rows:
-        parts = src.reader.read_key_rows(key, shape, tdtype, row=row)
+    def rows(key: str, shape: tuple[int, ...], row: int = 0) -> Any:
+        parts = src.reader.read_key_rows(key, shape, dtype, row=row)
         if parts is None:
-            return src.reader.read_key(key, shape, tdtype, row=row)
+            return src.reader.read_key(key, shape, dtype, row=row)
         return S.Rows(parts)
 
     for key, (rule, _) in R.key_table(src.spec, args).items():
@@ -324,7 +322,7 @@ def iter_hf_tensors(src: MegatronSource, dtype: str) -> Iterator[torch.Tensor | 
         if rule.combine == R.COPY:
             yield rows(key, shapes[key])
             continue
-        t = src.reader.read_key(key, shapes[key], tdtype)
+        t = src.reader.read_key(key, shapes[key], dtype)
         parts = R.split(rule.combine, t, args)
         del t
         yield from parts
@@ -333,12 +331,13 @@ def iter_hf_tensors(src: MegatronSource, dtype: str) -> Iterator[torch.Tensor | 
 def megatron_to_hf_tensors(
     load_dir: str | Path, *, device: str = "cpu", dtype: str = "float32"
 ) -> tuple[M.ModelDescription, dict[str, torch.Tensor]]:
-    """The whole HF state dict of a megatron checkpoint in memory (tests, small models)."""
+    """The whole HF state dict of a megatron checkpoint in memory, as torch tensors (tests,
+    small models)."""
     src = open_megatron(load_dir)
     try:
         specs = hf_specs(src, dtype)
         return src.desc, {
-            s.name: t.tensor() if isinstance(t, S.Rows) else t
+            s.name: A.to_torch(A.contiguous(t.tensor() if isinstance(t, S.Rows) else t))
             for s, t in zip(specs, iter_hf_tensors(src, dtype), strict=True)
         }
     finally:
@@ -432,7 +431,6 @@ def megatron_to_hf(
     ``source``: ``open_megatron(load_dir)`` if the caller has it already (closed here)."""
     import time
 
-    TD.preload()
     started = time.perf_counter()
     check_tokenizer_source(Path(hf_source))
     src = source or open_megatron(load_dir)

@@ -6,7 +6,7 @@ than the rest of a small conversion, and unpickling a file runs whatever the fil
 module has plain stand-ins for the few DCP classes the file holds, and:
 
 - ``load`` unpickles with an allow-list: only those classes, ``torch.Size``, torch dtypes and
-  the layout helper. Anything else in the file is refused with one line (a checkpoint is data;
+  the layout helper (the last three as stand-ins too: reading needs no torch). Anything else in the file is refused with one line (a checkpoint is data;
   it never gets to run code here).
 - ``dumps`` pickles stand-ins under DCP's own module and class names (and torch's ``Size``,
   dtypes and ``strided`` by name, so writing needs no torch), so DCP and megatron-core read the
@@ -62,6 +62,18 @@ class _Strided:
 
 
 STRIDED = _Strided()
+
+# torch's dtype names a checkpoint's metadata may hold (read as ``Ref``s: no torch needed)
+TORCH_DTYPES = frozenset(
+    "float64 float32 float16 bfloat16 int64 int32 int16 int8 uint8 uint16 uint32 uint64 bool "
+    "complex64 complex128 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz".split()
+)
+
+
+def _get_layout(name: str) -> Any:
+    """What torch's ``_get_layout`` gives, as a stand-in: only dense (strided) tensors are
+    read here; another layout stays a name."""
+    return STRIDED if name == "torch.strided" else Ref("torch", name.removeprefix("torch."))
 
 
 @dataclass
@@ -198,14 +210,12 @@ class _Loader(pickle.Unpickler):
             return _STAND_IN[(module, name)]
         if (module, name) in _OPAQUE:
             return _OPAQUE[(module, name)]
-        import torch
-
         if module == "torch" and name == "Size":
-            return torch.Size
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
+            return Size
+        if module == "torch" and name in TORCH_DTYPES:
+            return dtype_ref(name)
         if module == "torch.serialization" and name == "_get_layout":
-            return torch.serialization._get_layout
+            return _get_layout
         if module == "pathlib" and name in ("PosixPath", "PurePosixPath"):
             return PurePosixPath
         if module == "collections" and name == "OrderedDict":

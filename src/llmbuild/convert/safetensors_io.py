@@ -286,10 +286,8 @@ class Rows(list):
     def dtype(self) -> Any:
         return self[0].dtype
 
-    def tensor(self) -> torch.Tensor:
-        import torch
-
-        return self[0] if len(self) == 1 else torch.cat(list(self), dim=0)
+    def tensor(self) -> Any:
+        return self[0] if len(self) == 1 else A.cat(list(self), dim=0)
 
 
 def plan_shards(specs: list[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
@@ -338,10 +336,9 @@ def write_sharded(
 ) -> list[str]:
     """Write ``tensors`` (produced in the order of ``specs``, one at a time) as transformers'
     safetensors layout: one ``model.safetensors``, or shards plus ``model.safetensors.index.json``.
-    Each tensor is checked against its spec; returns the file names. ``written(path, size)``:
-    told after each tensor how many bytes a shard has on disk so far."""
-    import torch
-
+    Each tensor (a numpy array of ``arrays``, or a torch tensor) is checked against its spec;
+    returns the file names. ``written(path, size)``: told after each tensor how many bytes a
+    shard has on disk so far."""
     plan = plan_shards(specs, max_shard_bytes)
     names = shard_names(len(plan))
     it = iter(tensors)
@@ -352,12 +349,12 @@ def write_sharded(
             f.write(_header(shard, metadata or {"format": "pt"}))
             for s in shard:
                 t = next(it)
-                if tuple(t.shape) != s.shape or str(t.dtype) != f"torch.{s.dtype}":
+                if tuple(t.shape) != s.shape or A.dtype_name(t) != s.dtype:
                     raise ValueError(f"{s.name}: produced {t.dtype} {tuple(t.shape)}, planned {s}")
                 for part in t if isinstance(t, Rows) else [t]:
-                    flat = part.contiguous().reshape(-1)
-                    if flat.numel():
-                        f.write(memoryview(flat.view(torch.uint8).numpy()))
+                    flat = np.ascontiguousarray(A.to_numpy(part)).reshape(-1)
+                    if flat.size:
+                        f.write(memoryview(flat.view(np.uint8)))
                     del part, flat
                 del t
                 if written is not None:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from llmbuild.convert import arrays as A
 from llmbuild.convert import registry as R
 from llmbuild.convert import torch_record as TR
@@ -182,12 +184,6 @@ def layout(
         for m in EXTRA_STATE_MODULES
     ]
     return Layout(chunks, objects, {c.fqn: dtype for c in chunks})
-
-
-def preload() -> None:
-    """Import what reading needs, so a caller can time the conversion apart from the imports
-    (torch.distributed.checkpoint is not one of them: see dcp_meta)."""
-    import torch  # noqa: F401
 
 
 @dataclass
@@ -378,7 +374,7 @@ _STORAGE_DTYPES = {
 
 
 class _StorageType:
-    def __init__(self, dtype: Any) -> None:
+    def __init__(self, dtype: str) -> None:
         self.dtype = dtype
 
 
@@ -392,14 +388,12 @@ class _RecordUnpickler(pickle.Unpickler):
         self.storage = storage
 
     def find_class(self, module: str, name: str) -> Any:
-        import torch
-
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return _rebuild
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(getattr(torch, _STORAGE_DTYPES[name]))
+            return _StorageType(_STORAGE_DTYPES[name])
         raise _NotPlain(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
@@ -415,18 +409,26 @@ class _NotPlain(Exception):
     pass
 
 
-def _rebuild(storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> torch.Tensor:
-    return storage.as_strided(tuple(size), tuple(stride), offset)
+def _rebuild(storage: np.ndarray, offset: int, size: Any, stride: Any, *_: Any) -> np.ndarray:
+    """``storage.as_strided(size, stride, offset)`` on a 1-D array, refusing a view that would
+    reach outside the storage."""
+    size, stride = tuple(int(n) for n in size), tuple(int(s) for s in stride)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True) if n > 0)
+    if offset < 0 or min(stride, default=0) < 0 or (all(size) and last >= len(storage)):
+        raise _NotPlain("a view outside its storage")
+    step = storage.itemsize
+    return np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=size, strides=tuple(s * step for s in stride)
+    )
 
 
-def load_record(f: Any, offset: int, length: int) -> torch.Tensor:
+def load_record(f: Any, offset: int, length: int) -> Any:
     """The tensor ``torch.save`` wrote at ``[offset, offset + length)`` of an open ``.distcp``
-    file. A plain tensor (the records DCP and this module write) is mapped, not copied: the
-    zip entries are stored uncompressed, so its storage is a private mapping of those bytes
-    (``safetensors_io.map_region``). Anything else goes through ``torch.load(weights_only)``."""
-    import torch
-
-    from llmbuild.convert.safetensors_io import map_region
+    file, as a numpy array (``arrays``). A plain tensor (the records DCP and this module
+    write) is mapped, not copied: the zip entries are stored uncompressed, so its storage is a
+    private mapping of those bytes (``safetensors_io.map_array``), and no torch is imported.
+    Anything else goes through ``torch.load(weights_only)`` (its tensors converted)."""
+    from llmbuild.convert.safetensors_io import map_array
 
     window = _Window(f, offset, length)
     try:
@@ -457,20 +459,23 @@ def load_record(f: Any, offset: int, length: int) -> torch.Tensor:
         if "byteorder" in infos and raw("byteorder") != b"little":
             raise _NotPlain("byteorder")
 
-        def storage(key: str, dtype: Any, numel: int) -> torch.Tensor:
+        def storage(key: str, dtype: str, numel: int) -> np.ndarray:
             start, size = entry(f"data/{key}")
-            if size != numel * torch.empty((), dtype=dtype).element_size():
+            if dtype not in A.NUMPY or size != numel * A.itemsize(dtype):
                 raise _NotPlain(key)
-            return map_region(f, start, size).view(dtype)
+            return A.view(map_array(f, start, size), dtype, (numel,))
 
         out = _RecordUnpickler(io.BytesIO(raw("data.pkl")), storage).load()
-        if isinstance(out, torch.Tensor):
+        if isinstance(out, np.ndarray):
             return out
     except (_NotPlain, KeyError, zipfile.BadZipFile, pickle.UnpicklingError):
         pass
-    return torch.load(
+    import torch
+
+    out = torch.load(
         io.BufferedReader(_Window(f, offset, length)), map_location="cpu", weights_only=True
     )
+    return A.to_numpy(out) if isinstance(out, torch.Tensor) else out
 
 
 class TorchDistReader:
@@ -504,7 +509,8 @@ class TorchDistReader:
         self._files: dict[str, Any] = {}
 
     def tensors(self) -> dict[str, tuple[tuple[int, ...], Any]]:
-        """fqn -> (global shape, dtype) of every tensor stored."""
+        """fqn -> (global shape, dtype) of every tensor stored (the dtype as ``dcp_meta`` reads
+        it: a stand-in whose str is torch's, e.g. "torch.bfloat16")."""
         from llmbuild.convert.dcp_meta import TensorStorageMetadata
 
         return {
@@ -513,7 +519,7 @@ class TorchDistReader:
             if isinstance(v, TensorStorageMetadata)
         }
 
-    def _load(self, info: Any) -> torch.Tensor:
+    def _load(self, info: Any) -> np.ndarray:
         if info.relative_path not in self._files:
             self._files[info.relative_path] = (self.dir / info.relative_path).open("rb")
         return load_record(self._files[info.relative_path], info.offset, info.length)
@@ -540,28 +546,35 @@ class TorchDistReader:
     def _within(chunk: Any, lo: list[int], hi: list[int]) -> tuple[slice, ...]:
         return tuple(slice(a - c, b - c) for a, b, c in zip(lo, hi, chunk.offsets, strict=True))
 
-    def read(
-        self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], dtype: Any = None
-    ) -> torch.Tensor:
-        """The region ``[offsets, offsets + sizes)`` of tensor ``fqn``."""
-        import torch
+    def _dtype(self, fqn: str, dtype: str | None) -> str:
+        return dtype or A.dtype_name(self.md.state_dict_metadata[fqn].properties.dtype)
 
+    def read(
+        self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], dtype: str | None = None
+    ) -> np.ndarray:
+        """The region ``[offsets, offsets + sizes)`` of tensor ``fqn`` (numpy, ``arrays``),
+        in ``dtype`` (a name; default: as stored)."""
         pieces = list(self._overlaps(fqn, offsets, sizes))
-        dtype = dtype or self.md.state_dict_metadata[fqn].properties.dtype
+        dtype = self._dtype(fqn, dtype)
         if not pieces:
             raise UserError(f"no stored chunk covers {fqn} at {offsets}", path=self.dir)
         chunk, info = pieces[0][2:]
         if (tuple(chunk.offsets), tuple(chunk.sizes)) == (tuple(offsets), tuple(sizes)):
-            return self._load(info).to(dtype)  # one stored chunk is the region: no copy
-        out = torch.empty(sizes, dtype=dtype)
+            return A.cast(self._load(info), dtype)  # one stored chunk is the region: no copy
+        out = np.empty(sizes, dtype=A.NUMPY[dtype])
         for lo, hi, chunk, info in pieces:
             dst = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offsets, strict=True))
-            out[dst] = self._load(info)[self._within(chunk, lo, hi)]
+            out[dst] = A.cast(self._load(info)[self._within(chunk, lo, hi)], dtype)
         return out
 
     def read_rows(
-        self, fqn: str, offsets: tuple[int, ...], sizes: tuple[int, ...], axis: int, dtype: Any
-    ) -> list[torch.Tensor] | None:
+        self,
+        fqn: str,
+        offsets: tuple[int, ...],
+        sizes: tuple[int, ...],
+        axis: int,
+        dtype: str | None = None,
+    ) -> list[np.ndarray] | None:
         """The region as a list of stored chunks' views that tile it along ``axis`` (each
         covering the region's whole extent on the other axes), in order, nothing copied; None
         if the chunks do not tile it that way (a row-parallel split: use ``read``)."""
@@ -576,8 +589,9 @@ class TorchDistReader:
             end = hi[axis]
         if end != offsets[axis] + sizes[axis]:
             return None
+        dtype = self._dtype(fqn, dtype)
         return [
-            self._load(info)[self._within(chunk, lo, hi)].to(dtype)
+            A.cast(self._load(info)[self._within(chunk, lo, hi)], dtype)
             for lo, hi, chunk, info in pieces
         ]
 
@@ -594,8 +608,8 @@ class TorchDistReader:
         return fqn, (layer, *start), (1, *shape), True
 
     def read_key_rows(
-        self, key: str, shape: tuple[int, ...], dtype: Any, row: int = 0
-    ) -> list[torch.Tensor] | None:
+        self, key: str, shape: tuple[int, ...], dtype: str | None = None, row: int = 0
+    ) -> list[np.ndarray] | None:
         """``read_key`` as row blocks (see ``read_rows``), or None."""
         fqn, offsets, sizes, stacked = self._key_region(key, shape, row)
         parts = self.read_rows(fqn, offsets, sizes, int(stacked), dtype)
@@ -604,8 +618,8 @@ class TorchDistReader:
         return [p[0] for p in parts]
 
     def read_key(
-        self, key: str, shape: tuple[int, ...], dtype: Any = None, row: int = 0
-    ) -> torch.Tensor:
+        self, key: str, shape: tuple[int, ...], dtype: str | None = None, row: int = 0
+    ) -> np.ndarray:
         """``shape`` of the global tensor of a megatron state-dict key (one layer of a stacked
         tensor) from row ``row`` (so padded rows are never read, and fc1's gate and up halves
         can be read apart)."""

@@ -75,6 +75,13 @@ class Ref:
     def __repr__(self) -> str:
         return f"{self.module}.{self.name}"
 
+    def __eq__(self, other: object) -> bool:
+        # equal to the real object it names: str(torch.bfloat16) is "torch.bfloat16"
+        return self is other or (not isinstance(other, Ref) and str(other) == repr(self))
+
+    def __hash__(self) -> int:
+        return hash((self.module, self.name))
+
 
 class Reduce:
     """An object pickled as ``func(*args)``."""
