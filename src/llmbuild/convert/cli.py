@@ -180,6 +180,12 @@ def _mg2hf(args: argparse.Namespace) -> int:
         # The transformers check's imports run in a second process while this one converts,
         # and the checkpoint is hashed (and so read ahead) by a thread.
         worker = stack.enter_context(VerifyWorker()) if verify != "none" else None
+        if worker is not None:
+            # The worker's imports (seconds of CPU) are the critical path; converting is
+            # mostly the kernel moving pages. Yield the CPU to the worker: this process
+            # lowers its own priority (it ends with the command; the worker keeps its own).
+            with contextlib.suppress(OSError):
+                os.nice(10)
         digests = stack.enter_context(provenance.Digester())
         digests.inputs([args.load])
         from llmbuild.convert import checkpointer as C
