@@ -12,8 +12,8 @@ page cache with posix_fadvise(DONTNEED), so the copy and the conversions both re
 Also printed, measured in the same run: the floor of each direction, what a Python process
 pays before converting a byte (interpreter + ``import numpy`` for hf2mg, which needs no torch;
 interpreter + ``import torch, transformers`` for mg2hf's load check, which runs in a second
-process beside the conversion); it does not grow with the model, the copy does. ``--shape 1.5b`` (Qwen2.5-1.5B's shape, about
-3.1 GB) shows how the ratio moves with size.
+process beside the conversion); it does not grow with the model, the copy does.
+``--shape 1.5b`` (Qwen2.5-1.5B's shape, about 3.1 GB) shows how the ratio moves with size.
 
     .envs/train/bin/python benchmarks/convert_qwen25_05b.py [--runs 3] [--workdir DIR]
         [--shape 0.5b|1.5b]

@@ -6,8 +6,8 @@ than the rest of a small conversion, and unpickling a file runs whatever the fil
 module has plain stand-ins for the few DCP classes the file holds, and:
 
 - ``load`` unpickles with an allow-list: only those classes, ``torch.Size``, torch dtypes and
-  the layout helper (the last three as stand-ins too: reading needs no torch). Anything else in the file is refused with one line (a checkpoint is data;
-  it never gets to run code here).
+  the layout helper (the last three as stand-ins too: reading needs no torch). Anything else
+  in the file is refused with one line (a checkpoint is data; it never gets to run code here).
 - ``dumps`` pickles stand-ins under DCP's own module and class names (and torch's ``Size``,
   dtypes and ``strided`` by name, so writing needs no torch), so DCP and megatron-core read the
   file back as their own classes (checked in tests/convert/test_dcp_meta.py against

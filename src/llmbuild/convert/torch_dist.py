@@ -42,8 +42,6 @@ from llmbuild.convert import weights as W
 from llmbuild.errors import UserError
 
 if TYPE_CHECKING:
-    import torch
-
     from llmbuild.mcore.model import ModelArgs
 
 LAYERS = "decoder.layers."

@@ -239,4 +239,3 @@ def write_object(f: Any, obj: Any, name: str) -> int:
     pkl = pickle.dumps(obj, protocol=2)
     entries = [("data.pkl", pkl), *_HEAD, ("version", b"3\n")]
     return _write(f, [*entries, (".data/serialization_id", _ident(name))])
-
