@@ -163,3 +163,17 @@ def test_hf2mg_runs_without_torch(tmp_path, dtype):
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got == {"rc": 0, "torch": False}
     assert (out / "iter_0000000" / ".metadata").is_file()
+
+
+def test_cast_in_blocks_equals_torch(monkeypatch):
+    """bfloat16 casts run BLOCK elements at a time (bounded temporaries); blocks that do not
+    divide the tensor give torch's bits all the same."""
+    monkeypatch.setattr(A, "BLOCK", 333)
+    x = _specials()[: 7 * 1001].reshape(7, 1001)
+    pairs = [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+             (torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16)]  # fmt: skip
+    for src, dst in pairs:
+        t = x.to(src)
+        got = A.cast(A.to_numpy(t), A.dtype_name(dst))
+        assert got.shape == (7, 1001)
+        assert np.array_equal(got.view(np.uint8), _bits(t.to(dst)))

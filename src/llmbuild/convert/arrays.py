@@ -99,20 +99,45 @@ def cast(a: np.ndarray, dtype: str) -> np.ndarray:
         return a.astype(NUMPY[dtype])
 
 
+BLOCK = 1 << 22  # elements per step of a bfloat16 cast: bounded temporaries, cache-sized
+
+
+def _blockwise(src: np.ndarray, out: np.ndarray, step: Any) -> np.ndarray:
+    """``out`` (a new array of ``src``'s shape) filled by ``step(block of src, block of out)``
+    over the flattened arrays, BLOCK elements at a time."""
+    flat_in, flat_out = src.reshape(-1), out.reshape(-1)
+    for i in range(0, flat_in.size, BLOCK):
+        step(flat_in[i : i + BLOCK], flat_out[i : i + BLOCK])
+    return out
+
+
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    def step(b: np.ndarray, o: np.ndarray) -> None:
+        o.view(np.uint32)[:] = b
+        o.view(np.uint32)[:] <<= 16
+
+    bits = np.ascontiguousarray(bits)
+    return _blockwise(bits, np.empty(bits.shape, np.float32), step)
 
 
 def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
     """Round to nearest even, as torch does; a NaN becomes the quiet NaN 0x7FC0 (torch's own
     NaN bits differ between its scalar and vector code: only NaN-ness is kept)."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
-    out = (rounded >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        out[nan] = np.uint16(0x7FC0)
-    return out
+
+    def step(v: np.ndarray, o: np.ndarray) -> None:
+        bits = v.view(np.uint32)
+        r = bits >> 16
+        r &= 1
+        r += 0x7FFF
+        r += bits  # wraps only for NaN bit patterns, replaced below
+        r >>= 16
+        o[:] = r
+        nan = np.isnan(v)
+        if nan.any():
+            o[nan] = 0x7FC0
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return _blockwise(x, np.empty(x.shape, np.uint16), step)
 
 
 def to_numpy(t: Any) -> np.ndarray:
