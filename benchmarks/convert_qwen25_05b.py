@@ -197,6 +197,7 @@ def main() -> int:
         "mg2hf": [sys.executable, "-c", "import torch, transformers; transformers.AutoModel"],
     }
     inner: dict[str, list[float]] = {"hf2mg": [], "mg2hf": []}
+    checks: list[float] = []  # mg2hf: after converting, until the load check answered
     for i in range(a.runs):
         for d in ("copy.safetensors", "mg", "back"):
             p = work / d
@@ -247,6 +248,8 @@ def main() -> int:
         for k, d in (("hf2mg", "mg"), ("mg2hf", "back")):
             prov = json.loads((work / d / "provenance.json").read_text())
             inner[k].append(float(prov["conversion"]["seconds"]))
+            if k == "mg2hf":
+                checks.append(float(prov["conversion"].get("verify_seconds", 0.0)))
             floors[k].append(run_measured(floor_cmd[k])[0])
         print(
             f"run {i + 1}: copy {rows['copy'][-1][0]:.2f}s, "
@@ -278,6 +281,10 @@ def main() -> int:
             f"{'met' if met else 'MISSED':<34} {conv:>9.2f} {conv / copy:>7.2f}"
             f" {floor:>8.2f} {wall - floor:>10.2f} {(wall - floor) / copy:>7.2f}"
         )
+    print(
+        f"mg2hf: after converting, {statistics.median(checks):.2f}s (median) went to waiting "
+        f"for the load-check worker's imports and its check (--verify {a.verify})"
+    )
     print(
         "wall: the whole CLI process (interpreter, imports, checks, conversion, transformers "
         "load check, provenance digests); convert s: reading, converting and writing alone; "

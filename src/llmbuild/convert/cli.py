@@ -205,9 +205,12 @@ def _mg2hf(args: argparse.Namespace) -> int:
                 source=source,
                 written=digests.written,
             )
+            waited = time.time()
             if worker is not None:
                 worker.check(tmp, weights=verify == "weights")
             info["verified"] = verify
+            # after converting: waiting for the worker's imports, then its load check
+            info["verify_seconds"] = round(time.time() - waited, 3)
             # the source's weights are not read: only the files copied from it are inputs
             inputs = [args.load, *(Path(args.hf_source) / f for f in info["copied"])]
             provenance.write(
