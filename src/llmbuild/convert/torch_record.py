@@ -19,6 +19,7 @@ them; ``dcp_meta`` uses them for the ``.metadata`` file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import pickle
@@ -132,8 +133,10 @@ class _Storage:
     pass
 
 
+@functools.lru_cache(maxsize=1024)
 def tensor_pickle(dtype: str, shape: tuple[int, ...]) -> bytes:
-    """``data.pkl`` of a contiguous tensor whose storage is exactly its bytes (key "0")."""
+    """``data.pkl`` of a contiguous tensor whose storage is exactly its bytes (key "0");
+    cached: a checkpoint's chunks repeat a few shapes layer after layer."""
     stride, step = [], 1
     for d in reversed(shape):
         stride.append(step)
