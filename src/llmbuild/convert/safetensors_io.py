@@ -3,7 +3,7 @@
 The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length
 ``n``, ``n`` bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, ...,
 "__metadata__": {str: str}}``, then the tensors' bytes, contiguous, offsets relative to the
-end of the header. Reading a tensor maps just that tensor's pages (``map_region``: a private,
+end of the header. Reading a tensor maps just that tensor's pages (``map_array``: a private,
 copy-on-write mapping that lives as long as the tensor does), so nothing is copied until a
 conversion has to, and the resident memory is the tensors it holds, not a mapped file; the
 whole file is validated (header, offsets, size) before anything is read, so a truncated shard is
@@ -140,24 +140,14 @@ def map_array(f: Any, begin: int, nbytes: int) -> np.ndarray:
     return np.frombuffer(mm, dtype=np.uint8, count=nbytes, offset=begin - start)
 
 
-def map_region(f: Any, begin: int, nbytes: int) -> torch.Tensor:
-    """``map_array`` as a uint8 torch tensor (sharing the mapping)."""
-    import torch
-
-    return torch.from_numpy(map_array(f, begin, nbytes))
-
-
 def read_array(f: Any, info: TensorInfo) -> np.ndarray:
     """One tensor from an open binary file as a numpy array (``arrays``), mapped."""
     return A.view(map_array(f, info.begin, info.nbytes), _DTYPES[info.dtype], info.shape)
 
 
 def read_tensor(f: Any, info: TensorInfo) -> torch.Tensor:
-    """One tensor from an open binary file (mapped, see ``map_region``)."""
-    import torch
-
-    raw = map_region(f, info.begin, info.nbytes)
-    return raw.view(getattr(torch, _DTYPES[info.dtype])).reshape(info.shape)
+    """``read_array`` as a torch tensor (sharing the mapping)."""
+    return A.to_torch(read_array(f, info))
 
 
 class LazyHFWeights(Mapping[str, "torch.Tensor"]):

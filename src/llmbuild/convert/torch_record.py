@@ -219,26 +219,29 @@ def _write(f: Any, entries: list[tuple[str, Any]]) -> int:
 _HEAD = [(".format_version", b"1"), (".storage_alignment", b"64"), ("byteorder", b"little")]
 
 
-def write_tensor(f: Any, a: np.ndarray, name: str) -> int:
-    """``torch.save`` of ``a`` (an array of a logical dtype, see ``arrays``) at ``f``'s
-    position; ``name`` seeds the serialization id. Returns the bytes written."""
-    a = np.ascontiguousarray(a)
-    data = memoryview(a.reshape(-1).view(np.uint8)) if a.size else b""
-    pkl = tensor_pickle(A.dtype_name(a), tuple(a.shape))
+def _record(f: Any, pkl: bytes, storages: list[tuple[str, Any]], name: str) -> int:
+    """The entries of one record, in torch's order, written at ``f``'s position."""
     return _write(
         f,
         [
             ("data.pkl", pkl),
             *_HEAD,
-            ("data/0", data),
+            *storages,
             ("version", b"3\n"),
             (".data/serialization_id", _ident(name)),
         ],
     )
 
 
+def write_tensor(f: Any, a: np.ndarray, name: str) -> int:
+    """``torch.save`` of ``a`` (an array of a logical dtype, see ``arrays``) at ``f``'s
+    position; ``name`` seeds the serialization id. Returns the bytes written."""
+    a = np.ascontiguousarray(a)
+    data = memoryview(a.reshape(-1).view(np.uint8)) if a.size else b""
+    pkl = tensor_pickle(A.dtype_name(a), tuple(a.shape))
+    return _record(f, pkl, [("data/0", data)], name)
+
+
 def write_object(f: Any, obj: Any, name: str) -> int:
     """``torch.save`` of plain data (no tensors): its protocol-2 pickle in the same zip."""
-    pkl = pickle.dumps(obj, protocol=2)
-    entries = [("data.pkl", pkl), *_HEAD, ("version", b"3\n")]
-    return _write(f, [*entries, (".data/serialization_id", _ident(name))])
+    return _record(f, pickle.dumps(obj, protocol=2), [], name)
