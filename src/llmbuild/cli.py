@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "dataset": ("llmbuild.bench.dataset_cli", "benchmark datasets: generate, filter"),
     "bench": ("llmbuild.bench.cli", "benchmark a service"),
     "plot": ("llmbuild.plot.cli", "plots and report pieces"),
+    "gate": ("llmbuild.gates.cli", "prove a stage's output (parity, accuracy, loss) or stop"),
     "env": ("llmbuild.envs.cli", "per-stage environments"),
     "catalog": ("llmbuild.catalog_cli", "the model catalog: recommendations and support"),
 }

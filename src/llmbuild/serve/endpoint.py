@@ -4,9 +4,12 @@ Standard library only (urllib, json, socket), so a benchmark or evaluation step 
 environment can import it without vLLM. The file is a Snakemake ``service()`` output:
 
     {"state": "starting"|"ready"|"stopped", "base_url": "http://127.0.0.1:PORT/v1",
-     "host": "127.0.0.1", "port": PORT, "model": "<served model name>", "pid": <service pid>}
+     "host": "127.0.0.1", "port": PORT, "model": "<served model name>", "pid": <service pid>,
+     "log": "<the service's log file, absolute>" | null, "dtype": "<served dtype>" | null}
 
 ``pid`` is the ``llmbuild serve run`` process, which lives exactly as long as the service.
+``log`` lets a consumer quote the server's root-cause line when requests fail; ``dtype`` is
+the dtype the server was started with (chosen per variant and device, see serve/vllm.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from llmbuild.errors import UserError
 
 STATES = ("starting", "ready", "stopped")
 _KEYS = ("state", "base_url", "host", "port", "model", "pid")
+_OPTIONAL = ("log", "dtype")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class Endpoint:
     port: int
     model: str
     pid: int
+    log: str | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.state not in STATES:
@@ -51,7 +57,17 @@ class Endpoint:
         return f"http://{self.host}:{self.port}"
 
     @classmethod
-    def make(cls, *, state: str, host: str, port: int, model: str, pid: int) -> Endpoint:
+    def make(
+        cls,
+        *,
+        state: str,
+        host: str,
+        port: int,
+        model: str,
+        pid: int,
+        log: str | None = None,
+        dtype: str | None = None,
+    ) -> Endpoint:
         return cls(
             state=state,
             base_url=f"http://{host}:{port}/v1",
@@ -59,6 +75,8 @@ class Endpoint:
             port=port,
             model=model,
             pid=pid,
+            log=log,
+            dtype=dtype,
         )
 
     def with_state(self, state: str) -> Endpoint:
@@ -87,7 +105,9 @@ def read_endpoint(path: str | os.PathLike[str]) -> Endpoint:
     if missing:
         raise UserError(f"endpoint file lacks {', '.join(missing)}", path=path)
     try:
-        return Endpoint(**{k: data[k] for k in _KEYS})
+        return Endpoint(
+            **{k: data[k] for k in _KEYS}, **{k: data.get(k) for k in _OPTIONAL}
+        )
     except UserError as exc:
         raise UserError(str(exc), path=path) from exc
 
