@@ -58,11 +58,8 @@ def write_summary(
 
     verdicts = [read(p) for p in paths]
     with atomic_file(output) as fh:
-        json.dump(
-            {"verdicts": [dict(v.as_dict(), file=str(p)) for v, p in zip(verdicts, paths, strict=True)]},
-            fh,
-            indent=2,
-        )
+        rows = [dict(v.as_dict(), file=str(p)) for v, p in zip(verdicts, paths, strict=True)]
+        json.dump({"verdicts": rows}, fh, indent=2)
         fh.write("\n")
     with atomic_file(html_out) as fh:
         fh.write(html_table(verdicts))

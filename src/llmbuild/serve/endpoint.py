@@ -105,9 +105,7 @@ def read_endpoint(path: str | os.PathLike[str]) -> Endpoint:
     if missing:
         raise UserError(f"endpoint file lacks {', '.join(missing)}", path=path)
     try:
-        return Endpoint(
-            **{k: data[k] for k in _KEYS}, **{k: data.get(k) for k in _OPTIONAL}
-        )
+        return Endpoint(**{k: data[k] for k in _KEYS}, **{k: data.get(k) for k in _OPTIONAL})
     except UserError as exc:
         raise UserError(str(exc), path=path) from exc
 
