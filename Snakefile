@@ -20,4 +20,4 @@ include: "rules/plot.smk"
 rule all:
     default_target: True
     input:
-        get_final_targets(),
+        W.final_targets(),

@@ -1,14 +1,19 @@
-# Consumers of a running service: task accuracy on the held-out split, and benchmarks.
+# Consumers of a running service: task accuracy on the held-out split, and benchmarks. Each is
+# a gate on its service: failed requests beyond gates.max_failed_fraction (or a service that
+# died) stop the job with the server's root-cause line and no finished-looking output (the
+# records stay under logs/.../failed/); a benchmark whose client fell behind its target rate
+# or lagged fails too (gates.mode: warn marks it invalid in the CSV and the plot instead).
 
 
 rule eval_accuracy:
     input:
-        endpoint=endpoint_for("eval"),
-        data=get_sft_heldout(),
-        env=env_marker("bench"),
+        endpoint=W.endpoint("eval"),
+        data=W.sft_heldout(),
+        env=W.env_marker("bench"),
     output:
         result="results/{model}/eval/{variant}/accuracy.json",
         records="results/{model}/eval/{variant}/records.jsonl",
+        verdict="results/{model}/gates/requests/{variant}-eval.json",
     log:
         "logs/{model}/eval/{variant}/accuracy.log",
     conda:
@@ -16,20 +21,20 @@ rule eval_accuracy:
     resources:
         mem_mb=1000,
     params:
-        llmbuild=llmbuild("bench"),
-        max_tokens=lookup("eval/max_tokens", within=config),
-        concurrency=lookup("eval/concurrency", within=config),
+        llmbuild=W.llmbuild("bench"),
+        flags=W.eval_flags(),
         timeout=lookup("serve/ready_timeout", within=config),
     shell:
         "{params.llmbuild} eval accuracy --endpoint {input.endpoint} --data {input.data}"
-        " --output {output.result} --records {output.records}"
-        " --max-tokens {params.max_tokens} --concurrency {params.concurrency}"
-        " --ready-timeout {params.timeout} > {log} 2>&1"
+        " --output {output.result} --records {output.records} --verdict {output.verdict}"
+        " {params.flags} --ready-timeout {params.timeout}"
+        " --keep-on-failure logs/{wildcards.model}/eval/{wildcards.variant}/failed"
+        " > {log} 2>&1"
 
 
 rule eval_summary:
     input:
-        get_eval_results,
+        W.eval_results,
     output:
         report("results/{model}/eval/summary.json", category="Evaluation"),
     log:
@@ -44,12 +49,13 @@ rule eval_summary:
 
 rule bench_static:
     input:
-        endpoint=endpoint_for("bench"),
-        tokenizer=get_serve_model,
-        env=env_marker("bench"),
+        endpoint=W.endpoint("bench"),
+        tokenizer=W.serve_model,
+        env=W.env_marker("bench"),
     output:
         csv="results/{model}/bench/{variant}/static.csv",
         records="results/{model}/bench/{variant}/static.jsonl",
+        verdict="results/{model}/gates/bench/{variant}-static.json",
     log:
         "logs/{model}/bench/{variant}/static.log",
     conda:
@@ -57,25 +63,21 @@ rule bench_static:
     resources:
         mem_mb=1000,
     params:
-        llmbuild=llmbuild("bench"),
-        concurrency=csv_list(config["bench"]["static"]["concurrency"]),
-        input_len=csv_list(config["bench"]["static"]["input_len"]),
-        output_len=csv_list(config["bench"]["static"]["output_len"]),
-        epochs=lookup("bench/static/epochs", within=config),
-        seed=lookup("bench/static/seed", within=config),
+        llmbuild=W.llmbuild("bench"),
+        flags=W.bench_static_flags(),
         timeout=lookup("serve/ready_timeout", within=config),
     shell:
         "{params.llmbuild} bench static --endpoint {input.endpoint} --tokenizer {input.tokenizer}"
-        " --concurrency {params.concurrency} --input-len {params.input_len}"
-        " --output-len {params.output_len} --epochs {params.epochs} --seed {params.seed}"
-        " --output {output.csv} --records {output.records}"
-        " --ready-timeout {params.timeout} > {log} 2>&1"
+        " {params.flags} --output {output.csv} --records {output.records}"
+        " --verdict {output.verdict} --ready-timeout {params.timeout}"
+        " --keep-on-failure logs/{wildcards.model}/bench/{wildcards.variant}/failed-static"
+        " > {log} 2>&1"
 
 
 rule dataset_generate:
     input:
-        tokenizer=get_base_hf,
-        env=env_marker("bench"),
+        tokenizer=W.base_hf,
+        env=W.env_marker("bench"),
     output:
         "results/{model}/bench/datasets/generated.jsonl",
     log:
@@ -85,8 +87,8 @@ rule dataset_generate:
     resources:
         mem_mb=1000,
     params:
-        llmbuild=llmbuild("bench"),
-        flags=dataset_generate_flags(),
+        llmbuild=W.llmbuild("bench"),
+        flags=W.dataset_generate_flags(),
     shell:
         "{params.llmbuild} dataset generate --output {output} --tokenizer {input.tokenizer}"
         " {params.flags} > {log} 2>&1"
@@ -96,13 +98,14 @@ rule dataset_generate:
 # `llmbuild bench` holds a per-service lock while measuring, so they take turns.
 rule bench_dynamic:
     input:
-        endpoint=endpoint_for("bench"),
-        tokenizer=get_serve_model,
-        dataset=get_bench_dataset,
-        env=env_marker("bench"),
+        endpoint=W.endpoint("bench"),
+        tokenizer=W.serve_model,
+        dataset=W.bench_dataset,
+        env=W.env_marker("bench"),
     output:
         csv="results/{model}/bench/{variant}/dynamic.csv",
         records="results/{model}/bench/{variant}/dynamic.jsonl",
+        verdict="results/{model}/gates/bench/{variant}-dynamic.json",
     log:
         "logs/{model}/bench/{variant}/dynamic.log",
     conda:
@@ -110,11 +113,13 @@ rule bench_dynamic:
     resources:
         mem_mb=1000,
     params:
-        llmbuild=llmbuild("bench"),
-        flags=bench_dynamic_flags(),
+        llmbuild=W.llmbuild("bench"),
+        flags=W.bench_dynamic_flags(),
         timeout=lookup("serve/ready_timeout", within=config),
     shell:
         "{params.llmbuild} bench dynamic --endpoint {input.endpoint} --tokenizer {input.tokenizer}"
-        " --dataset {input.dataset} {params.flags}"
-        " --output {output.csv} --records {output.records}"
-        " --ready-timeout {params.timeout} > {log} 2>&1"
+        " --dataset {input.dataset} {params.flags} --output {output.csv}"
+        " --records {output.records} --verdict {output.verdict}"
+        " --ready-timeout {params.timeout}"
+        " --keep-on-failure logs/{wildcards.model}/bench/{wildcards.variant}/failed-dynamic"
+        " > {log} 2>&1"

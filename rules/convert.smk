@@ -1,10 +1,11 @@
-# Hugging Face <-> Megatron-core (torch_dist) conversion.
+# Hugging Face <-> Megatron-core (torch_dist) conversion, each direction proven by a parity
+# gate: megatron-core's logits on the checkpoint against the HF model's on the same tokens.
 
 
 rule hf2mg:
     input:
-        hf=get_base_hf,
-        env=env_marker("train"),
+        hf=W.base_hf,
+        env=W.env_marker("train"),
     output:
         directory("results/{model}/base/mcore"),
     log:
@@ -14,19 +15,20 @@ rule hf2mg:
     resources:
         mem_mb=4000,
     params:
-        llmbuild=llmbuild("train"),
+        llmbuild=W.llmbuild("train"),
         tp=lookup("train/tp", within=config),
         pp=lookup("train/pp", within=config),
     shell:
         "{params.llmbuild} convert hf2mg --hf {input.hf} --output {output}"
-        f" --tp {{params.tp}} --pp {{params.pp}}{pp_layers_flag()} > {{log}} 2>&1"
+        f" --tp {{params.tp}} --pp {{params.pp}}{W.pp_layers_flag()} > {{log}} 2>&1"
 
 
 rule mg2hf:
     input:
         load="results/{model}/{phase}/mcore",
-        source=get_base_hf,
-        env=env_marker("train"),
+        trained="results/{model}/gates/train/{phase}.json",
+        source=W.base_hf,
+        env=W.env_marker("train"),
     output:
         directory("results/{model}/{phase}/hf"),
     log:
@@ -38,7 +40,53 @@ rule mg2hf:
     resources:
         mem_mb=4000,
     params:
-        llmbuild=llmbuild("train"),
+        llmbuild=W.llmbuild("train"),
     shell:
         "{params.llmbuild} convert mg2hf --load {input.load} --hf-source {input.source}"
         " --output {output} > {log} 2>&1"
+
+
+rule gate_parity_hf2mg:
+    input:
+        hf=W.base_hf,
+        mcore="results/{model}/base/mcore",
+        env=W.env_marker("train"),
+    output:
+        "results/{model}/gates/parity/base-hf2mg.json",
+    log:
+        "logs/{model}/gates/parity-base-hf2mg.log",
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        llmbuild=W.llmbuild("train"),
+        flags=W.parity_flags(),
+    shell:
+        "{params.llmbuild} gate parity --direction hf2mg --hf {input.hf} --mcore {input.mcore}"
+        " {params.flags} --threads {threads} --output {output} > {log} 2>&1"
+
+
+rule gate_parity_mg2hf:
+    input:
+        mcore="results/{model}/{phase}/mcore",
+        hf="results/{model}/{phase}/hf",
+        env=W.env_marker("train"),
+    output:
+        "results/{model}/gates/parity/{phase}-mg2hf.json",
+    log:
+        "logs/{model}/gates/parity-{phase}-mg2hf.log",
+    wildcard_constraints:
+        phase="pretrain|sft",
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        llmbuild=W.llmbuild("train"),
+        flags=W.parity_flags(),
+    shell:
+        "{params.llmbuild} gate parity --direction mg2hf --hf {input.hf} --mcore {input.mcore}"
+        " {params.flags} --threads {threads} --output {output} > {log} 2>&1"

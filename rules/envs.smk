@@ -1,5 +1,5 @@
 # One node per stack: .envs/<stack>/ready.json, built from the pinned envs/<stack>.txt.
-# Rules list env_marker(<stack>) among their inputs, so a changed spec rebuilds that
+# Rules list W.env_marker(<stack>) among their inputs, so a changed spec rebuilds that
 # environment and reruns exactly the rules that use it. In envs.mode: external this rule is
 # never needed: llmbuild comes from the active environment (conda:, container: or your own).
 # The builder itself needs only the standard library, so it runs from src/ with the same
@@ -30,5 +30,5 @@ rule envs:
     input:
         expand(
             ".envs/{stack}/ready.json",
-            stack=["train", "quantize", serve_stack(), "bench", "plot"],
+            stack=["train", "quantize", W.serve_stack(), "bench", "plot"],
         ),

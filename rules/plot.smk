@@ -1,10 +1,11 @@
-# Plots for the report: the seeds' p90 TTFT/TPOT-vs-SLO picture with throughput, and loss.
+# Plots for the report: the seeds' p90 TTFT/TPOT-vs-SLO picture with throughput, and loss;
+# and every gate's verdict in one table.
 
 
 rule plot_bench:
     input:
-        csvs=get_bench_csvs,
-        env=env_marker("plot"),
+        csvs=W.bench_csvs,
+        env=W.env_marker("plot"),
     output:
         report("results/{model}/plots/bench.png", category="Benchmarks"),
     log:
@@ -14,20 +15,17 @@ rule plot_bench:
     resources:
         mem_mb=1000,
     params:
-        llmbuild=llmbuild("plot"),
-        labels=csv_list(SERVED),
-        slo_ttft=lookup("plot/slo_ttft_ms", within=config),
-        slo_tpot=lookup("plot/slo_tpot_ms", within=config),
+        llmbuild=W.llmbuild("plot"),
+        flags=W.plot_bench_flags(),
     shell:
-        "{params.llmbuild} plot bench --csv {input.csvs} --labels {params.labels}"
-        " --slo-ttft-ms {params.slo_ttft} --slo-tpot-ms {params.slo_tpot}"
-        " --output {output} > {log} 2>&1"
+        "{params.llmbuild} plot bench --csv {input.csvs}"
+        " {params.flags} --output {output} > {log} 2>&1"
 
 
 rule plot_loss:
     input:
-        logs=get_train_logs,
-        env=env_marker("plot"),
+        logs=W.train_logs,
+        env=W.env_marker("plot"),
     output:
         report("results/{model}/plots/loss.png", category="Training"),
     log:
@@ -37,6 +35,26 @@ rule plot_loss:
     resources:
         mem_mb=1000,
     params:
-        llmbuild=llmbuild("plot"),
+        llmbuild=W.llmbuild("plot"),
     shell:
         "{params.llmbuild} plot loss --log {input.logs} --output {output} > {log} 2>&1"
+
+
+rule gate_summary:
+    input:
+        verdicts=W.all_gates,
+        env=W.env_marker("plot"),
+    output:
+        summary="results/{model}/gates/summary.json",
+        html=report("results/{model}/gates/summary.html", category="Gates"),
+    log:
+        "logs/{model}/gates/summary.log",
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=200,
+    params:
+        llmbuild=W.llmbuild("plot"),
+    shell:
+        "{params.llmbuild} gate summary --verdict {input.verdicts} --output {output.summary}"
+        " --html {output.html} > {log} 2>&1"

@@ -1,12 +1,15 @@
-# Quantization with llm-compressor (compressed-tensors output). Pairs the catalog marks
-# unsupported were refused when the graph was planned (rules/common.smk).
+# Quantization with llm-compressor (compressed-tensors output), from a reconverted model whose
+# parity gate passed. Pairs the catalog marks unsupported were refused when the graph was
+# planned (llmbuild.plan). Each quantized variant is proven by its accuracy gate: held-out
+# accuracy through its service within gates.quant_max_drop of the model it came from.
 
 
 rule quantize:
     input:
         model="results/{model}/{phase}/hf",
-        calib=get_sft_train(),
-        env=env_marker("quantize"),
+        proof="results/{model}/gates/parity/{phase}-mg2hf.json",
+        calib=W.sft_train(),
+        env=W.env_marker("quantize"),
     output:
         directory("results/{model}/{phase}/quant/{scheme}"),
     log:
@@ -17,13 +20,32 @@ rule quantize:
     resources:
         mem_mb=6000,
     params:
-        llmbuild=llmbuild("quantize"),
-        strength=lookup("quantize/smoothing_strength", within=config),
-        num_samples=lookup("quantize/num_samples", within=config),
-        max_seq_length=lookup("quantize/max_seq_length", within=config),
-        seed=lookup("quantize/seed", within=config),
+        llmbuild=W.llmbuild("quantize"),
+        flags=W.quant_flags(),
     shell:
         "{params.llmbuild} quant smoothquant --model {input.model} --calib {input.calib}"
-        " --output {output} --scheme {wildcards.scheme} --smoothing-strength {params.strength}"
-        " --num-samples {params.num_samples} --max-seq-length {params.max_seq_length}"
-        " --seed {params.seed} > {log} 2>&1"
+        " --output {output} --scheme {wildcards.scheme} {params.flags} > {log} 2>&1"
+
+
+rule gate_quant:
+    input:
+        quantized="results/{model}/eval/{phase}-{scheme}/accuracy.json",
+        reference="results/{model}/eval/{phase}/accuracy.json",
+        env=W.env_marker("bench"),
+    output:
+        "results/{model}/gates/quant/{phase}-{scheme}.json",
+    log:
+        "logs/{model}/gates/quant-{phase}-{scheme}.log",
+    wildcard_constraints:
+        phase="pretrain|sft",
+    conda:
+        "../envs/bench.yaml"
+    resources:
+        mem_mb=200,
+    params:
+        llmbuild=W.llmbuild("bench"),
+        max_drop=lookup("gates/quant_max_drop", within=config),
+    shell:
+        "{params.llmbuild} gate quant --quantized {input.quantized}"
+        " --reference {input.reference} --max-drop {params.max_drop}"
+        " --subject {wildcards.phase}-{wildcards.scheme} --output {output} > {log} 2>&1"

@@ -2,13 +2,15 @@
 # The endpoint file names the address at once (state "starting") and turns "ready" when the
 # server answers /health; consumers poll it with a timeout, so a slow cold start never races
 # Snakemake's latency-wait. Snakemake terminates the service when its consumers finish; `exec`
-# makes our supervisor the process it signals, and the supervisor stops vLLM cleanly.
+# makes our supervisor the process it signals, and the supervisor stops vLLM cleanly. A
+# service starts only on a proven model (W.variant_gates), and with serve.dtype auto on a dtype
+# its kernels accept on this device (recorded in the endpoint file and its provenance).
 
 
 rule serve:
     input:
-        model=get_serve_model,
-        env=env_marker(serve_stack()),
+        unpack(W.serve_inputs),
+        env=W.env_marker(W.serve_stack()),
     output:
         service("results/{model}/serve/{variant}/{consumer}.json"),
     log:
@@ -20,10 +22,8 @@ rule serve:
         mem_mb=4000,
         serve_slots=1,
     params:
-        llmbuild=llmbuild(serve_stack()),
-        flags=serve_flags(),
-        timeout=lookup("serve/ready_timeout", within=config),
+        llmbuild=W.llmbuild(W.serve_stack()),
+        flags=W.serve_flags(),
     shell:
         "exec {params.llmbuild} serve run --model {input.model} --endpoint {output}"
-        " --served-model-name {wildcards.variant} {params.flags}"
-        " --ready-timeout {params.timeout} > {log} 2>&1"
+        " --served-model-name {wildcards.variant} {params.flags} > {log} 2>&1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,153 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
                 path=source,
                 field=f"train.{phase}.global_batch_size",
             )
+        if p["warmup_iters"] >= p["iters"]:
+            raise UserError(
+                f"{p['warmup_iters']} warmup steps but only {p['iters']} steps; make "
+                "warmup_iters smaller than iters",
+                path=source,
+                field=f"train.{phase}.warmup_iters",
+            )
+    check_cross_fields(config, source)
+    check_paths(config, source)
+
+
+def check_cross_fields(config: dict[str, Any], source: str) -> None:
+    """Rules between keys that the schema cannot say."""
+    data_len, sft_len = config["data"]["seq_length"], config["train"]["sft"]["seq_length"]
+    if data_len is not None and data_len > sft_len:
+        raise UserError(
+            f"{data_len} is above train.sft.seq_length {sft_len}: SFT examples between "
+            f"{sft_len + 1} and {data_len} tokens would be cut at training without a word; "
+            "set data.seq_length <= train.sft.seq_length, or null (each phase's own length)",
+            path=source,
+            field="data.seq_length",
+        )
+    dyn = config["bench"]["dynamic"]
+    if len(dyn["num_prompts"]) not in (1, len(dyn["request_rate"])):
+        raise UserError(
+            f"{len(dyn['num_prompts'])} values for {len(dyn['request_rate'])} request rates; "
+            "give one per rate, or one for all",
+            path=source,
+            field="bench.dynamic.num_prompts",
+        )
+    ds = config["bench"]["dataset"]
+    for side in ("input", "output"):
+        lo, hi, avg = ds[f"min_{side}"], ds[f"max_{side}"], ds[f"avg_{side}"]
+        if lo > hi:
+            raise UserError(
+                f"{lo} is above max_{side} {hi}", path=source, field=f"bench.dataset.min_{side}"
+            )
+        if not lo <= avg <= hi:
+            raise UserError(
+                f"{avg} is outside [min_{side}, max_{side}] = [{lo}, {hi}]",
+                path=source,
+                field=f"bench.dataset.avg_{side}",
+            )
+    for variant in config["eval"]["variants"]:
+        variant_model_dir(config["model"]["name"], variant)
+
+
+PRETRAIN_SUFFIXES = (".parquet", ".json", ".jsonl", ".txt", ".text", ".md")
+INSTRUCTION_SUFFIXES = (".json", ".jsonl")
+
+
+def _file(path: str | None, source: str, key: str, suffixes: tuple[str, ...]) -> None:
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path} does not exist; fix the path", path=source, field=key)
+    if not p.is_file():
+        raise UserError(f"{path} is not a file", path=source, field=key)
+    if suffixes and p.suffix not in suffixes:
+        raise UserError(
+            f"{path}: unknown format {p.suffix!r}; use {', '.join(suffixes)}",
+            path=source,
+            field=key,
+        )
+
+
+def check_hf_dir(path: str, source: str, key: str) -> None:
+    """A directory a stage can read as a Hugging Face model: config.json, a tokenizer and
+    safetensors weights (never pickled .bin files)."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(
+            f"{path} does not exist; give a local HF model directory", path=source, field=key
+        )
+    if not p.is_dir():
+        raise UserError(
+            f"{path} is not a directory; give a local HF model directory", path=source, field=key
+        )
+    if not (p / "config.json").is_file():
+        raise UserError(
+            f"{path} has no config.json; is it a Hugging Face model directory?",
+            path=source,
+            field=key,
+        )
+    try:
+        hf = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}/config.json is not JSON ({exc})", path=source, field=key) from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{path}/config.json is not a JSON object", path=source, field=key)
+    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise UserError(
+            f"{path} has no tokenizer.json or tokenizer.model; copy the tokenizer files in",
+            path=source,
+            field=key,
+        )
+    if not any(p.glob("*.safetensors")):
+        pickled = any(p.glob("*.bin")) or any(p.glob("*.pt"))
+        hint = (
+            "it holds only pickled .bin/.pt weights, which are never unpickled; convert them to "
+            "safetensors"
+            if pickled
+            else "no *.safetensors weights"
+        )
+        raise UserError(f"{path}: {hint}", path=source, field=key)
+
+
+def check_paths(config: dict[str, Any], source: str) -> None:
+    """Every path in the config exists and is the kind of file or directory its stage reads."""
+    model = config["model"]
+    if model["source"] == "hf":
+        check_hf_dir(model["path"], source, "model.path")
+    elif model["path"] is not None:
+        raise UserError(
+            "model.path is only read with source: hf; set source: hf or remove the path",
+            path=source,
+            field="model.path",
+        )
+    data = config["data"]
+    _file(data["pretrain"]["path"], source, "data.pretrain.path", PRETRAIN_SUFFIXES)
+    _file(data["sft"]["path"], source, "data.sft.path", INSTRUCTION_SUFFIXES)
+    _file(data["sft"]["heldout"], source, "data.sft.heldout", (".jsonl",))
+    ds = config["bench"]["dataset"]
+    if ds["type"] != "generated":
+        if not ds["path"]:
+            raise UserError(
+                f"dataset type {ds['type']!r} needs a file; set path or use type: generated",
+                path=source,
+                field="bench.dataset.path",
+            )
+        _file(ds["path"], source, "bench.dataset.path", ())
+    elif ds["path"] is not None:
+        raise UserError(
+            "a generated dataset reads no file; remove path or set the type of that file",
+            path=source,
+            field="bench.dataset.path",
+        )
+    _file(config["serve"]["chat_template"], source, "serve.chat_template", ())
+    envs = config["envs"]
+    if envs["mode"] == "venv" and shutil.which(envs["python"]) is None:
+        raise UserError(
+            f"interpreter {envs['python']!r} not found on PATH; set envs.python to a Python "
+            "3.10+ executable",
+            path=source,
+            field="envs.python",
+        )
 
 
 def model_num_layers(config: dict[str, Any]) -> int | None:
