@@ -15,6 +15,9 @@ and event loop, so synchronous code (CLI handlers) can call it.
 As a process of its own (for benchmarks/bench_client_rate.py), until SIGTERM or SIGINT:
 
     python tests/mock_openai.py --endpoint /tmp/mock.json [--ttft-s 0] [--itl-s 0]
+
+``MockProcess`` runs it so from a test, whose ``kill()`` is a server dying mid-run (the
+endpoint file names the process's pid and, with ``log=``, a server log to quote).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -115,20 +119,21 @@ class MockOpenAI:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def write_endpoint(self, path: str | Path, state: str = "ready") -> Path:
+    def write_endpoint(
+        self, path: str | Path, state: str = "ready", log: str | Path | None = None
+    ) -> Path:
         p = Path(path)
-        p.write_text(
-            json.dumps(
-                {
-                    "state": state,
-                    "base_url": self.base_url,
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "model": self.config.model,
-                    "pid": os.getpid(),
-                }
-            )
-        )
+        data = {
+            "state": state,
+            "base_url": self.base_url,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "model": self.config.model,
+            "pid": os.getpid(),
+        }
+        if log is not None:
+            data["log"] = str(Path(log).resolve())
+        p.write_text(json.dumps(data))
         return p
 
     # -- handlers -------------------------------------------------------------------------
@@ -270,17 +275,101 @@ class MockOpenAI:
         )
 
 
+#: The root cause a vLLM server's log states when a W8A8 model meets an unsupported dtype.
+CRASH_CAUSE = "RuntimeError: int8_scaled_mm_with_quant: expect A to be bfloat16 or half"
+_CRASH_LOG = """\
+INFO 05-14 10:00:01 [api_server.py:1090] Starting vLLM API server 0 on http://127.0.0.1:8000
+INFO 05-14 10:00:04 [loggers.py:118] Engine 000: Avg prompt throughput: 0.0 tokens/s
+ERROR 05-14 10:00:05 [core.py:586] EngineCore encountered a fatal error.
+ERROR 05-14 10:00:05 [core.py:586] Traceback (most recent call last):
+ERROR 05-14 10:00:05 [core.py:586]   File "vllm/v1/engine/core.py", line 577, in run_engine_core
+ERROR 05-14 10:00:05 [core.py:586]     engine_core.run_busy_loop()
+ERROR 05-14 10:00:05 [core.py:586]   File "vllm/_custom_ops.py", line 755, in cutlass_scaled_mm
+ERROR 05-14 10:00:05 [core.py:586]     out = torch.ops._C.int8_scaled_mm_with_quant(a, b, scale_a)
+ERROR 05-14 10:00:05 [core.py:586] {cause}
+ERROR 05-14 10:00:05 [async_llm.py:420] AsyncLLM output_handler failed.
+ERROR 05-14 10:00:05 [async_llm.py:420] Traceback (most recent call last):
+ERROR 05-14 10:00:05 [async_llm.py:420]   File "vllm/v1/engine/async_llm.py", line 379, in \
+output_handler
+ERROR 05-14 10:00:05 [async_llm.py:420] vllm.v1.engine.exceptions.EngineDeadError: EngineCore \
+encountered an issue. See stack trace (above) for the root cause.
+INFO 05-14 10:00:05 [launcher.py:80] Shutting down FastAPI HTTP server.
+"""
+
+
+def write_crash_log(path: str | Path, cause: str = CRASH_CAUSE) -> Path:
+    """A vLLM-like server log: the engine's traceback ending in ``cause``, then the
+    ``EngineDeadError`` every request sees after it."""
+    p = Path(path)
+    p.write_text(_CRASH_LOG.format(cause=cause))
+    return p
+
+
+class MockProcess:
+    """The mock as a child process (``python tests/mock_openai.py``), for a server that dies:
+
+    with MockProcess(tmp_path / "endpoint.json", log=log, ttft_s=0.1) as srv:
+        ...  # run a consumer against srv.endpoint; srv.kill() mid-run
+    """
+
+    def __init__(self, endpoint: str | Path, *, timeout: float = 60.0, **options: object):
+        self.endpoint = Path(endpoint)
+        self.timeout = timeout
+        self.argv = [sys.executable, str(Path(__file__).resolve()), "--endpoint", str(endpoint)]
+        for key, value in options.items():
+            if value is not None:
+                self.argv += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> MockProcess:
+        self.endpoint.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.timeout
+        while not self.endpoint.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"mock server did not start: {self.argv}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer or a crash ends a server, and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="serve the mock until SIGTERM/SIGINT")
     ap.add_argument("--endpoint", required=True, help="endpoint file to write when listening")
     ap.add_argument("--ttft-s", type=float, default=0.0)
     ap.add_argument("--itl-s", type=float, default=0.0)
+    ap.add_argument("--model", default="mock-model", help="served model name")
+    ap.add_argument("--chat-answer", default="42", help="non-streamed chat answer")
+    ap.add_argument("--log", default=None, help="server log named in the endpoint file")
     args = ap.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with MockOpenAI(MockConfig(ttft_s=args.ttft_s, itl_s=args.itl_s, record=False)) as srv:
-        srv.write_endpoint(args.endpoint)
+    cfg = MockConfig(
+        ttft_s=args.ttft_s,
+        itl_s=args.itl_s,
+        model=args.model,
+        chat_answer=args.chat_answer,
+        record=False,
+    )
+    with MockOpenAI(cfg) as srv:
+        tmp = Path(args.endpoint).with_name(Path(args.endpoint).name + ".tmp")
+        srv.write_endpoint(tmp, log=args.log)
+        tmp.replace(args.endpoint)  # readers never see half a file
         print(f"mock listening on {srv.base_url}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -4,6 +4,13 @@ Both verbs write one CSV row per cell (config columns, vLLM-named metrics, valid
 every column is defined in ``llmbuild.bench.metrics``) and one JSON line per request. Both
 hold the service's benchmark lock while they measure (``llmbuild.bench.lock``): benchmarks of
 one service run one after the other, never over each other.
+
+Two gates decide whether the outputs are written (``llmbuild.bench.gate``): the service gate
+(failed requests over ``--max-failed-fraction``, or a service process that is gone, fail the
+command whatever the mode) and the validity gate (every row ``valid`` under
+``--min-rate-fraction``, ``--max-lag-ms`` and the failed fraction; ``--gate-mode warn`` writes
+invalid rows marked ``valid=False`` instead of failing). A failed gate writes no CSV, records
+or verdict; they go to ``--keep-on-failure DIR`` when given.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild import provenance
-from llmbuild.atomic import atomic_file
 from llmbuild.errors import UserError
 
 
@@ -39,8 +45,22 @@ def _checks(args: argparse.Namespace) -> Any:
     return SLO(ttft_ms=args.slo_ttft_ms, tpot_ms=args.slo_tpot_ms, e2el_ms=args.slo_e2el_ms)
 
 
-def _connect(args: argparse.Namespace) -> Any:
-    """The endpoint: from a service's endpoint file (waiting until it is ready) or a base URL."""
+def _gate_checks(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The gate flags, checked before anything runs: (limits, keep-on-failure dir)."""
+    from llmbuild.bench import gate
+    from llmbuild.bench.metrics import Limits
+
+    limits = Limits(
+        min_rate_fraction=args.min_rate_fraction,
+        max_lag_ms=args.max_lag_ms,
+        max_failed_fraction=args.max_failed_fraction,
+    )
+    return limits, gate.check_keep_dir(args.keep_on_failure)
+
+
+def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The endpoint: from a service's endpoint file (waiting until it is ready) or a base URL;
+    with the endpoint file's contents (None for a base URL)."""
     from llmbuild.bench.client import Endpoint, api_key_from_env
     from llmbuild.serve.endpoint import wait_ready
 
@@ -48,10 +68,11 @@ def _connect(args: argparse.Namespace) -> Any:
     if args.base_url:
         if not args.model:
             raise UserError("--base-url needs --model (the served model name)", field="--model")
-        return Endpoint(base_url=args.base_url, model=args.model, api_key=api_key)
+        return Endpoint(base_url=args.base_url, model=args.model, api_key=api_key), None
     print(f"waiting for {args.endpoint} (up to {args.ready_timeout:g} s)", flush=True)
     info = wait_ready(args.endpoint, args.ready_timeout)
-    return Endpoint(base_url=info.base_url, model=args.model or info.model, api_key=api_key)
+    endpoint = Endpoint(base_url=info.base_url, model=args.model or info.model, api_key=api_key)
+    return endpoint, info
 
 
 def _exclusive(endpoint: Any) -> Any:
@@ -77,7 +98,49 @@ def _cell_line(prefix: str, row: dict) -> str:
     )
 
 
-def _finish(args, command, rows, out_csv, out_rec, inputs, started, endpoint) -> int:
+def _finish(args, command, rows, staged, inputs, started, endpoint, info) -> int:
+    """The gates, then the outputs: published only when both gates pass (or warn)."""
+    from llmbuild.bench import gate
+    from llmbuild.bench.metrics import mark_validity
+    from llmbuild.bench.static import write_csv
+    from llmbuild.gates import verdict as V
+
+    limits, keep = _gate_checks(args)
+    out_csv, out_rec = Path(args.output), Path(args.records)
+    failures = sum(r["failures"] for r in rows)
+    total = sum(r["successes"] + r["failures"] for r in rows)
+    first_error = next((r["first_error"] for r in rows if r["failures"]), "")
+    mark_validity(rows, limits)
+    with staged.open(out_csv) as fh:
+        write_csv(rows, fh)
+    kind = command.split()[-1]
+    stem = Path(out_csv).stem
+
+    service = gate.service_after_run(args.endpoint, info, endpoint.model)
+    sv = gate.service_verdict(service, failures, total, limits.max_failed_fraction)
+    print(sv.line(), flush=True)
+    if sv.failed:
+        kept = staged.keep(keep)
+        if keep is not None:
+            kept.append(gate.keep_verdict(keep, f"{stem}.verdict.json", sv))
+        raise UserError(gate.failure_line(sv, service, first_error, kept, command))
+
+    bv = gate.bench_verdict(
+        rows,
+        subject=f"{endpoint.model} {kind}",
+        mode=args.gate_mode,
+        min_rate_fraction=limits.min_rate_fraction,
+        max_lag_ms=limits.max_lag_ms,
+        max_failed_fraction=limits.max_failed_fraction,
+    )
+    print(bv.line(), flush=True)
+    if bv.failed:
+        kept = staged.keep(keep)
+        if keep is not None:
+            kept.append(gate.keep_verdict(keep, f"{stem}.verdict.json", bv))
+        raise UserError(gate.invalid_line(bv, kept))
+
+    staged.publish()
     for path in (out_csv, out_rec):
         provenance.write(
             path,
@@ -87,11 +150,20 @@ def _finish(args, command, rows, out_csv, out_rec, inputs, started, endpoint) ->
             started=started,
             extra={"model": endpoint.model, "base_url": endpoint.base_url},
         )
-    failures = sum(r["failures"] for r in rows)
-    total = sum(r["successes"] + r["failures"] for r in rows)
+    if args.verdict:
+        V.write(
+            args.verdict,
+            bv,
+            command=command,
+            args=vars(args),
+            inputs=[out_csv, out_rec],
+            started=started,
+        )
+    invalid = sum(not r["valid"] for r in rows)
     print(
         f"wrote {len(rows)} rows to {out_csv} and {total} request records to {out_rec}; "
         f"{failures} of {total} requests failed"
+        + (f"; {invalid} row(s) marked invalid (--gate-mode warn)" if invalid else "")
     )
     return 0
 
@@ -103,8 +175,9 @@ def _tokenizer_input(path: str) -> str:
 
 
 def _static(args: argparse.Namespace) -> int:
+    from llmbuild.bench import gate
     from llmbuild.bench.prompts import PromptMaker, load_tokenizer
-    from llmbuild.bench.static import StaticConfig, parse_int_list, run_static, write_csv
+    from llmbuild.bench.static import StaticConfig, parse_int_list, run_static
     from llmbuild.progress import RateLog
 
     started = time.time()
@@ -120,8 +193,9 @@ def _static(args: argparse.Namespace) -> int:
         model_mix=mix,
     )
     slo = _checks(args)
+    _gate_checks(args)
     maker = PromptMaker(load_tokenizer(args.tokenizer))
-    endpoint = _connect(args)
+    endpoint, info = _connect(args)
     print(
         f"benchmarking {endpoint.base_url} model {endpoint.model}: {len(cfg.cells())} cells",
         flush=True,
@@ -142,21 +216,21 @@ def _static(args: argparse.Namespace) -> int:
         prefix = f"c={row['concurrency']} in={row['input_len']} out={row['output_len']}"
         print(_cell_line(prefix, row), flush=True)
 
-    out_csv, out_rec = Path(args.output), Path(args.records)
-    with _exclusive(endpoint), atomic_file(out_csv) as fcsv, atomic_file(out_rec) as frec:
-        rows = run_static(
-            endpoint, cfg, maker, slo, args.request_timeout, frec, on_request, on_cell
-        )
-        write_csv(rows, fcsv)
     inputs = [p for p in (args.endpoint, _tokenizer_input(args.tokenizer)) if p]
-    return _finish(args, "bench static", rows, out_csv, out_rec, inputs, started, endpoint)
+    with gate.Staged() as staged:
+        with _exclusive(endpoint), staged.open(args.records) as frec:
+            rows = run_static(
+                endpoint, cfg, maker, slo, args.request_timeout, frec, on_request, on_cell
+            )
+        return _finish(args, "bench static", rows, staged, inputs, started, endpoint, info)
 
 
 def _dynamic(args: argparse.Namespace) -> int:
+    from llmbuild.bench import gate
     from llmbuild.bench.datasets import load_dataset
     from llmbuild.bench.dynamic import DynamicConfig, parse_rates, run_dynamic
     from llmbuild.bench.prompts import load_tokenizer
-    from llmbuild.bench.static import parse_int_list, write_csv
+    from llmbuild.bench.static import parse_int_list
     from llmbuild.progress import RateLog
 
     started = time.time()
@@ -170,6 +244,7 @@ def _dynamic(args: argparse.Namespace) -> int:
         model_mix=mix,
     )
     slo = _checks(args)
+    _gate_checks(args)
     entries, report = load_dataset(
         args.dataset,
         args.dataset_type,
@@ -179,7 +254,7 @@ def _dynamic(args: argparse.Namespace) -> int:
         output_len=args.output_len,
     )
     print(f"dataset {args.dataset} ({args.dataset_type}): {report}", flush=True)
-    endpoint = _connect(args)
+    endpoint, info = _connect(args)
     print(
         f"benchmarking {endpoint.base_url} model {endpoint.model}: rates {list(cfg.rates)} "
         f"req/s, {list(cfg.num_prompts)} requests",
@@ -196,22 +271,21 @@ def _dynamic(args: argparse.Namespace) -> int:
     def on_cell(row: dict) -> None:
         print(_cell_line(f"rate {row['request_rate']:g} req/s", row), flush=True)
 
-    out_csv, out_rec = Path(args.output), Path(args.records)
-    with _exclusive(endpoint), atomic_file(out_csv) as fcsv, atomic_file(out_rec) as frec:
-        rows = run_dynamic(
-            endpoint,
-            cfg,
-            entries,
-            Path(args.dataset).name,
-            slo,
-            args.request_timeout,
-            frec,
-            on_request,
-            on_cell,
-        )
-        write_csv(rows, fcsv)
     inputs = [p for p in (args.endpoint, _tokenizer_input(args.tokenizer), args.dataset) if p]
-    return _finish(args, "bench dynamic", rows, out_csv, out_rec, inputs, started, endpoint)
+    with gate.Staged() as staged:
+        with _exclusive(endpoint), staged.open(args.records) as frec:
+            rows = run_dynamic(
+                endpoint,
+                cfg,
+                entries,
+                Path(args.dataset).name,
+                slo,
+                args.request_timeout,
+                frec,
+                on_request,
+                on_cell,
+            )
+        return _finish(args, "bench dynamic", rows, staged, inputs, started, endpoint, info)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -236,7 +310,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--speculative",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="speculative decoding: count output tokens from the stream's usage (required)",
     )
     p.add_argument(
@@ -263,6 +338,43 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo-ttft-ms", type=float, default=None)
     p.add_argument("--slo-tpot-ms", type=float, default=None)
     p.add_argument("--slo-e2el-ms", type=float, default=None)
+    gates = p.add_argument_group("gates (see llmbuild.bench.gate; columns in bench.metrics)")
+    gates.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.0,
+        help="failed requests allowed, as a fraction of those sent (in all, and per row); "
+        "more, or a service that died, fails the command and writes nothing (default 0)",
+    )
+    gates.add_argument(
+        "--min-rate-fraction",
+        type=float,
+        default=0.95,
+        help="a dynamic row is invalid when its achieved request rate is below this fraction "
+        "of the target (default 0.95)",
+    )
+    gates.add_argument(
+        "--max-lag-ms",
+        type=float,
+        default=100.0,
+        help="a row is invalid when its client scheduling lag p99 exceeds this (default 100)",
+    )
+    gates.add_argument(
+        "--gate-mode",
+        choices=("fail", "warn"),
+        default="fail",
+        help="invalid rows: fail (no outputs) or warn (write them with valid=False and a warn "
+        "verdict); a dead service fails either way (default fail)",
+    )
+    gates.add_argument(
+        "--verdict", default=None, help="bench_validity verdict JSON, written on success"
+    )
+    gates.add_argument(
+        "--keep-on-failure",
+        default=None,
+        metavar="DIR",
+        help="on failure, move the records and the would-be CSV here for diagnosis",
+    )
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -57,6 +57,18 @@ server says so:
   template); ``output_tokens_source``: ``usage``, ``chunks`` or both;
   ``mean_tokens_per_chunk``: output tokens over output chunks (above 1 with speculative
   decoding or server-side batching of the stream).
+
+The gate columns, last in every row (``mark_validity()``, set by ``llmbuild bench`` from its
+``--min-rate-fraction R``, ``--max-lag-ms L`` and ``--max-failed-fraction F``):
+
+- ``valid``: ``True`` when the row measured the service under the load it names, ``False``
+  when any of these holds: a dynamic row's ``achieved_request_rate`` is below
+  ``R x target_request_rate`` (not applicable to rate ``inf`` nor to static rows, whose
+  target is NaN); ``p99_sched_lag_ms`` exceeds ``L`` (any row); ``failures`` over requests
+  sent exceeds ``F`` (any row).
+- ``invalid_reason``: empty for a valid row, else one short line with the figures of every
+  reason, ``; ``-separated, e.g. ``achieved 151.2 of target 200 req/s (< 0.95 x target);
+  client lag p99 130.50 ms > 100 ms``.
 """
 
 from __future__ import annotations
@@ -271,3 +283,60 @@ def validity(
         "output_tokens_source": "+".join(sources),
         "mean_tokens_per_chunk": sum(r.output_tokens for r in ok) / chunks if chunks else NAN,
     }
+
+
+# --- gate columns ---------------------------------------------------------------------------
+
+GATE_COLUMNS = ("valid", "invalid_reason")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a row is valid (see the module docstring); the flags' names in the errors."""
+
+    min_rate_fraction: float = 0.95
+    max_lag_ms: float = 100.0
+    max_failed_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_rate_fraction <= 1:
+            raise UserError(
+                f"must be in [0, 1], got {self.min_rate_fraction}", field="--min-rate-fraction"
+            )
+        if not self.max_lag_ms >= 0:
+            raise UserError(f"must be >= 0 ms, got {self.max_lag_ms}", field="--max-lag-ms")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise UserError(
+                f"must be in [0, 1], got {self.max_failed_fraction}", field="--max-failed-fraction"
+            )
+
+
+def invalid_reasons(row: dict, limits: Limits) -> list[str]:
+    """Why a row (with its validity columns) is invalid under ``limits``; empty when valid."""
+    reasons = []
+    target = float(row.get("target_request_rate", NAN))
+    achieved = float(row.get("achieved_request_rate", NAN))
+    if math.isfinite(target) and target > 0 and not achieved >= limits.min_rate_fraction * target:
+        reasons.append(
+            f"achieved {achieved:.4g} of target {target:g} req/s "
+            f"(< {limits.min_rate_fraction:g} x target)"
+        )
+    lag = float(row.get("p99_sched_lag_ms", NAN))
+    if lag > limits.max_lag_ms:
+        reasons.append(f"client lag p99 {lag:.2f} ms > {limits.max_lag_ms:g} ms")
+    failures = int(row.get("failures", 0))
+    sent = int(row.get("successes", 0)) + failures
+    if sent and failures / sent > limits.max_failed_fraction:
+        reasons.append(
+            f"{failures} of {sent} requests failed (allowed {limits.max_failed_fraction:g})"
+        )
+    return reasons
+
+
+def mark_validity(rows: Sequence[dict], limits: Limits) -> list[dict]:
+    """Set the gate columns (``valid``, ``invalid_reason``) of every row, last; returns rows."""
+    for row in rows:
+        reasons = invalid_reasons(row, limits)
+        row["valid"] = not reasons
+        row["invalid_reason"] = "; ".join(reasons)
+    return list(rows)

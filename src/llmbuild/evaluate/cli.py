@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 from llmbuild import provenance
-from llmbuild.atomic import atomic_file
 from llmbuild.errors import UserError
 
 
 def _accuracy(args: argparse.Namespace) -> int:
+    from llmbuild.bench import gate
     from llmbuild.evaluate.accuracy import ask_all, load_alpaca, score
+    from llmbuild.gates import verdict as V
     from llmbuild.progress import RateLog
     from llmbuild.serve.endpoint import wait_ready
 
@@ -25,6 +26,8 @@ def _accuracy(args: argparse.Namespace) -> int:
         raise UserError("must be >= 1", field="--concurrency")
     if args.limit is not None and args.limit < 1:
         raise UserError("must be >= 1", field="--limit")
+    gate.check_fraction(args.max_failed_fraction, "--max-failed-fraction")
+    keep_dir = gate.check_keep_dir(args.keep_on_failure)
     examples = load_alpaca(args.data)
     if args.limit is not None:
         examples = examples[: args.limit]
@@ -42,12 +45,27 @@ def _accuracy(args: argparse.Namespace) -> int:
     log.close()
     result, records = score(examples, answers, endpoint.model)
     out, rec = Path(args.output), Path(args.records)
-    with atomic_file(rec) as fh:
-        for r in records:
-            fh.write(json.dumps(r) + "\n")
-    with atomic_file(out) as fh:
-        json.dump(result.as_dict(), fh, indent=2)
-        fh.write("\n")
+    first_error = next((r["error"] for r in records if not r["success"]), "")
+
+    # the service gate: a dead service or too many failed requests leave no result behind
+    service = gate.service_after_run(args.endpoint, info, endpoint.model)
+    verdict = gate.service_verdict(
+        service, result.failed_requests, result.n, args.max_failed_fraction
+    )
+    print(verdict.line(), flush=True)
+    with gate.Staged() as staged:
+        with staged.open(rec) as fh:
+            for r in records:
+                fh.write(json.dumps(r) + "\n")
+        with staged.open(out) as fh:
+            json.dump(result.as_dict(), fh, indent=2)
+            fh.write("\n")
+        if verdict.failed:
+            kept = staged.keep(keep_dir)
+            if keep_dir is not None:
+                kept.append(gate.keep_verdict(keep_dir, f"{out.stem}.verdict.json", verdict))
+            raise UserError(gate.failure_line(verdict, service, first_error, kept, "eval accuracy"))
+        staged.publish()
     for path in (out, rec):
         provenance.write(
             path,
@@ -57,7 +75,15 @@ def _accuracy(args: argparse.Namespace) -> int:
             started=started,
             extra={"model": endpoint.model, "base_url": endpoint.base_url},
         )
-    first_error = next((r["error"] for r in records if not r["success"]), "")
+    if args.verdict:
+        V.write(
+            args.verdict,
+            verdict,
+            command="eval accuracy",
+            args=vars(args),
+            inputs=[out, rec],
+            started=started,
+        )
     print(
         f"accuracy {result.accuracy:.4f} ({result.correct}/{result.n}), "
         f"{result.failed_requests} failed requests"
@@ -82,4 +108,20 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--request-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        default=0.0,
+        help="failed requests allowed, as a fraction of those sent; more (or a service that "
+        "died) fails the step and writes no result (default 0)",
+    )
+    p.add_argument(
+        "--verdict", default=None, help="service_requests verdict JSON, written on success"
+    )
+    p.add_argument(
+        "--keep-on-failure",
+        default=None,
+        metavar="DIR",
+        help="on failure, move the records and the would-be result here for diagnosis",
+    )
     p.set_defaults(func=_accuracy)
