@@ -62,8 +62,15 @@ def test_round_trip_and_shape(tmp_path):
         "port": 8001,
         "model": "tiny",
         "pid": 42,
+        "log": None,
+        "dtype": None,
     }
     assert read_endpoint(path) == ep
+    full = Endpoint.make(
+        state="ready", host="127.0.0.1", port=1, model="m", pid=1, log="/l", dtype="bfloat16"
+    )
+    write_endpoint(path, full)
+    assert read_endpoint(path) == full
     assert ep.with_state("ready").state == "ready"
     assert ep.root_url == "http://127.0.0.1:8001"
     assert [p.name for p in path.parent.iterdir()] == ["endpoint.json"]  # no temp left

@@ -1,7 +1,8 @@
-"""`llmbuild serve run|wait`: a vLLM service as a Snakemake service() job, and its consumers.
+"""`llmbuild serve run|wait|cpu`: a vLLM service as a Snakemake service() job, its consumers.
 
     exec llmbuild serve run --model DIR --endpoint FILE [knobs] > LOG 2>&1
     llmbuild serve wait --endpoint FILE --timeout 600
+    llmbuild serve cpu [--json]     # which kernel path (and dtype) this CPU takes
 
 Imports nothing heavy: vLLM runs in a child process of `serve run`.
 """
@@ -9,6 +10,7 @@ Imports nothing heavy: vLLM runs in a child process of `serve run`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -52,12 +54,15 @@ def _config_from_args(args: argparse.Namespace):  # -> ServeConfig
 
 def _run(args: argparse.Namespace) -> int:
     from llmbuild import provenance
-    from llmbuild.serve.vllm import check_device, check_paths, run_service
+    from llmbuild.serve import dtype as dtypes
+    from llmbuild.serve.vllm import check_device, check_paths, resolve_dtype, run_service
 
     started = time.time()
     cfg = _config_from_args(args)
     check_paths(cfg)
     check_device(cfg)
+    cpu = dtypes.cpu_features()
+    cfg, choice = resolve_dtype(cfg, cpu)
     inputs = [cfg.model] + ([cfg.chat_template] if cfg.chat_template else [])
     # Written before the server starts, so hashing a large model never disturbs benchmarks.
     provenance.write(
@@ -66,6 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         args={k: v for k, v in vars(args).items() if k != "func"} | {"config": cfg.as_dict()},
         inputs=inputs,
         started=started,
+        extra={"dtype": choice.dtype, "dtype_reason": choice.reason, "cpu": cpu.summary()},
         digest_output=False,
     )
     return run_service(
@@ -74,7 +80,51 @@ def _run(args: argparse.Namespace) -> int:
         args.ready_timeout,
         sink=sys.stdout.buffer,
         log=_log,
+        dtype_choice=choice,
     )
+
+
+def cpu_report(features) -> dict[str, object]:  # features: dtype.CpuFeatures
+    """What `serve cpu` says: the CPU, its AMX/bf16 support, and the int8 W8A8 path it takes."""
+    from llmbuild.serve import dtype as dtypes
+
+    int8_dtype, int8_kernel = dtypes.int8_path(features)
+    w4_dtype, w4_kernel = dtypes.w4a16_path(features)
+    return features.summary() | {
+        "has_avx512": features.has_avx512,
+        "has_bf16": features.has_bf16,
+        "int8_w8a8_dtype": int8_dtype,
+        "int8_w8a8_kernel": int8_kernel,
+        "w4a16_dtype": w4_dtype,
+        "w4a16_kernel": w4_kernel,
+    }
+
+
+def cpu_line(report: dict[str, object]) -> str:
+    def yes(key: str) -> str:
+        return "yes" if report[key] else "no"
+
+    return (
+        f"cpu: {report['model']} ({report['arch']}); AMX: {yes('has_amx')}; "
+        f"AVX-512 bf16: {yes('has_avx512_bf16')}; int8 W8A8 served in "
+        f"{report['int8_w8a8_dtype']} ({report['int8_w8a8_kernel']})"
+    )
+
+
+def _cpu(args: argparse.Namespace) -> int:
+    from llmbuild.errors import UserError
+    from llmbuild.serve import dtype as dtypes
+
+    text = None
+    if args.cpuinfo is not None:
+        try:
+            with open(args.cpuinfo, errors="replace") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise UserError(f"cannot read: {exc.strerror}", path=args.cpuinfo) from exc
+    report = cpu_report(dtypes.cpu_features(text, arch=args.arch))
+    print(json.dumps(report) if args.json else cpu_line(report))
+    return 0
 
 
 def _wait(args: argparse.Namespace) -> int:
@@ -100,7 +150,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--ready-timeout", type=float, default=600.0, help="seconds (600)")
     run.add_argument("--device", choices=DEVICES, default="cpu")
     run.add_argument("--served-model-name", default=None, help="default: the --model path")
-    run.add_argument("--dtype", choices=DTYPES, default="auto")
     run.add_argument("--max-num-seqs", type=int)
     run.add_argument("--max-model-len", type=int)
     run.add_argument("--max-num-batched-tokens", type=int)
@@ -115,11 +164,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     run.add_argument("--kv-cache-dtype")
     run.add_argument("--quantization", help="e.g. compressed-tensors (default: from config)")
     run.add_argument("--chat-template", help="chat template file (default: the tokenizer's)")
-    run.add_argument("--trust-remote-code", action="store_true")
+    run.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="auto (default): the dtype the variant's kernels accept on this CPU/device, "
+        "the model's own where possible; vLLM always gets it explicitly",
+    )
+    run.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=False)
     run.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
     run.add_argument(
         "--enforce-eager",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="skip torch.compile (on a small CPU box: ~1 min faster start)",
     )
     run.add_argument("--seed", type=int)
@@ -149,3 +206,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     wait.add_argument("--endpoint", required=True, help="endpoint JSON written by `serve run`")
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds (600)")
     wait.set_defaults(func=_wait)
+
+    cpu = verbs.add_parser(
+        "cpu",
+        help="say which vLLM kernel path (and dtype) this CPU takes",
+        description="One line: the CPU, whether it has AMX and AVX-512 bf16, and the dtype an "
+        "int8 W8A8 variant is served with here (AMX: 16-bit; otherwise the oneDNN kernel in "
+        "float32). --json prints the same as a JSON object.",
+    )
+    cpu.add_argument("--json", action="store_true", help="a JSON object instead of the line")
+    cpu.add_argument("--cpuinfo", help="read this /proc/cpuinfo text instead of this machine's")
+    cpu.add_argument("--arch", help="architecture of --cpuinfo (default: inferred from it)")
+    cpu.set_defaults(func=_cpu)

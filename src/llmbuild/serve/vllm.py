@@ -1,8 +1,10 @@
 """Run vLLM's OpenAI-compatible server as a child process with the seeds' knobs.
 
-``ServeConfig`` holds the knobs and validates them; ``build_argv`` turns it into the server's
-command line (pure, unit-tested); ``run_service`` owns the process: it writes the endpoint
-file ("starting", then "ready"), supervises the server, and on SIGTERM/SIGINT stops it and
+``ServeConfig`` holds the knobs and validates them; ``resolve_dtype`` turns dtype "auto"
+into the dtype the variant's kernels accept on this CPU/device (serve/dtype.py);
+``build_argv`` turns it into the server's command line (pure, unit-tested); ``run_service``
+owns the process: it writes the endpoint file ("starting", then "ready", with the served
+dtype and the log file), supervises the server, and on SIGTERM/SIGINT stops it and
 every process it started, so `exec llmbuild serve run ...` as a Snakemake service leaves no
 orphan. Only the standard library is imported here; vLLM runs in the child.
 """
@@ -22,11 +24,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO
 
 from llmbuild.errors import UserError
+from llmbuild.serve import dtype as dtypes
 from llmbuild.serve.endpoint import Endpoint, free_port, is_healthy, write_endpoint
 
 DEVICES = ("cpu", "cuda", "npu")
@@ -230,7 +233,7 @@ def build_argv(cfg: ServeConfig, host: str, port: int, python: str | None = None
             argv.extend([flag, str(value)])
 
     opt("--served-model-name", cfg.served_model_name)
-    if cfg.dtype != "auto":
+    if cfg.dtype != "auto":  # run_service always resolves auto first (resolve_dtype)
         opt("--dtype", cfg.dtype)
     opt("--max-num-seqs", cfg.max_num_seqs)
     opt("--max-model-len", cfg.max_model_len)
@@ -245,7 +248,7 @@ def build_argv(cfg: ServeConfig, host: str, port: int, python: str | None = None
     opt("--quantization", cfg.quantization)
     opt("--chat-template", cfg.chat_template)
     if cfg.trust_remote_code:
-        argv.append("--trust-remote-code")
+        argv.append("--trust-remote-code")  # vLLM's default is off: only "on" is passed
     if cfg.enable_prefix_caching is not None:
         argv.append(
             "--enable-prefix-caching" if cfg.enable_prefix_caching else "--no-enable-prefix-caching"
@@ -276,6 +279,21 @@ def child_env(cfg: ServeConfig, base: Mapping[str, str]) -> dict[str, str]:
     if cfg.cpu_omp_threads_bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_omp_threads_bind
     return env
+
+
+def resolve_dtype(
+    cfg: ServeConfig, features: dtypes.CpuFeatures | None = None
+) -> tuple[ServeConfig, dtypes.DtypeChoice]:
+    """``cfg`` with its dtype resolved for its model and device, and why.
+
+    "auto" becomes the dtype the variant's kernels accept here (see serve/dtype.py); a pinned
+    dtype stays, unless the kernels refuse it: then a one-line UserError naming serve.dtype.
+    ``features`` defaults to this machine's CPU (read only for device cpu).
+    """
+    if cfg.device == "cpu" and features is None:
+        features = dtypes.cpu_features()
+    choice = dtypes.choose_dtype(cfg.dtype, cfg.model, cfg.device, features, path=cfg.model)
+    return replace(cfg, dtype=choice.dtype), choice
 
 
 # --- checks that touch the filesystem or the environment ----------------------------------
@@ -359,14 +377,19 @@ class Stopped(Exception):
         self.signum = signum
 
 
-def output_location() -> str:
-    """Where our output goes: the log file a rule redirects it to, if there is one."""
+def log_file() -> str | None:
+    """The log file our stdout (else stderr) is redirected to, absolute; None for a terminal."""
     for fd in (1, 2):
         with contextlib.suppress(OSError):
             target = os.readlink(f"/proc/self/fd/{fd}")
             if target.startswith("/") and Path(target).is_file():
                 return target
-    return "the output above"
+    return None
+
+
+def output_location() -> str:
+    """Where our output goes: the log file a rule redirects it to, if there is one."""
+    return log_file() or "the output above"
 
 
 def _die_with_parent(parent: int, unblock: Iterable[int]) -> Callable[[], None]:
@@ -495,10 +518,13 @@ def run_service(
     log: Callable[[str], None] = lambda _msg: None,
     on_ready: Callable[[Endpoint], None] | None = None,
     poll: float = 0.5,
+    dtype_choice: dtypes.DtypeChoice | None = None,
 ) -> int:
     """Serve ``cfg`` until SIGTERM/SIGINT (returns 0) or until the server dies (UserError).
 
-    The endpoint file says "starting" at once and "ready" once GET /health answers. A
+    The dtype is resolved first (``dtype_choice`` when the caller already did, see
+    resolve_dtype) and passed to vLLM explicitly; the endpoint file records it and the log
+    file. The endpoint file says "starting" at once and "ready" once GET /health answers. A
     requested stop removes it (it is a Snakemake service output: a file left behind, newer than
     the consumers' results, would make the next run redo them); a server that fails leaves it
     "stopped", so waiting consumers fail at once. The server's output is copied to ``sink``.
@@ -507,7 +533,13 @@ def run_service(
         raise UserError(f"must be > 0 seconds, got {ready_timeout}", field="ready_timeout")
     check_paths(cfg)
     check_device(cfg)
-    where = output_location()
+    if dtype_choice is None:
+        cfg, dtype_choice = resolve_dtype(cfg)
+    else:
+        cfg = replace(cfg, dtype=dtype_choice.dtype)
+    log(f"dtype {cfg.dtype} for {cfg.served_name}: {dtype_choice.reason}")
+    log_path = log_file()
+    where = log_path or "the output above"
     hit: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -524,7 +556,13 @@ def run_service(
     try:
         port = free_port(host)
         ep = Endpoint.make(
-            state="starting", host=host, port=port, model=cfg.served_name, pid=os.getpid()
+            state="starting",
+            host=host,
+            port=port,
+            model=cfg.served_name,
+            pid=os.getpid(),
+            log=log_path,
+            dtype=cfg.dtype,
         )
         write_endpoint(endpoint_path, ep)
         argv = build_argv(cfg, host, port)
