@@ -249,7 +249,9 @@ def test_cli_static_end_to_end_never_leaks_the_key(
         captured.err,
     ):
         assert key not in text
-    # a wrong key is recorded as failures, not raised
+    # a wrong key: every request fails, so the service gate stops the run with the server's
+    # answer (never the key) and leaves the previous run's CSV as it was
+    before = out.read_text()
     monkeypatch.setenv("BENCH_TEST_KEY", "wrong")
     with MockOpenAI(MockConfig(api_key=key)) as srv:
         ep = srv.write_endpoint(tmp_path / "endpoint.json")
@@ -276,9 +278,10 @@ def test_cli_static_end_to_end_never_leaks_the_key(
                 "BENCH_TEST_KEY",
             ]
         )
-    assert rc == 0
-    row = next(csv.DictReader(out.open()))
-    assert row["failures"] == "2" and row["first_error"].startswith("HTTP 401")
+    assert rc == 2 and out.read_text() == before
+    err = capsys.readouterr().err.strip()
+    assert "2 of 2 requests failed (allowed 0)" in err and "first request error: HTTP 401" in err
+    assert err.count("\n") == 0 and key not in err
 
 
 def test_cli_errors_are_one_line(tmp_path, tokenizer_dir, bench_cli, capsys, monkeypatch):

@@ -159,10 +159,12 @@ def test_eval_counts_failed_requests(tmp_path, eval_cli):
                 str(tmp_path / "a.jsonl"),
                 "--concurrency",
                 "4",
+                "--max-failed-fraction",
+                "0.5",  # a few failures tolerated: counted, not fatal (see test_eval_gate.py)
             ]
         )
         errors = srv.counters.errors
-    assert rc == 0 and errors > 0
+    assert rc == 0 and 0 < errors <= 10
     result = json.loads(out.read_text())
     assert result["failed_requests"] == errors
     assert result["correct"] == 20 - errors and result["n"] == 20
