@@ -28,14 +28,26 @@ COLUMNS = [
 ]
 
 
-def write_bench_csv(path, scale=1.0, pairs=((32, 16),), fail_at=None, slo=True):
+def write_bench_csv(
+    path, scale=1.0, pairs=((32, 16),), fail_at=None, slo=True, invalid_at=None, gate=False
+):
+    """``gate``: with the validity gate's columns (``invalid_at``: the concurrency whose row
+    is invalid); without, the CSV is one written before those columns existed."""
+    columns = COLUMNS + (["valid", "invalid_reason"] if gate else [])
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
+        w = csv.DictWriter(fh, fieldnames=columns)
         w.writeheader()
         for i, o in pairs:
             for c in (8, 1, 2, 4, 16):  # unsorted on purpose
+                gate_columns = {
+                    "valid": c != invalid_at,
+                    "invalid_reason": "client lag p99 150.00 ms > 100 ms"
+                    if c == invalid_at
+                    else "",
+                }
                 w.writerow(
                     {
+                        **(gate_columns if gate else {}),
                         "concurrency": c,
                         "input_len": i,
                         "output_len": o,
@@ -200,3 +212,60 @@ def test_plot_loss_cli_writes_png(tmp_path):
         "other pretrain",
     ]
     assert plot_cli(["loss", "--log", str(a), "--output", str(tmp_path / "x.svg")]) == 2
+
+
+# --- invalid rows (the benchmark's validity gate in warn mode) -----------------------------
+
+
+def test_valid_column_read_and_older_csvs_are_valid(tmp_path):
+    old = bench_series([read_bench_csv(write_bench_csv(tmp_path / "old.csv"))], ["old"])[0]
+    assert old.valid == [True] * 5 and old.invalid == 0
+    new = read_bench_csv(write_bench_csv(tmp_path / "new.csv", gate=True, invalid_at=4))
+    s = bench_series([new], ["new"])[0]
+    assert s.concurrency == [1, 2, 4, 8, 16] and s.valid == [True, True, False, True, True]
+    assert s.invalid_reason[2] == "client lag p99 150.00 ms > 100 ms" and s.invalid == 1
+    p = tmp_path / "lower.csv"
+    p.write_text(
+        write_bench_csv(tmp_path / "x.csv", gate=True, invalid_at=1)
+        .read_text()
+        .replace("False", "false")
+    )
+    assert bench_series([read_bench_csv(p)], ["x"])[0].valid[0] is False
+
+
+def test_invalid_rows_are_drawn_hollow_and_named_in_the_legend(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+
+    from llmbuild.plot.draw import bench_figure
+
+    good = read_bench_csv(write_bench_csv(tmp_path / "good.csv", gate=True))
+    bad = read_bench_csv(write_bench_csv(tmp_path / "bad.csv", gate=True, invalid_at=4))
+    fig = bench_figure(bench_series([good, bad], ["base", "w8a8"]), 500.0, 12.0)
+    for ax in fig.axes[:4]:
+        (hollow,) = ax.collections  # one scatter: the invalid cell, nothing else
+        assert hollow.get_label() == "w8a8 (invalid)"
+        assert [tuple(p) for p in hollow.get_offsets()][0][0] == 4
+        assert hollow.get_facecolors().size == 0 or hollow.get_facecolors()[0][3] == 0
+        line = ax.lines[1]
+        assert to_rgba(hollow.get_edgecolors()[0]) == to_rgba(line.get_color())
+        assert line.get_markevery() == [0, 1, 3, 4]  # the line keeps every point
+        assert list(line.get_xdata()) == [1, 2, 4, 8, 16]
+        assert "w8a8 (invalid)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "hollow markers: 1 invalid cell(s)" in fig._suptitle.get_text()
+    clean = bench_figure(bench_series([good, good], ["base", "w8a8"]), 500.0, 12.0)
+    assert all(not ax.collections for ax in clean.axes[:4])
+    assert "hollow" not in clean._suptitle.get_text()
+
+    # the CLI draws both, and the pictures differ only by what marks the invalid cell
+    outs = []
+    for name, csvs in (("valid", ["good.csv", "good.csv"]), ("invalid", ["good.csv", "bad.csv"])):
+        out = tmp_path / f"{name}.png"
+        argv = ["bench", "--csv", *[str(tmp_path / c) for c in csvs], "--labels", "base,w8a8"]
+        assert plot_cli(argv + ["--output", str(out)]) == 0
+        outs.append(out)
+    assert "1 invalid cell(s) drawn hollow" in capsys.readouterr().out
+    import matplotlib.image
+
+    a, b = (matplotlib.image.imread(str(p)) for p in outs)
+    assert a.shape == b.shape and (a != b).any()

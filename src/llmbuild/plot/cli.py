@@ -33,7 +33,11 @@ def _bench(args: argparse.Namespace) -> int:
     with atomic_file(out, "wb") as fh:
         save_png(fig, fh)
     provenance.write(out, command="plot bench", args=vars(args), inputs=args.csv, started=started)
-    print(f"wrote {out}: {len(series)} series from {len(args.csv)} CSV file(s)")
+    invalid = sum(s.invalid for s in series)
+    print(
+        f"wrote {out}: {len(series)} series from {len(args.csv)} CSV file(s)"
+        + (f"; {invalid} invalid cell(s) drawn hollow" if invalid else "")
+    )
     return 0
 
 

@@ -20,6 +20,8 @@ BENCH_REQUIRED = (
     "output_throughput",
 )
 BENCH_OPTIONAL = ("request_throughput", "total_token_throughput", "slo_attainment", "failures")
+# the validity gate's columns (``llmbuild.bench.metrics``); older CSVs lack them: all valid
+_FALSE = ("false", "0", "no")
 
 
 def _float(text: str | None) -> float:
@@ -29,15 +31,29 @@ def _float(text: str | None) -> float:
         return math.nan
 
 
+def _valid(text: str | None) -> bool:
+    """A row's ``valid`` column; a CSV written before the column existed is valid."""
+    return (text or "").strip().lower() not in _FALSE
+
+
 @dataclass
 class BenchSeries:
-    """One line in each panel: one run (CSV) at one (input_len, output_len) pair."""
+    """One line in each panel: one run (CSV) at one (input_len, output_len) pair.
+
+    ``valid``/``invalid_reason``: per point, from the benchmark's gate columns (a row written
+    under ``--gate-mode warn`` that measured the client or a failing server is invalid)."""
 
     label: str
     input_len: int
     output_len: int
     concurrency: list[int] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)
+    valid: list[bool] = field(default_factory=list)
+    invalid_reason: list[str] = field(default_factory=list)
+
+    @property
+    def invalid(self) -> int:
+        return sum(not v for v in self.valid)
 
     @property
     def name(self) -> str:
@@ -91,6 +107,8 @@ def bench_series(
             s = BenchSeries(label, i, o, [int(r["concurrency"]) for r in grp])
             for col in BENCH_REQUIRED[3:] + BENCH_OPTIONAL:
                 s.values[col] = [_float(r.get(col)) for r in grp]
+            s.valid = [_valid(r.get("valid")) for r in grp]
+            s.invalid_reason = [r.get("invalid_reason") or "" for r in grp]
             out.append(s)
     return out
 

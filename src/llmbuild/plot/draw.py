@@ -39,7 +39,10 @@ def bench_figure(
     title: str | None = None,
 ) -> Any:
     """The seeds' 4-graph p90 picture: p90 TTFT and p90 TPOT against concurrency with the
-    SLO thresholds, output throughput, and SLO attainment (or request throughput)."""
+    SLO thresholds, output throughput, and SLO attainment (or request throughput).
+
+    A point from an invalid row (the benchmark's ``valid`` column) is drawn hollow, with a
+    "<series> (invalid)" legend entry and a note in the title; nothing is left out."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     one_pair = len({(s.input_len, s.output_len) for s in series}) == 1
@@ -60,7 +63,27 @@ def bench_figure(
             if not ys:
                 continue
             name = s.label if one_pair else s.name
-            (line,) = ax.plot(s.concurrency, ys, marker="o", label=name)
+            valid = s.valid or [True] * len(ys)
+            (line,) = ax.plot(
+                s.concurrency,
+                ys,
+                marker="o",
+                markevery=[i for i, v in enumerate(valid) if v],
+                label=name,
+            )
+            hollow = [i for i, v in enumerate(valid) if not v]
+            if hollow:
+                ax.scatter(
+                    [s.concurrency[i] for i in hollow],
+                    [ys[i] for i in hollow],
+                    marker="o",
+                    s=70,
+                    facecolors="none",
+                    edgecolors=line.get_color(),
+                    linewidths=1.6,
+                    zorder=4,
+                    label=f"{name} (invalid)",
+                )
             bad = [
                 (c, y)
                 for c, y, f in zip(s.concurrency, ys, s.values["failures"], strict=True)
@@ -90,7 +113,13 @@ def bench_figure(
         if one_pair and series
         else " (label (input/output tokens))"
     )
-    fig.suptitle((title or "Static benchmark") + pair)
+    invalid = sum(s.invalid for s in series)
+    note = (
+        f"\nhollow markers: {invalid} invalid cell(s) (see invalid_reason in the CSV)"
+        if invalid
+        else ""
+    )
+    fig.suptitle((title or "Static benchmark") + pair + note)
     fig.tight_layout()
     return fig
 
