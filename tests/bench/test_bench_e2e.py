@@ -4,7 +4,8 @@ Commands run exactly as the graph runs them: `.envs/serve-cpu/bin/llmbuild serve
 service and `.envs/bench/bin/llmbuild dataset generate` / `bench static` / `bench dynamic`
 as subprocesses, so this test runs from any interpreter (the driver's or the bench env's).
 Skipped where either environment is missing. About two minutes on 2 cores, most of it vLLM's
-start. The last benchmark kills the server mid-run: the run completes and counts failures.
+start. The last benchmark kills the server mid-run: the run fails with the failures counted,
+writes no CSV and keeps its records under --keep-on-failure.
 """
 
 from __future__ import annotations
@@ -87,12 +88,12 @@ def service(envs, tmp_path_factory):
                 pass
 
 
-def _llmbuild(*args, tmp: Path) -> subprocess.CompletedProcess:
+def _llmbuild(*args, tmp: Path, rc: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [BENCH / "llmbuild", *map(str, args)], capture_output=True, text=True, timeout=600
     )
     (tmp / f"{args[0]}-{args[1]}.log").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == rc, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
 
 
@@ -162,7 +163,7 @@ def test_static_and_dynamic_against_vllm_cpu(service):
     assert all(r["server_prompt_tokens"] > r["prompt_len"] for r in chat)  # the template
 
 
-def test_server_crash_mid_run_keeps_partial_results(service):
+def test_server_crash_mid_run_fails_and_keeps_the_records(service):
     from llmbuild.serve.vllm import descendants
 
     tmp, model, ep, proc = service["tmp"], service["model"], service["endpoint"], service["proc"]
@@ -177,19 +178,24 @@ def test_server_crash_mid_run_keeps_partial_results(service):
     data = tmp / "gen.jsonl"
     if not data.exists():
         pytest.skip("needs the dataset of the previous test")
-    out = tmp / "crash.csv"
+    out, keep = tmp / "crash.csv", tmp / "crash-kept"
     timer = threading.Timer(4.0, crash)
     timer.start()
     t = time.monotonic()
-    _llmbuild(
+    proc = _llmbuild(
         "bench", "dynamic", "--endpoint", ep, "--tokenizer", model, "--dataset", data,
         "--request-rate", "4", "--num-prompts", "40", "--request-timeout", "30",
-        "--output", out, "--records", tmp / "crash.jsonl", tmp=tmp,
+        "--output", out, "--records", tmp / "crash.jsonl", "--keep-on-failure", keep,
+        tmp=tmp, rc=2,
     )  # fmt: skip
     timer.join()
     assert time.monotonic() - t < 120
-    (row,) = _rows(out)
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("llmbuild bench dynamic: error: tiny: service failed during bench")
+    assert "of 40 requests failed (allowed 0)" in err and "kept for diagnosis" in err
+    assert not out.exists() and not (tmp / "crash.jsonl").exists()
+    (row,) = _rows(keep / "crash.csv")
     assert int(row["successes"]) > 0 and int(row["failures"]) > 0
     assert int(row["successes"]) + int(row["failures"]) == 40
-    assert row["first_error"]
-    assert len((tmp / "crash.jsonl").read_text().splitlines()) == 40
+    assert row["first_error"] and row["valid"] == "False"
+    assert len((keep / "crash.jsonl").read_text().splitlines()) == 40

@@ -1,4 +1,11 @@
-"""`llmbuild eval ...`: task accuracy of a served model through its OpenAI-compatible API."""
+"""`llmbuild eval ...`: task accuracy of a served model through its OpenAI-compatible API.
+
+`eval accuracy` is also a gate on its service (``llmbuild.bench.gate``): more failed requests
+than ``--max-failed-fraction`` allows, a service process that is gone or an endpoint that says
+stopped fail it with one line (variant, figures, the server log's root-cause line) and leave
+no result, records or verdict behind; they go to ``--keep-on-failure DIR`` when given. An
+accuracy computed over a dead service's errors is not an accuracy.
+"""
 
 from __future__ import annotations
 
