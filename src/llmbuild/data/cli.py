@@ -59,23 +59,24 @@ def _tokenize(args: argparse.Namespace) -> int:
             path=args.tokenizer,
             field="tokenizer",
         )
+    tok = tk.load_tokenizer(args.tokenizer)
+    specials = tk.resolve_special_tokens(args.tokenizer, args.eod_token, tok=tok)
     log = RateLog(f"tokenize {args.kind}", unit="docs")
     with atomic_dir(args.output) as tmp:
         progress = lambda docs, toks: log.update(docs, f"{toks} tokens")  # noqa: E731
+        common = dict(workers=args.workers, progress=progress, specials=specials, tok=tok)
         if args.kind == "pretrain":
             docs = formats.read_pretrain(args.input, args.text_key)
-            stats = tk.tokenize_pretrain(
-                docs, args.tokenizer, tmp, args.seq_length, args.workers, progress
-            )
+            stats = tk.tokenize_pretrain(docs, args.tokenizer, tmp, args.seq_length, **common)
         else:
             convs = formats.read_instructions(args.input, args.format)
             stats = tk.tokenize_instructions(
-                convs, args.tokenizer, tmp, args.seq_length, args.overlong, args.workers, progress
+                convs, args.tokenizer, tmp, args.seq_length, args.overlong, **common
             )
         if stats.documents == 0:
             raise UserError("no usable documents (all empty, dropped or masked)", path=args.input)
         log.close()
-        tk.write_meta(tmp, stats, args.tokenizer, args.seq_length)
+        tk.write_meta(tmp, stats, args.tokenizer, args.seq_length, specials=specials, tok=tok)
         provenance.write(
             tmp,
             command="data tokenize",
@@ -121,4 +122,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-length", type=int, required=True)
     p.add_argument("--overlong", default="drop", help="sft: drop, truncate or error")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--eod-token",
+        default=None,
+        help="the end-of-document token (one token of the vocabulary); "
+        "default: the tokenizer's eos_token",
+    )
     p.set_defaults(func=_tokenize)

@@ -1,7 +1,8 @@
 """Readers for the input formats users bring: pretraining text and instruction data.
 
 Every reader yields plain Python values and raises UserError naming the file, the record
-(line number for JSONL, index for a JSON list) and the field on malformed input.
+(line number for JSONL, index for a JSON list) and the field on malformed input. Text is
+decoded line by line, so a byte that is not UTF-8 is reported as ``file:line``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,51 @@ _SHAREGPT_ROLES = {
 }
 
 
+_FIX_ENCODING = "re-encode the file as UTF-8"
+
+
+def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    """One line of a text file as str; a byte that is not UTF-8 is a ``file:line`` error."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); {_FIX_ENCODING}",
+            path=f"{path}:{lineno}",
+        ) from None
+    return line[1:] if lineno == 1 and line.startswith("\ufeff") else line
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) of a UTF-8 text file."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            yield lineno, _decode_line(raw, path, lineno).rstrip("\r\n")
+
+
+def _read_text(path: Path) -> str:
+    """A whole UTF-8 file; a byte that is not UTF-8 is reported with its line and offset."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(
+            f"not UTF-8 (byte 0x{data[exc.start]:02x} at byte offset {exc.start}, column "
+            f"{column}); {_FIX_ENCODING}",
+            path=f"{path}:{line}",
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     """(location, record) pairs from a .jsonl/.json file."""
     if not path.is_file():
         raise UserError("file not found; check the path in the config", path=path)
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_read_text(path))
         except json.JSONDecodeError as exc:
             raise UserError(
                 f"not valid JSON ({exc.msg} at line {exc.lineno}); "
@@ -44,17 +83,17 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, rec in enumerate(data):
             yield f"record {i}", rec
         return
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield str(lineno), json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(
-                    f"malformed JSON ({exc.msg}); each line must be one JSON object",
-                    path=f"{path}:{lineno}",
-                ) from None
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(
+                f"malformed JSON ({exc.msg}); each line must be one JSON object",
+                path=f"{path}:{lineno}",
+            ) from None
+        yield str(lineno), rec
 
 
 def _field(rec: Any, key: str, path: Path, where: str, kind: type = str) -> Any:
@@ -96,13 +135,12 @@ def read_pretrain(path: str | Path, text_key: str = "text") -> Iterator[str]:
         if not path.is_file():
             raise UserError("file not found; check the path in the config", path=path)
         para: list[str] = []
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    para.append(line.rstrip("\n"))
-                elif para:
-                    yield "\n".join(para)
-                    para = []
+        for _, line in _lines(path):
+            if line.strip():
+                para.append(line)
+            elif para:
+                yield "\n".join(para)
+                para = []
         if para:
             yield "\n".join(para)
         return
