@@ -318,7 +318,7 @@ def test_dynamic_cli_errors_are_one_line(tmp_path, tokenizer_dir, capsys, bench_
     rc = bench_cli(base + ["--request-rate", "inf", "--num-prompts", "3"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "m: service failed during bench dynamic: 3 of 3" in err
+    assert err.count("\n") == 0 and "m: service gate failed in bench dynamic: 3 of 3" in err
     assert "first request error: ClientConnectorError" in err
     assert not (tmp_path / "o.csv").exists() and not (tmp_path / "r.jsonl").exists()
     # with every failure allowed (--max-failed-fraction 1), the run writes its rows

@@ -191,7 +191,7 @@ def test_server_crash_mid_run_fails_and_keeps_the_records(service):
     timer.join()
     assert time.monotonic() - t < 120
     err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("llmbuild bench dynamic: error: tiny: service failed during bench")
+    assert err.startswith("llmbuild bench dynamic: error: tiny: service gate failed in bench")
     assert "of 40 requests failed (allowed 0)" in err and "kept for diagnosis" in err
     assert not out.exists() and not (tmp / "crash.jsonl").exists()
     (row,) = _rows(keep / "crash.csv")

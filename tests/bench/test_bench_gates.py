@@ -96,7 +96,9 @@ def test_dead_service_fails_with_its_root_cause_and_writes_nothing(
     assert rc == 2
     err = _one_line(capsys)
     n = 12 if kind == "static" else 20
-    assert err.startswith(f"llmbuild bench {kind}: error: w8a8: service failed during bench {kind}")
+    assert err.startswith(
+        f"llmbuild bench {kind}: error: w8a8: service gate failed in bench {kind}"
+    )
     assert f"of {n} requests failed (allowed 0)" in err
     assert f"service process {pid} is gone" in err
     assert f"root cause (server log): {CRASH_CAUSE}" in err and "EngineDeadError" not in err
@@ -125,7 +127,7 @@ def test_without_a_keep_dir_the_line_says_nothing_was_kept(
         rc = bench_cli(_argv("static", tokenizer_dir, dataset, out_dir, "--endpoint", ep))
     assert rc == 2
     err = _one_line(capsys)
-    assert "mock-model: service failed" in err and "first request error: " in err
+    assert "mock-model: service gate failed" in err and "first request error: " in err
     assert "no server log in the endpoint file" in err and "nothing kept" in err
     assert list(out_dir.iterdir()) == []
 
@@ -166,7 +168,7 @@ def test_failures_within_the_allowed_fraction_pass(
         err = _one_line(capsys)
         failed = srv.counters.errors
         assert 0 < failed < 6
-        assert f"mock-model: service failed during bench static: {failed} of 12 requests" in err
+        assert f"mock-model: service gate failed in bench static: {failed} of 12 requests" in err
         assert 'first request error: HTTP 500: {"error": {"message": "mock failure"}}' in err
         assert list(out_dir.iterdir()) == []
         argv += ["--max-failed-fraction", "0.5", "--verdict", str(out_dir / "v.json")]

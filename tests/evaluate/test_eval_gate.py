@@ -51,7 +51,7 @@ def test_dead_service_fails_with_its_root_cause_and_writes_nothing(
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
-    assert err.startswith("llmbuild eval accuracy: error: w8a8: service failed during eval")
+    assert err.startswith("llmbuild eval accuracy: error: w8a8: service gate failed in eval")
     assert "of 12 requests failed (allowed 0)" in err and f"service process {pid} is gone" in err
     assert f"root cause (server log): {CRASH_CAUSE}" in err and "EngineDeadError" not in err
     assert f"server log {log.resolve()}" in err

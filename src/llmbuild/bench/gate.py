@@ -143,7 +143,7 @@ def failure_line(
         quote = "no root cause in the server log and no request error"
     log = f"server log {service.log}" if service.log else "no server log in the endpoint file"
     return (
-        f"{service.variant}: service failed during {what}: {verdict.detail}; {quote}; {log}; "
+        f"{service.variant}: service gate failed in {what}: {verdict.detail}; {quote}; {log}; "
         + _kept(kept)
     )
 
