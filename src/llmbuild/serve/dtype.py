@@ -10,8 +10,11 @@ code (file:line under site-packages/vllm):
   check_cpu_sgl_kernel in model_executor/layers/utils.py:440,458), which refuses float32
   activations ("expect A to be bfloat16 or half"); without AMX it uses oneDNN
   (scaled_mm/cpu.py:59,136-139), which takes the model's dtype, float32 included.
-* fp8 on an AMX CPU runs ``fp8_scaled_mm_cpu`` (scaled_mm/cpu.py:229-242,344-359,413), which
-  also needs bf16/fp16 activations; vLLM's own ``fp8`` quant method accepts only bf16/fp16
+* fp8 with block or per-tensor-static weights on an AMX CPU runs ``fp8_scaled_mm_cpu``
+  (scaled_mm/cpu.py:229-242,344-376,413), which also needs bf16/fp16 activations; other
+  compressed-tensors fp8 (e.g. FP8_DYNAMIC: channel weights, per-token activations) runs
+  torch._scaled_mm (ChannelWiseTorchFP8ScaledMMLinearKernel, scaled_mm/pytorch.py:199-266),
+  which takes float32; vLLM's own ``fp8`` quant method accepts only bf16/fp16
   (model_executor/layers/quantization/fp8.py:143, checked at config/vllm.py:907).
 * 4-bit weight-only on CPU runs ``cpu_gemm_wna16`` (mixed_precision/cpu.py:198,210), built for
   BFloat16 and Half only (no float instance in _C/_C_AVX512); AWQ/GPTQ configs accept only
@@ -333,11 +336,25 @@ def _refusal(q: Quantization, device: str, features: CpuFeatures | None) -> str 
         return None
     if q.kind == "int8-w8a8" and features.has_amx and q.input_symmetric is not False:
         return "vLLM's int8 W8A8 kernel on this AMX CPU takes 16-bit activations"
-    if q.kind == "fp8" and features.has_amx:
+    if q.kind == "fp8" and features.has_amx and _amx_fp8_kernel(q, features):
         return "vLLM's fp8 kernel on this AMX CPU takes 16-bit activations"
     if q.kind == "weight-only" and (q.weight_bits or 4) == 4:
         return "vLLM's CPU int4 weight-only kernel (cpu_gemm_wna16) takes only 16-bit activations"
     return None
+
+
+def _amx_fp8_kernel(q: Quantization, features: CpuFeatures) -> bool:
+    """Whether an AMX fp8 kernel (16-bit activations only) serves ``q`` on this AMX CPU.
+
+    vLLM's CPU fp8 kernels, in order (kernels/linear/__init__.py:462-467,495-497): the AMX-FP8
+    W8A8 ones (amx_fp8 CPUs), the AMX per-tensor one (tensor weights, static activations), the
+    AMX block ones; anything else goes to torch._scaled_mm, which takes float32 too.
+    """
+    if "amx_fp8" in features or q.method != "compressed-tensors":
+        return True
+    if q.weight_strategy in ("block", None):
+        return True
+    return q.weight_strategy == "tensor" and q.input_dynamic is False
 
 
 def choose_dtype(
@@ -410,7 +427,7 @@ def choose_dtype(
         return DtypeChoice(
             sixteen,
             "fp8 checkpoints are made for 16-bit activations, which every vLLM CPU fp8 kernel "
-            "takes (without AMX, torch._scaled_mm would also take float32)",
+            "takes (its torch._scaled_mm path here would also take float32)",
         )
     if q.kind == "int8-w8a8":
         if features.has_amx:  # asymmetric activations: the oneDNN kernel even with AMX
