@@ -462,3 +462,14 @@ def test_boolean_switches_take_no_forms():
     argv = build_argv(cfg, "127.0.0.1", 1, python="py")
     assert "--enforce-eager" not in argv and "--trust-remote-code" not in argv
     assert parser.parse_args(base).dtype == "auto"
+
+
+def test_kv_cache_only_scheme_keeps_the_model_dtype():
+    kv = {
+        "quant_method": "compressed-tensors",
+        "config_groups": {},
+        "kv_cache_scheme": {"type": "float", "num_bits": 8, "strategy": "tensor"},
+    }
+    cfg = {**BASE_CONFIG, "quantization_config": kv}
+    assert choose_dtype("auto", cfg, "cuda").dtype == "float32"
+    assert choose_dtype("float32", cfg, "cpu", CPUS["spr"]).dtype == "float32"

@@ -330,7 +330,7 @@ def _refusal(q: Quantization, device: str, features: CpuFeatures | None) -> str 
         return "vLLM's fp8 quantization accepts only bfloat16/float16 activations"
     if q.method in ("awq", "gptq"):
         return f"vLLM's {q.method.upper()} kernels accept only bfloat16/float16 activations"
-    if device == "cuda":
+    if device == "cuda" and q.weight_bits is not None:
         return "vLLM's quantized CUDA kernels (cutlass, marlin) take only 16-bit activations"
     if device != "cpu" or features is None:
         return None
@@ -375,6 +375,8 @@ def choose_dtype(
     where = path if path is not None else label
     own = model_dtype(cfg)
     q = model_quantization(cfg)
+    if q is not None and q.kind == "other" and q.weight_bits is None:
+        q = None  # a KV-cache-only scheme: the linear kernels are the unquantized ones
     model_type = str(cfg.get("model_type") or "")
     if device == "cpu" and features is None:
         features = cpu_features()
