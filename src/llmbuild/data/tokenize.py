@@ -233,9 +233,16 @@ def assistant_spans(
         before = render(messages[:i], add_generation_prompt=True)
         through = render(messages[: i + 1], add_generation_prompt=False)
         if not (full.startswith(before) and full.startswith(through)):
+            fix = (
+                "if it moves the system message (Mistral's v0.3 template keeps it only "
+                "while a user turn is last), drop the system messages from the data, else "
+                "use a template that renders turns independently"
+                if messages[0]["role"] == "system"
+                else "use a template that renders turns independently"
+            )
             raise UserError(
-                "the chat template is not prefix-stable, so prompt tokens cannot be "
-                "masked; use a template that renders turns independently",
+                f"the chat template renders the prompt of message {i} differently once its "
+                f"answer follows (not prefix-stable), so prompt tokens cannot be masked; {fix}",
                 field="chat_template",
             )
         spans.append((len(before), len(through)))
