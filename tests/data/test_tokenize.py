@@ -80,6 +80,12 @@ def test_pretrain_documents_end_with_eod(tiny):
     tok = AutoTokenizer.from_pretrained(str(tiny / "hf"))
     first = json.loads((tiny / "corpus.jsonl").read_text().splitlines()[0])["text"]
     assert list(ds[0]) == tok(first, add_special_tokens=False)["input_ids"] + [meta["eod_id"]]
+    # the embedded default ends documents with its tokenizer's eos_token, pads with its
+    # pad_token and adds no BOS
+    assert (meta["eod_token"], meta["eod_id"]) == ("<|end|>", tok.eos_token_id)
+    assert (meta["pad_token"], meta["pad_id"]) == ("<|endoftext|>", tok.pad_token_id)
+    assert meta["bos_id"] is None
+    assert all(ds[i][-1] == tok.eos_token_id for i in range(len(ds)))
     assert meta["stats"]["over_seq_length"] == sum(len(ds[i]) > 65 for i in range(len(ds)))
 
 
