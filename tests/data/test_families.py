@@ -204,8 +204,15 @@ def test_pretrain_documents_end_with_the_tokenizers_end_token(name, tokdirs, cor
         pad,
     )
     assert set(meta["special_token_sources"]) == {"eod_id", "pad_id", "bos_id"}
-    assert meta["special_token_sources"]["eod_id"] == "the tokenizer's eos_token"
+    sources = meta["special_token_sources"]
+    assert sources["eod_id"] == "the tokenizer's eos_token"
+    assert sources["bos_id"] == (
+        "the tokenizer's post-processor (add_special_tokens=True)"
+        if bos is not None
+        else "none: the tokenizer adds no BOS"
+    )
     tok = tk.load_tokenizer(tokdirs[name])
+    assert meta["bos_token"] == (None if bos is None else tok.bos_token)
     assert len(docs) == len(DOCS)
     for text, ids in zip(DOCS, docs, strict=True):
         assert ids[-1] == eod and eod not in ids[:-1]
@@ -335,6 +342,8 @@ def test_sft_labels_are_exactly_the_replies_and_their_end_of_turn(name, tokdirs,
     meta = json.loads((out / "meta.json").read_text())
     eod_token, eod, bos, pad = EXPECTED[name]
     assert (meta["eod_id"], meta["pad_id"], meta["bos_id"]) == (eod, pad, bos)
+    bos_source = meta["special_token_sources"]["bos_id"]
+    assert bos_source == "the chat template" if bos is not None else bos_source.startswith("none")
     tok = tk.load_tokenizer(tokdirs[name])
     ids_ds = IndexedDataset(str(out / "input_ids_document"))
     labels_ds = IndexedDataset(str(out / "labels_document"))

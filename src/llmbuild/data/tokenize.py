@@ -53,18 +53,19 @@ class SpecialTokens:
     bos_token: str | None
     vocab_size: int  # len(tokenizer)
 
-    def meta(self, bos_id: int | None, bos_source: str) -> dict[str, Any]:
+    def meta(self, bos: tuple[int | None, str | None, str]) -> dict[str, Any]:
+        """The meta.json keys; ``bos`` is (id, token, source) of what the documents start with."""
         return {
             "eod_id": self.eod_id,
             "eod_token": self.eod_token,
             "pad_id": self.pad_id,
             "pad_token": self.pad_token,
-            "bos_id": bos_id,
-            "bos_token": self.bos_token if bos_id is not None else None,
+            "bos_id": bos[0],
+            "bos_token": bos[1],
             "special_token_sources": {
                 "eod_id": self.eod_source,
                 "pad_id": self.pad_source,
-                "bos_id": bos_source,
+                "bos_id": bos[2],
             },
         }
 
@@ -415,16 +416,23 @@ def tokenize_instructions(
     return stats
 
 
-def _bos_meta(stats: TokenizeStats, specials: SpecialTokens, tok: Any) -> tuple[Any, str]:
-    """(bos_id or None, where it came from) for the documents written."""
+def _bos_meta(
+    stats: TokenizeStats, specials: SpecialTokens, tok: Any
+) -> tuple[int | None, str | None, str]:
+    """(id, token, where it came from) of the BOS the written documents start with."""
     if stats.kind == "pretrain":
         if specials.bos_id is None:
-            return None, "none: the tokenizer adds no BOS"
-        return specials.bos_id, "the tokenizer's post-processor (add_special_tokens=True)"
+            return None, None, "none: the tokenizer adds no BOS"
+        source = "the tokenizer's post-processor (add_special_tokens=True)"
+        return specials.bos_id, specials.bos_token, source
     bos = tok.bos_token_id if tok is not None else specials.bos_id
-    if bos is not None and stats.documents and stats.bos_documents == stats.documents:
-        return bos, "the chat template"
-    return None, "none: the chat template writes no BOS"
+    if bos is None or stats.bos_documents == 0:
+        return None, None, "none: the chat template writes no BOS"
+    token = tok.bos_token if tok is not None else specials.bos_token
+    if stats.bos_documents < stats.documents:
+        source = f"the chat template, in {stats.bos_documents} of {stats.documents} documents"
+        return None, None, source
+    return bos, token, "the chat template"
 
 
 def write_meta(
@@ -438,11 +446,10 @@ def write_meta(
     if specials is None or (stats.kind == "sft" and tok is None):
         tok = tok if tok is not None else load_tokenizer(tokenizer_dir)
         specials = specials or resolve_special_tokens(tokenizer_dir, tok=tok)
-    bos_id, bos_source = _bos_meta(stats, specials, tok)
     meta = {
         "kind": stats.kind,
         "prefixes": {"text": PRETRAIN_PREFIX} if stats.kind == "pretrain" else SFT_PREFIXES,
-        **specials.meta(bos_id, bos_source),
+        **specials.meta(_bos_meta(stats, specials, tok)),
         "vocab_size": specials.vocab_size,
         "stats": stats.as_dict(seq_length),
     }
