@@ -455,3 +455,15 @@ def test_unknown_resolution_error_is_user_error(tokdirs, tmp_path):
     (d / "config.json").write_text(json.dumps({"eos_token_id": 999999}))
     with pytest.raises(UserError, match=r"config.json eos_token_id 999999 is not an id"):
         tk.resolve_special_tokens(d)
+
+
+def test_families_cli_writes_a_tokenizer_directory(tmp_path, capsys):
+    assert (
+        families.main(["--family", "mistral", "--out", str(tmp_path / "m"), "--tokenizer-only"])
+        == 0
+    )
+    assert "wrote mistral" in capsys.readouterr().out
+    names = {p.name for p in (tmp_path / "m").iterdir()}
+    assert names == {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
+    with pytest.raises(SystemExit):
+        families.main(["--family", "gpt2", "--out", str(tmp_path / "x")])
