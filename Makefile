@@ -27,8 +27,10 @@ envs: setup
 	$(SNAKEMAKE) envs
 
 demo: envs
+	@.envs/serve-cpu/bin/llmbuild serve cpu
 	@start=$$(date +%s) && $(SNAKEMAKE) && end=$$(date +%s) && \
 	  echo "graph run: $$((end - start)) s"
+	@$(VENV)/bin/python scripts/demo_summary.py results/tiny-llama
 	$(SNAKEMAKE) --report results/report.html
 	@echo "report: results/report.html"
 

@@ -29,7 +29,18 @@ def make(flag: str, value: str) -> None:
 def main() -> None:
     args = sys.argv[1:]
     for i, a in enumerate(args[:-1]):
-        if a in ("--output", "--save", "--log", "--records", "--endpoint", "--marker"):
+        if a in (
+            "--output",
+            "--save",
+            "--train-log",
+            "--records",
+            "--endpoint",
+            "--marker",
+            "--verdict",
+            "--html",
+        ):
+            make(a, args[i + 1])
+        if a == "--log" and args[:2] == ["train", "run"]:  # elsewhere --log names inputs
             make(a, args[i + 1])
     if args[:2] == ["serve", "run"]:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

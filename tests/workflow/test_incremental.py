@@ -127,7 +127,14 @@ def test_noop_run_does_nothing(built):
 def test_bench_setting_reruns_only_benchmarks_and_plots(built):
     jobs = planned(built, change={"bench": {"static": {"concurrency": [1, 2]}}})
     # the dynamic benchmark shares the bench service, which restarts
-    assert jobs == {"serve": 3, "bench_static": 3, "bench_dynamic": 3, "plot_bench": 1, "all": 1}
+    assert jobs == {
+        "serve": 3,
+        "bench_static": 3,
+        "bench_dynamic": 3,
+        "plot_bench": 1,
+        "gate_summary": 1,
+        "all": 1,
+    }
     assert all(
         "consumer=bench" in line
         for line in served(built, change={"bench": {"static": {"concurrency": [1, 2]}}})
@@ -137,7 +144,14 @@ def test_bench_setting_reruns_only_benchmarks_and_plots(built):
 def test_dynamic_bench_setting_reruns_only_benchmarks_and_plots(built):
     change = {"bench": {"dynamic": {"request_rate": [1, 2]}}}
     jobs = planned(built, change=change)
-    assert jobs == {"serve": 3, "bench_static": 3, "bench_dynamic": 3, "plot_bench": 1, "all": 1}
+    assert jobs == {
+        "serve": 3,
+        "bench_static": 3,
+        "bench_dynamic": 3,
+        "plot_bench": 1,
+        "gate_summary": 1,
+        "all": 1,
+    }
     assert all("consumer=bench" in line for line in served(built, change=change))
 
 
@@ -149,6 +163,7 @@ def test_bench_dataset_setting_regenerates_it_and_reruns_only_benchmarks(built):
         "bench_static": 3,
         "bench_dynamic": 3,
         "plot_bench": 1,
+        "gate_summary": 1,
         "all": 1,
     }
 
@@ -163,6 +178,8 @@ def test_smoothing_strength_reruns_only_the_quantized_branch(built):
         "bench_dynamic": 1,
         "eval_summary": 1,
         "plot_bench": 1,
+        "gate_quant": 1,
+        "gate_summary": 1,
         "all": 1,
     }
 
@@ -173,7 +190,11 @@ def test_training_data_reruns_tokenization_and_downstream_only(built):
         "synth_task": 1,
         "tokenize_sft": 1,
         "train": 1,
+        "gate_train": 1,
         "mg2hf": 1,
+        "gate_parity_mg2hf": 1,
+        "gate_quant": 1,
+        "gate_summary": 1,
         "quantize": 1,
         "serve": 4,
         "eval_accuracy": 2,
@@ -206,6 +227,8 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
         "bench_dynamic": 1,
         "eval_summary": 1,
         "plot_bench": 1,
+        "gate_quant": 1,
+        "gate_summary": 1,
         "all": 1,
     }
 
@@ -239,8 +262,13 @@ def test_uneven_pipeline_split_reconverts_and_trains_under_torchrun(built):
     # the base is converted again with the split; both phases and everything after rerun
     assert jobs == {
         "hf2mg": 1,
+        "gate_parity_hf2mg": 1,
         "train": 2,
+        "gate_train": 2,
         "mg2hf": 1,
+        "gate_parity_mg2hf": 1,
+        "gate_quant": 1,
+        "gate_summary": 1,
         "quantize": 1,
         "serve": 4,
         "eval_accuracy": 2,

@@ -65,7 +65,8 @@ def _accuracy(args: argparse.Namespace) -> int:
             for r in records:
                 fh.write(json.dumps(r) + "\n")
         with staged.open(out) as fh:
-            json.dump(result.as_dict(), fh, indent=2)
+            # the dtype the service ran in (chosen per variant and device), for the summary
+            json.dump(result.as_dict() | {"served_dtype": info.dtype}, fh, indent=2)
             fh.write("\n")
         if verdict.failed:
             kept = staged.keep(keep_dir)
@@ -80,7 +81,11 @@ def _accuracy(args: argparse.Namespace) -> int:
             args=vars(args),
             inputs=[args.data, args.endpoint],
             started=started,
-            extra={"model": endpoint.model, "base_url": endpoint.base_url},
+            extra={
+                "model": endpoint.model,
+                "base_url": endpoint.base_url,
+                "served_dtype": info.dtype,
+            },
         )
     if args.verdict:
         V.write(

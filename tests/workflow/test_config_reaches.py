@@ -1,0 +1,367 @@
+"""Every config value reaches the step it configures, and only that step.
+
+For every key of config/schema.yaml, the whole graph is dry-run (`-n -p --forceall`) with the
+key changed, every shell command the rules emit is parsed with llmbuild's own argument parser,
+and the steps whose parsed arguments (or executable) changed must be exactly the ones the
+table below names. Keys that change which jobs exist (the model, the served variants, the
+stacks) name the rules whose jobs appear or disappear as well. A schema key missing from the
+table fails the test, so a new key cannot be added without saying where it goes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.workflow
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+from llmbuild.cli import build_parser  # noqa: E402
+
+BENCH = {"bench_static", "bench_dynamic"}
+CONSUMERS = {"eval_accuracy"} | BENCH
+PARITY = {"gate_parity_hf2mg", "gate_parity_mg2hf"}
+TOKENIZE = {"tokenize_pretrain", "tokenize_sft"}
+# the steps that read the base model's directory (the served base's benchmarks as tokenizer)
+BASE_HF = {"hf2mg", "gate_parity_hf2mg", "mg2hf", "dataset_generate", "serve"} | TOKENIZE | BENCH
+
+# key -> (new value, rules whose arguments change[, context overlay applied to both runs]).
+FLAGS: dict[str, tuple] = {
+    "model.tiny.vocab_size": (600, {"tiny_model"}),
+    "model.tiny.hidden_size": (256, {"tiny_model"}),
+    "model.tiny.intermediate_size": (512, {"tiny_model"}),
+    "model.tiny.num_layers": (2, {"tiny_model"}),
+    "model.tiny.num_heads": (8, {"tiny_model"}),
+    "model.tiny.num_kv_heads": (4, {"tiny_model"}),
+    "model.tiny.max_position_embeddings": (1024, {"tiny_model"}),
+    "model.tiny.seed": (1, {"tiny_model"}),
+    "data.pretrain.text_key": ("content", {"tokenize_pretrain"}),
+    "data.pretrain.num_docs": (10, {"synth_corpus"}),
+    "data.pretrain.seed": (1, {"synth_corpus"}),
+    "data.sft.format": (
+        "openai",
+        {"tokenize_sft"},
+        {"data": {"sft": {"path": "in/sft.jsonl", "heldout": "in/heldout.jsonl"}}},
+    ),
+    "data.sft.task": ("reverse", {"synth_task"}),
+    "data.sft.num_train": (10, {"synth_task"}),
+    "data.sft.num_heldout": (10, {"synth_task"}),
+    "data.sft.min_len": (2, {"synth_task"}),
+    "data.sft.max_len": (9, {"synth_task"}),
+    "data.sft.seed": (1, {"synth_task"}),
+    "data.seq_length": (32, TOKENIZE),
+    "data.overlong": ("truncate", {"tokenize_sft"}),
+    "data.workers": (2, TOKENIZE),
+    "data.eod_token": ("<|end|>", TOKENIZE),
+    "train.device": ("cuda", {"train"}),
+    "train.tp": (2, {"hf2mg", "train"}),
+    "train.pp": (2, {"hf2mg", "train"}),
+    "train.pp_layers": ([1, 3], {"hf2mg", "train"}, {"train": {"pp": 2}}),
+    "quantize.smoothing_strength": (0.7, {"quantize"}),
+    "quantize.num_samples": (8, {"quantize"}),
+    "quantize.max_seq_length": (64, {"quantize"}),
+    "quantize.seed": (1, {"quantize"}),
+    "serve.device": ("cuda", {"serve"}),
+    "serve.max_num_seqs": (4, {"serve"}),
+    "serve.max_model_len": (256, {"serve"}),
+    "serve.max_num_batched_tokens": (1024, {"serve"}),
+    "serve.tensor_parallel_size": (2, {"serve"}),
+    "serve.block_size": (32, {"serve"}),
+    "serve.dtype": ("bfloat16", {"serve"}),
+    "serve.gpu_memory_utilization": (0.8, {"serve"}, {"serve": {"kv_cache_space_gib": None}}),
+    "serve.kv_cache_space_gib": (2, {"serve"}),
+    "serve.enable_prefix_caching": (True, {"serve"}),
+    "serve.enforce_eager": (False, {"serve"}),
+    "serve.quantization": ("compressed-tensors", {"serve"}),
+    "serve.kv_cache_dtype": ("fp8", {"serve"}),
+    "serve.chat_template": ("in/template.jinja", {"serve"}),
+    "serve.trust_remote_code": (True, {"serve"}),
+    "serve.ready_timeout": (60, {"serve"} | CONSUMERS),
+    "eval.max_tokens": (8, {"eval_accuracy"}),
+    "eval.concurrency": (2, {"eval_accuracy"}),
+    "bench.static.concurrency": ([1, 2], {"bench_static"}),
+    "bench.static.input_len": (
+        [16, 64],
+        {"bench_static"},
+        {"bench": {"static": {"input_len": [32, 32], "output_len": [16, 16]}}},
+    ),
+    "bench.static.output_len": ([8], {"bench_static"}),
+    "bench.static.epochs": (3, {"bench_static"}),
+    "bench.static.prefix_len": (16, {"bench_static"}),
+    "bench.static.seed": (1, {"bench_static"}),
+    "bench.dataset.num_requests": (50, {"dataset_generate"}),
+    "bench.dataset.min_input": (4, {"dataset_generate"}),
+    "bench.dataset.max_input": (80, {"dataset_generate"}),
+    "bench.dataset.avg_input": (30, {"dataset_generate"}),
+    "bench.dataset.std_input": (4, {"dataset_generate"}),
+    "bench.dataset.min_output": (2, {"dataset_generate"}),
+    "bench.dataset.max_output": (40, {"dataset_generate"}),
+    "bench.dataset.avg_output": (20, {"dataset_generate"}),
+    "bench.dataset.std_output": (2, {"dataset_generate"}),
+    "bench.dataset.seed": (1, {"dataset_generate"}),
+    "bench.dataset.max_prompt_tokens": (48, {"bench_dynamic"}),
+    "bench.dataset.max_tokens": (96, {"bench_dynamic"}),
+    "bench.dataset.output_len": (8, {"bench_dynamic"}),
+    "bench.dynamic.request_rate": ([1, 4], {"bench_dynamic"}),
+    "bench.dynamic.num_prompts": ([5], {"bench_dynamic"}),
+    "bench.dynamic.max_concurrency": (2, {"bench_dynamic"}),
+    "bench.dynamic.api": ("chat", {"bench_dynamic"}),
+    "bench.dynamic.output_mode": ("natural", {"bench_dynamic"}),
+    "bench.dynamic.speculative": (True, {"bench_dynamic"}),
+    "bench.dynamic.lora_mix": ("sft=1", {"bench_dynamic"}),
+    "bench.dynamic.seed": (1, {"bench_dynamic"}),
+    "plot.slo_ttft_ms": (1000, {"plot_bench"} | BENCH),
+    "plot.slo_tpot_ms": (100, {"plot_bench"} | BENCH),
+    "plot.slo_e2el_ms": (5000, BENCH),
+    "gates.mode": ("warn", BENCH),
+    "gates.max_failed_fraction": (0.1, CONSUMERS),
+    "gates.parity": ("off", PARITY),
+    "gates.parity_tolerance": (0.001, PARITY),
+    "gates.quant_max_drop": (0.1, {"gate_quant"}),
+    "gates.min_rate_fraction": (0.9, BENCH),
+    "gates.max_lag_ms": (50, BENCH),
+    "envs.python": ("python3.11", {"env"}),
+}
+for _phase, _tok in (("pretrain", "tokenize_pretrain"), ("sft", "tokenize_sft")):
+    for _key, _value in {
+        "lr": 0.003,
+        "min_lr": 0.00001,
+        "warmup_iters": 5,
+        "micro_batch_size": 8,
+        "weight_decay": 0.1,
+        "seed": 7,
+    }.items():
+        FLAGS[f"train.{_phase}.{_key}"] = (_value, {"train"})
+    FLAGS[f"train.{_phase}.iters"] = (50, {"train", "gate_train"})
+    FLAGS[f"train.{_phase}.global_batch_size"] = (64, {"train"})
+    FLAGS[f"train.{_phase}.seq_length"] = (96, {"train", _tok})
+
+# key -> (new value, rules whose arguments change, rules whose jobs appear or disappear[,
+# context]): keys that choose what the graph builds.
+STRUCTURE: dict[str, tuple] = {
+    "model.name": ("llama2-7b", set(), "*"),
+    "model.source": ("hf", BASE_HF, {"tiny_model"}, None, "in/hf"),
+    "model.path": (
+        "in/hf2",
+        BASE_HF,
+        set(),
+        {"model": {"source": "hf", "path": "in/hf"}},
+    ),
+    "data.pretrain.path": ("in/corpus.txt", {"tokenize_pretrain", "tiny_model"}, {"synth_corpus"}),
+    "data.sft.path": (
+        "in/sft2.jsonl",
+        {"tokenize_sft", "quantize"},
+        set(),
+        {"data": {"sft": {"path": "in/sft.jsonl", "heldout": "in/heldout.jsonl"}}},
+    ),
+    "data.sft.heldout": ("in/heldout.jsonl", {"eval_accuracy"}, {"synth_task"}),
+    "quantize.schemes": ([], {"gate_summary", "plot_bench"}, "*"),
+    "serve.stack": ("serve-vllm", {"serve"}, {"env"}),
+    "eval.variants": (["sft"], {"gate_summary", "plot_bench"}, "*"),
+    "bench.dataset.type": (
+        "sharegpt",
+        {"bench_dynamic"},
+        {"dataset_generate"},
+        None,
+        "in/sharegpt.json",
+    ),
+    "bench.dataset.path": (
+        "in/sharegpt2.json",
+        {"bench_dynamic"},
+        set(),
+        {"bench": {"dataset": {"type": "sharegpt", "path": "in/sharegpt.json"}}},
+    ),
+    "bench.dynamic.enabled": (False, {"gate_summary"}, "*"),
+    "envs.mode": ("external", "*", {"env"}),
+}
+
+
+def schema_keys() -> list[str]:
+    schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
+
+    def walk(node: dict, prefix: str) -> list[str]:
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[1]]
+        if node.get("type") == "object" and "properties" in node:
+            out = []
+            for k, v in node["properties"].items():
+                out += walk(v, f"{prefix}{k}.")
+            return out
+        return [prefix[:-1]]
+
+    return walk(schema, "")
+
+
+def nest(key: str, value) -> dict:
+    out: dict = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("reach")
+    shutil.copytree(ROOT / "config", wd / "config")
+    shutil.copytree(ROOT / "envs", wd / "envs")
+    inputs = wd / "in"
+    for name in ("hf", "hf2"):
+        hf = inputs / name
+        hf.mkdir(parents=True)
+        cfg = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 4}
+        (hf / "config.json").write_text(json.dumps(cfg))
+        (hf / "tokenizer.json").write_text("{}")
+        (hf / "model.safetensors").write_text("")
+    (inputs / "corpus.txt").write_text("text\n")
+    for name in ("sft.jsonl", "sft2.jsonl", "heldout.jsonl"):
+        (inputs / name).write_text('{"instruction": "a", "output": "b"}\n')
+    for name in ("sharegpt.json", "sharegpt2.json"):
+        (inputs / name).write_text("[]")
+    (inputs / "template.jinja").write_text("{{ messages }}")
+    return wd
+
+
+def dry_run(workdir: Path, overlay: dict) -> dict[str, dict]:
+    """{job (rule + output): parsed command} of the whole graph under ``overlay``."""
+    name = f"overlay-{abs(hash(json.dumps(overlay, sort_keys=True)))}.yaml"
+    (workdir / name).write_text(json.dumps(overlay))
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "-n",
+        "-p",
+        "--forceall",
+        "--cores",
+        "2",
+        "--configfile",
+        "config/config.yaml",
+        name,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
+    assert proc.returncode == 0, (overlay, proc.stdout[-2000:], proc.stderr[-2000:])
+    jobs = {}
+    rule = output = None
+    for line in proc.stdout.splitlines():
+        text = line.strip()
+        if re.fullmatch(r"(localrule|rule) \w+:", text):
+            rule, output = text.split()[1][:-1], ""
+        elif rule and text.startswith("output:"):
+            output = text
+        elif rule and line.startswith("Shell command: "):
+            jobs[f"{rule} {output}"] = parse(line.removeprefix("Shell command: "))
+            rule = None
+    return jobs
+
+
+_BASELINES: dict[str, dict] = {}
+_LOCK = threading.Lock()
+
+
+def baseline(workdir: Path, context: dict) -> dict[str, dict]:
+    """The dry run of ``context`` alone (most keys share the empty one)."""
+    key = json.dumps(context, sort_keys=True)
+    with _LOCK:
+        if key not in _BASELINES:
+            _BASELINES[key] = dry_run(workdir, context)
+        return _BASELINES[key]
+
+
+_ARITH = re.compile(r"\$\(\( (\d+) > (\d+) \? (\d+) / (\d+) : 1 \)\)")
+
+
+def parse(shell: str | None) -> dict | None:
+    """The command's executable prefix and llmbuild's parsed arguments."""
+    if shell in (None, "None"):
+        return None
+    shell = _ARITH.sub(lambda m: str(max(int(m[3]) // int(m[4]), 1)), shell)
+    words = shlex.split(shell.split(" > ")[0])
+    if words[0] == "exec":
+        words = words[1:]
+    if "-m" in words and words[words.index("-m") + 1] == "llmbuild":
+        at = words.index("-m") + 2
+    else:
+        at = next(i for i, w in enumerate(words) if w.endswith("llmbuild")) + 1
+    args = vars(build_parser(words[at]).parse_args(words[at:]))
+    args.pop("func")
+    return {"exe": words[:at], **args}
+
+
+def compare(base: dict, changed: dict) -> tuple[set, set]:
+    """(rules whose arguments changed, rules whose jobs appeared or disappeared)."""
+    args = {k.split()[0] for k in base.keys() & changed.keys() if base[k] != changed[k]}
+    jobs = {k.split()[0] for k in base.keys() ^ changed.keys()} - {"all"}
+    return args, jobs
+
+
+def test_every_schema_key_has_a_place():
+    keys = set(schema_keys())
+    assert keys == set(FLAGS) | set(STRUCTURE), (
+        f"not in the table: {sorted(keys - set(FLAGS) - set(STRUCTURE))}; "
+        f"not in the schema: {sorted(set(FLAGS) | set(STRUCTURE) - keys)}"
+    )
+
+
+def _case(workdir: Path, key: str) -> tuple[str, set, set, object, object]:
+    if key in FLAGS:
+        value, want_args, *rest = FLAGS[key]
+        want_jobs: object = set()
+    else:
+        value, want_args, want_jobs, *rest = STRUCTURE[key]
+    context = rest[0] if rest and rest[0] else {}
+    change = nest(key, value)
+    if len(rest) > 1:  # a structure key that needs a companion value
+        change = merge(change, nest(key.rsplit(".", 1)[0] + ".path", rest[1]))
+    base = baseline(workdir, context)
+    new = dry_run(workdir, merge(context, change))
+    got_args, got_jobs = compare(base, new)
+    return key, got_args, got_jobs, want_args, want_jobs
+
+
+def test_each_key_reaches_exactly_its_steps(workdir):
+    keys = schema_keys()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda k: _case(workdir, k), keys))
+    wrong = []
+    for key, got_args, got_jobs, want_args, want_jobs in results:
+        if want_args != "*" and got_args != want_args:
+            wrong.append(
+                f"{key}: arguments of {sorted(got_args)} changed, want {sorted(want_args)}"
+            )
+        if want_jobs == "*":
+            if not got_jobs:
+                wrong.append(f"{key}: the job set did not change")
+        elif got_jobs != want_jobs:
+            wrong.append(
+                f"{key}: jobs of {sorted(got_jobs)} appeared/disappeared, want {sorted(want_jobs)}"
+            )
+    assert not wrong, "\n".join(wrong)
+
+
+def test_booleans_reach_their_commands_both_ways(workdir):
+    """A false boolean is said on the command line (--no-x), not left to the step's default."""
+    for value in (True, False):
+        jobs = dry_run(workdir, {"serve": {"enable_prefix_caching": value}})
+        serve = [a for k, a in jobs.items() if k.startswith("serve ")]
+        assert serve and all(a["enable_prefix_caching"] is value for a in serve)
