@@ -5,12 +5,20 @@ the dataset index cache, ``llmbuild_train.json`` = the run's identity) and renam
 ``<save>`` at the end. A rerun whose identity (arguments that change the result, and the
 fingerprints of --load and --data) matches an existing ``.partial/`` resumes from its latest
 checkpoint (断点续训); any other ``.partial/`` is discarded.
+
+A non-finite loss (or, when the step was applied, gradient norm) stops the run at that step
+on every rank (both are reduced over all ranks) with a UserError naming the step. Nothing more
+is saved, ``<save>`` is not written, and ``.partial/`` is marked stopped
+(``llmbuild_stopped.json``), so a rerun starts over from --load instead of resuming from
+checkpoints that may already hold the diverged weights (those stay until the rerun, for a
+look).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -27,6 +35,7 @@ from llmbuild.train import data as D
 
 MODES = ("pretrain", "sft")
 IDENTITY_FILE = "llmbuild_train.json"
+STOPPED_FILE = "llmbuild_stopped.json"  # in .partial/: stopped on a non-finite loss
 LOG_NAME = "train_log.jsonl"
 # Arguments that do not change the trained weights (so a rerun may differ in them).
 NOT_IDENTITY = ("load", "data", "save", "log", "save_interval", "log_interval", "threads", "device")
@@ -250,13 +259,51 @@ def _prepare_work(a: TrainArgs, identity: dict[str, Any], say: Callable[[str], N
             same = json.loads(ident_path.read_text()) == identity
         except (OSError, json.JSONDecodeError):
             pass
-        if same and ckpt.read_latest(work) is not None:
+        stopped = _stopped_reason(work)
+        if same and stopped is None and ckpt.read_latest(work) is not None:
             return True
-        say(f"discarding {work} ({'no checkpoint yet' if same else 'a different run'})")
+        if stopped is not None:
+            why = f"it stopped at {stopped}"
+        else:
+            why = "no checkpoint yet" if same else "a different run"
+        say(f"discarding {work} ({why})")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     ident_path.write_text(json.dumps(identity, indent=2) + "\n")
     return False
+
+
+def _stopped_reason(work: Path) -> str | None:
+    """Why the run in ``work`` stopped ("step N: loss is nan"), or None if it did not."""
+    path = work / STOPPED_FILE
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text())["reason"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return "a non-finite loss"
+
+
+def non_finite(loss: float, grad_norm: float | None, applied: bool) -> str | None:
+    """What is not finite after a step ("loss is nan", "gradient norm is inf (loss 2.3)"), or
+    None. A gradient norm counts only when the step was applied (fp16 loss scaling skips steps
+    with inf/nan gradients by design; bf16/fp32 apply them and the weights are lost)."""
+    if not math.isfinite(loss):
+        return f"loss is {loss}"
+    if applied and grad_norm is not None and not math.isfinite(grad_norm):
+        return f"gradient norm is {grad_norm} (loss {loss:.4f})"
+    return None
+
+
+def _stop(a: TrainArgs, work: Path, step: int, what: str) -> UserError:
+    """Mark ``.partial`` stopped (rank 0) and the error every rank raises."""
+    reason = f"step {step}: {what}"
+    if _rank() == 0:
+        (work / STOPPED_FILE).write_text(json.dumps({"step": step, "reason": reason}) + "\n")
+    return UserError(
+        f"{reason}; training stopped (lower train.{a.mode}.lr, check the data); nothing "
+        f"saved, a rerun starts over from {a.load}"
+    )
 
 
 def _prune(work: Path, keep: int) -> None:
@@ -459,6 +506,10 @@ def _train(
             torch.distributed.all_reduce(reduced)
             stats = reduced.cpu()
         loss = float(stats[0] / max(stats[1], 1.0))
+        # the same on every rank (loss all-reduced, grad norm reduced by the optimizer): all stop
+        bad = non_finite(loss, None if grad_norm is None else float(grad_norm), bool(ok))
+        if bad is not None:
+            raise _stop(a, work, step + 1, bad)
         tokens_done += int(stats[2])
         now = time.time()
         dt = now - t_prev
