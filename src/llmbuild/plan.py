@@ -163,7 +163,12 @@ def check_cross_fields(config: dict[str, Any], source: str) -> None:
                 field=f"bench.dataset.avg_{side}",
             )
     for variant in config["eval"]["variants"]:
-        variant_model_dir(config["model"]["name"], variant)
+        if variant.partition("-")[0] not in ("base", "pretrain", "sft"):
+            raise UserError(
+                f"unknown served variant {variant!r}; use base, pretrain, sft or sft-<scheme>",
+                path=source,
+                field="eval.variants",
+            )
 
 
 PRETRAIN_SUFFIXES = (".parquet", ".json", ".jsonl", ".txt", ".text", ".md")

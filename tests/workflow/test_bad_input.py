@@ -24,6 +24,8 @@ def plan_with(tmp_path, overlay):
         "-d",
         str(tmp_path),
         "-n",
+        "--cores",
+        "2",
         "--configfile",
         "config/config.yaml",
         "bad.yaml",
@@ -68,3 +70,81 @@ def test_bad_pipeline_split_stops_planning(tmp_path, train, says):
     assert proc.returncode != 0
     (line,) = error_lines(proc)
     assert line.startswith("llmbuild: error: bad.yaml: ") and says in line
+
+
+def _hf_dir(path, weights="model.safetensors"):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    (path / "tokenizer.json").write_text("{}")
+    (path / weights).write_text("")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overlay", "says"),
+    [
+        (
+            {"train": {"sft": {"warmup_iters": 400}}},
+            "train.sft.warmup_iters: 400 warmup steps but only 400 steps",
+        ),
+        (
+            {"data": {"seq_length": 128}},
+            "data.seq_length: 128 is above train.sft.seq_length 64: SFT examples between 65 "
+            "and 128 tokens would be cut",
+        ),
+        (
+            {"bench": {"dynamic": {"request_rate": [1, 2, 4], "num_prompts": [10, 20]}}},
+            "bench.dynamic.num_prompts: 2 values for 3 request rates",
+        ),
+        ({"bench": {"dataset": {"min_input": 70}}}, "bench.dataset.min_input: 70 is above"),
+        (
+            {"model": {"source": "hf", "path": "missing/model"}},
+            "model.path: missing/model does not exist",
+        ),
+        ({"model": {"path": "in/hf"}}, "model.path: model.path is only read with source: hf"),
+        (
+            {"model": {"source": "hf", "path": "in/pickled"}},
+            "model.path: in/pickled: it holds only pickled .bin/.pt weights",
+        ),
+        (
+            {"data": {"pretrain": {"path": "in/corpus.csv"}}},
+            "data.pretrain.path: in/corpus.csv: unknown format '.csv'",
+        ),
+        (
+            {"data": {"sft": {"path": "missing.jsonl", "heldout": "in/heldout.jsonl"}}},
+            "data.sft.path: missing.jsonl does not exist",
+        ),
+        ({"bench": {"dataset": {"type": "sharegpt"}}}, "bench.dataset.path: dataset type"),
+        (
+            {"bench": {"dataset": {"type": "sharegpt", "path": "in"}}},
+            "bench.dataset.path: in is not a file",
+        ),
+        ({"serve": {"chat_template": "nope.jinja"}}, "serve.chat_template: nope.jinja does not"),
+        ({"envs": {"python": "no-such-python3"}}, "envs.python: interpreter 'no-such-python3'"),
+        ({"eval": {"variants": ["tuned"]}}, "eval.variants: unknown served variant 'tuned'"),
+        ({"serve": {"dtype": "fp32"}}, "serve.dtype: 'fp32' is not one of"),
+    ],
+)
+def test_bad_values_and_paths_stop_planning(tmp_path, overlay, says):
+    _hf_dir(tmp_path / "in/hf")
+    _hf_dir(tmp_path / "in/pickled", "pytorch_model.bin")
+    (tmp_path / "in/corpus.csv").write_text("a\n")
+    (tmp_path / "in/heldout.jsonl").write_text("{}\n")
+    proc = plan_with(tmp_path, overlay)
+    assert proc.returncode != 0
+    (line,) = error_lines(proc)
+    assert line.startswith("llmbuild: error: bad.yaml: ") and says in line, line
+
+
+def test_missing_model_path_is_refused_even_when_a_build_exists(tmp_path):
+    """A model.path that is gone must not leave the previous build looking current."""
+    _hf_dir(tmp_path / "in/hf")
+    shutil.copytree(ROOT / "envs", tmp_path / "envs")
+    ok = plan_with(tmp_path, {"model": {"source": "hf", "path": "in/hf"}})
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    shutil.rmtree(tmp_path / "in/hf")
+    shutil.rmtree(tmp_path / "config")
+    proc = plan_with(tmp_path, {"model": {"source": "hf", "path": "in/hf"}})
+    assert proc.returncode != 0 and "Nothing to be done" not in proc.stdout
+    (line,) = error_lines(proc)
+    assert "model.path: in/hf does not exist" in line
