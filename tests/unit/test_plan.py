@@ -65,14 +65,22 @@ def test_unsupported_quantization_pair_is_refused():
     )
 
 
-def test_supported_pair_passes_and_unsupported_scheme_differs_per_model():
+def hf_dir(path, layers=4):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(f'{{"num_hidden_layers": {layers}}}')
+    (path / "tokenizer.json").write_text("{}")
+    (path / "model.safetensors").write_text("")
+    return str(path)
+
+
+def test_supported_pair_passes_and_unsupported_scheme_differs_per_model(tmp_path):
     models = catalog.load(CATALOG)
     assert catalog.supports(models, "qwen2.5-14b", "w8a8")
     assert not catalog.supports(models, "qwen2.5-7b", "w8a8")
     assert catalog.supports(models, "qwen2.5-7b", "w4a16")
     cfg = filled(
         {
-            "model": {"name": "qwen2.5-7b", "source": "hf", "path": "/x"},
+            "model": {"name": "qwen2.5-7b", "source": "hf", "path": hf_dir(tmp_path)},
             "quantize": {"schemes": ["w4a16"]},
         }
     )
@@ -138,8 +146,7 @@ def test_pipeline_split_stage_of_zero_layers_is_a_schema_error():
 
 
 def test_pipeline_split_of_a_local_hf_model_uses_its_config(tmp_path):
-    (tmp_path / "config.json").write_text('{"num_hidden_layers": 6}')
-    model = {"name": "my-model", "source": "hf", "path": str(tmp_path)}
+    model = {"name": "my-model", "source": "hf", "path": hf_dir(tmp_path, 6)}
     ok = filled(
         {"model": model, "quantize": {"schemes": []}, "train": {"pp": 2, "pp_layers": [2, 4]}}
     )
@@ -149,7 +156,7 @@ def test_pipeline_split_of_a_local_hf_model_uses_its_config(tmp_path):
     )
     with pytest.raises(UserError, match="sums to 4 but the model has 6 layers"):
         plan.check_plan(bad, CATALOG, "c.yaml")
-    # no config.json to read: the count is not known at planning, training checks it
+    # a model directory that is not there is refused at planning, not left to training
     gone = filled(
         {
             "model": dict(model, path=str(tmp_path / "nowhere")),
@@ -157,4 +164,5 @@ def test_pipeline_split_of_a_local_hf_model_uses_its_config(tmp_path):
             "train": {"pp": 2, "pp_layers": [1, 3]},
         }
     )
-    plan.check_plan(gone, CATALOG, "c.yaml")
+    with pytest.raises(UserError, match="model.path: .*nowhere does not exist"):
+        plan.check_plan(gone, CATALOG, "c.yaml")
