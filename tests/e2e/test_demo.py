@@ -6,6 +6,7 @@ Runs in the repository (results/ is git-ignored); an up-to-date build is reused,
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,44 @@ def test_static_benchmark_csvs(build):
             assert 0 < float(r["p90_ttft_ms"]) < 60_000
             assert float(r["output_throughput"]) > 0
             assert float(r["mean_tpot_ms"]) > 0
+            # the graph passes plot.slo_* as the benchmark's SLOs: goodput is a number
+            assert math.isfinite(float(r["request_goodput"])), r
+            assert 0 <= float(r["slo_attainment"]) <= 1
+            assert r["valid"] == "True"
+
+
+def test_every_gate_passed_and_the_report_table_lists_them(build):
+    summary = json.loads((MODEL / "gates" / "summary.json").read_text())
+    verdicts = summary["verdicts"]
+    assert {v["status"] for v in verdicts} == {"pass"}, [
+        (v["gate"], v["subject"], v["status"], v["detail"])
+        for v in verdicts
+        if v["status"] != "pass"
+    ]
+    gates = {(v["gate"], v["subject"]) for v in verdicts}
+    assert {("parity", "base hf2mg"), ("parity", "sft mg2hf")} <= gates
+    assert {
+        ("train_loss", "pretrain"),
+        ("train_loss", "sft"),
+        ("quant_accuracy", "sft-w8a8"),
+    } <= gates
+    for v in verdicts:
+        if v["gate"] == "parity":
+            assert v["figure"] <= v["threshold"] <= 1e-5
+    html = (MODEL / "gates" / "summary.html").read_text()
+    assert html.count("<tr>") == len(verdicts) + 1
+
+
+def test_serving_dtype_and_prefix_caching_reach_vllm(build):
+    summary = json.loads((MODEL / "eval" / "summary.json").read_text())
+    # the tiny model is float32; a quantized variant gets what its kernels take on this CPU
+    assert summary["base"]["served_dtype"] == summary["sft"]["served_dtype"] == "float32"
+    assert summary["sft-w8a8"]["served_dtype"] in ("float32", "bfloat16")
+    for variant in ("base", "sft", "sft-w8a8"):
+        log = (ROOT / "logs/tiny-llama/serve" / variant / "eval.log").read_text()
+        # serve.enable_prefix_caching: false reaches vLLM as off (its own default is on)
+        assert "'enable_prefix_caching': False" in log, variant
+        assert f"--dtype {summary[variant]['served_dtype']}" in log
 
 
 def test_training_logs_show_learning(build):
