@@ -222,16 +222,48 @@ def test_auto_skips_when_memory_is_short(models, monkeypatch):
     params = parity.parameter_count(M.load_description(models / "llama" / "mcore").args)
     assert v.figures["parameter_bytes"] == 4 * params
     assert v.figures["needed_bytes"] == 8 * params + (1 << 30) + 4 * (4 * 32 * 512 * 4)
-    monkeypatch.setattr(parity, "available_bytes", lambda: 64 << 30)
     monkeypatch.setattr(parity, "megatron_logits", _stub_logits)
     monkeypatch.setattr(parity, "hf_logits", _stub_logits)
-    assert parity.gate(models / "llama" / "hf", models / "llama" / "mcore", "hf2mg").status == (
-        "pass"
-    )
+    hf, mcore = models / "llama" / "hf", models / "llama" / "mcore"
+    assert parity.gate(hf, mcore, "hf2mg", mode="on").status == "pass"  # on: runs regardless
+    monkeypatch.setattr(parity, "available_bytes", lambda: 64 << 30)
+    assert parity.gate(hf, mcore, "hf2mg", mode="auto").status == "pass"
+    monkeypatch.setattr(parity, "available_bytes", lambda: None)  # unknown: runs
+    assert parity.gate(hf, mcore, "hf2mg", mode="auto").status == "pass"
 
 
 def _stub_logits(*args, **kwargs):
     return torch.zeros(4, 32, 512)
+
+
+@pytest.mark.parametrize("direction", ["hf2mg", "mg2hf"])
+def test_verdict_against_the_tolerance(models, monkeypatch, direction):
+    """The judgement on given logits (the models stubbed): the source's scale sets the auto
+    tolerance, an explicit one replaces it, non-finite logits fail."""
+    from llmbuild.gates import parity
+
+    source = torch.linspace(-3.0, 2.0, 4 * 32 * 512).reshape(4, 32, 512)  # max |logit| 3
+    other = source.clone()
+    src_fn, other_fn = ("hf_logits", "megatron_logits")
+    if direction == "mg2hf":
+        src_fn, other_fn = other_fn, src_fn
+    monkeypatch.setattr(parity, src_fn, lambda *a, **k: source.clone())
+    monkeypatch.setattr(parity, other_fn, lambda *a, **k: other.clone())
+    hf, mcore = models / "llama" / "hf", models / "llama" / "mcore"
+
+    other[1, 2, 3] += 2.9e-5  # under 1e-5 x 3
+    v = parity.gate(hf, mcore, direction)
+    assert v.status == "pass" and v.threshold == pytest.approx(3e-5)
+    assert v.figure == pytest.approx(2.9e-5, rel=1e-2)
+    assert v.figures["logits_max_abs"] == pytest.approx(3.0)
+    other[1, 2, 3] += 0.2e-5
+    v = parity.gate(hf, mcore, direction)
+    assert v.status == "fail" and "mean |diff|" in v.detail
+    assert parity.gate(hf, mcore, direction, tolerance=1e-4).status == "pass"
+    assert parity.gate(hf, mcore, direction, tolerance=1e-6).threshold == 1e-6
+    other[0, 0, 0] = float("nan")
+    v = parity.gate(hf, mcore, direction)
+    assert v.status == "fail" and "non-finite" in v.detail
 
 
 def test_parameter_count_matches_the_models(models):

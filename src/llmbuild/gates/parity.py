@@ -40,8 +40,8 @@ native bf16/fp16 allowances only catch gross errors.
 ``--mode auto`` runs when twice the parameters in the compute dtype plus a margin (1 GiB of
 runtime, the logits buffers) fit in MemAvailable (/proc/meminfo), and otherwise writes a
 ``skipped`` verdict saying why (loading holds the state dict read from disk beside the model it
-is copied into: twice the parameters at the peak); ``on`` always runs; ``off`` writes
-``skipped``.
+is copied into: twice the parameters at the peak; where there is no MemAvailable it runs);
+``on`` always runs; ``off`` writes ``skipped`` without reading the inputs.
 """
 
 from __future__ import annotations
