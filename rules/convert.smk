@@ -59,7 +59,7 @@ rule gate_parity_hf2mg:
         "../envs/train.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=W.parity_mem_mb,
     params:
         llmbuild=W.llmbuild("train"),
         flags=W.parity_flags(),
@@ -83,7 +83,7 @@ rule gate_parity_mg2hf:
         "../envs/train.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=W.parity_mem_mb,
     params:
         llmbuild=W.llmbuild("train"),
         flags=W.parity_flags(),

@@ -205,6 +205,15 @@ class Wiring:
             {"parity": "mode", "parity_tolerance": "tolerance"},
         )
 
+    @staticmethod
+    def parity_mem_mb(wildcards: Any, input: Any) -> int:  # noqa: A002 (Snakemake's name)
+        """Memory of a parity gate: one model at a time in float32 (a 16-bit checkpoint
+        doubles) plus the interpreter, torch and megatron-core."""
+        from pathlib import Path
+
+        size = sum(f.stat().st_size for f in Path(input.hf).glob("*.safetensors"))
+        return max(4000, 4 * size // 2**20 + 1500)
+
     def gate_path(self, model: str, gate: str, subject: str) -> str:
         return f"results/{model}/gates/{gate}/{subject}.json"
 
