@@ -8,7 +8,7 @@
 rule eval_accuracy:
     input:
         endpoint=W.endpoint("eval"),
-        data=W.sft_heldout(),
+        data=W.sft_heldout,
         env=W.env_marker("bench"),
     output:
         result="results/{model}/eval/{variant}/accuracy.json",

@@ -5,9 +5,9 @@ rule synth_corpus:
     input:
         env=W.env_marker("train"),
     output:
-        "results/data/corpus.jsonl",
+        "results/{model}/data/corpus.jsonl",
     log:
-        "logs/data/synth_corpus.log",
+        "logs/{model}/data/synth_corpus.log",
     conda:
         "../envs/train.yaml"
     resources:
@@ -23,9 +23,9 @@ rule synth_task:
     input:
         env=W.env_marker("train"),
     output:
-        "results/data/task/{split}.jsonl",
+        "results/{model}/data/task/{split}.jsonl",
     log:
-        "logs/data/synth_task_{split}.log",
+        "logs/{model}/data/synth_task_{split}.log",
     conda:
         "../envs/train.yaml"
     resources:
@@ -40,7 +40,7 @@ rule synth_task:
 
 rule tiny_model:
     input:
-        corpus=W.corpus(),
+        corpus=W.corpus,
         env=W.env_marker("train"),
     output:
         directory("results/{model}/base/hf"),
@@ -60,7 +60,7 @@ rule tiny_model:
 
 rule tokenize_pretrain:
     input:
-        data=W.corpus(),
+        data=W.corpus,
         tokenizer=W.base_hf,
         env=W.env_marker("train"),
     output:
@@ -81,7 +81,7 @@ rule tokenize_pretrain:
 
 rule tokenize_sft:
     input:
-        data=W.sft_train(),
+        data=W.sft_train,
         tokenizer=W.base_hf,
         env=W.env_marker("train"),
     output:

@@ -8,7 +8,7 @@ rule quantize:
     input:
         model="results/{model}/{phase}/hf",
         proof="results/{model}/gates/parity/{phase}-mg2hf.json",
-        calib=W.sft_train(),
+        calib=W.sft_train,
         env=W.env_marker("quantize"),
     output:
         directory("results/{model}/{phase}/quant/{scheme}"),

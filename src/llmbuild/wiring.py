@@ -134,14 +134,26 @@ class Wiring:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def corpus(self) -> str:
-        return self.config["data"]["pretrain"]["path"] or "results/data/corpus.jsonl"
+    # The synthetic inputs live under their model's results, so experiments with other data
+    # settings (another model's scenario) never overwrite each other's.
 
-    def sft_train(self) -> str:
-        return self.config["data"]["sft"]["path"] or "results/data/task/train.jsonl"
+    def corpus(self, wildcards: Any) -> str:
+        return (
+            self.config["data"]["pretrain"]["path"]
+            or f"results/{wildcards.model}/data/corpus.jsonl"
+        )
 
-    def sft_heldout(self) -> str:
-        return self.config["data"]["sft"]["heldout"] or "results/data/task/heldout.jsonl"
+    def sft_train(self, wildcards: Any) -> str:
+        return (
+            self.config["data"]["sft"]["path"]
+            or f"results/{wildcards.model}/data/task/train.jsonl"
+        )
+
+    def sft_heldout(self, wildcards: Any) -> str:
+        return (
+            self.config["data"]["sft"]["heldout"]
+            or f"results/{wildcards.model}/data/task/heldout.jsonl"
+        )
 
     def base_hf(self, wildcards: Any) -> str:
         if self.config["model"]["source"] == "hf":

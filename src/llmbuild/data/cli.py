@@ -74,7 +74,15 @@ def _tokenize(args: argparse.Namespace) -> int:
                 convs, args.tokenizer, tmp, args.seq_length, args.overlong, **common
             )
         if stats.documents == 0:
-            raise UserError("no usable documents (all empty, dropped or masked)", path=args.input)
+            why = "all empty or masked"
+            if stats.over_seq_length:
+                why = (
+                    f"{stats.over_seq_length} of {stats.documents + stats.dropped} are longer "
+                    f"than seq_length {args.seq_length} and were dropped; raise the training "
+                    "phase's seq_length (train.<phase>.seq_length, or data.seq_length) or set "
+                    "data.overlong: truncate"
+                )
+            raise UserError(f"no usable documents: {why}", path=args.input)
         log.close()
         tk.write_meta(tmp, stats, args.tokenizer, args.seq_length, specials=specials, tok=tok)
         provenance.write(
