@@ -145,8 +145,7 @@ class Wiring:
 
     def sft_train(self, wildcards: Any) -> str:
         return (
-            self.config["data"]["sft"]["path"]
-            or f"results/{wildcards.model}/data/task/train.jsonl"
+            self.config["data"]["sft"]["path"] or f"results/{wildcards.model}/data/task/train.jsonl"
         )
 
     def sft_heldout(self, wildcards: Any) -> str:
