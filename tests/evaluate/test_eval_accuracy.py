@@ -126,6 +126,7 @@ def test_eval_against_mock_service(tmp_path, eval_cli, capsys):
         "correct": 5,
         "failed_requests": 0,
         "model": "mock-model",
+        "served_dtype": None,  # the endpoint file names no dtype (a vLLM service's does)
     }
     assert all(b["temperature"] == 0 and b["max_tokens"] == 8 for b in bodies)
     assert bodies[0]["messages"] == [{"role": "user", "content": "Uppercase the word.\ncat"}]
