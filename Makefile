@@ -7,8 +7,8 @@ STACKS := train quantize bench plot
 # Each stack's tests run in that stack's environment (the serve tests run in the driver and
 # start vLLM from .envs/serve-cpu, so the serving stack carries no test tools).
 TESTS_train := tests/data tests/convert tests/train
-TESTS_quantize := tests/quant
-TESTS_bench := tests/bench tests/evaluate
+TESTS_quantize := tests/quantize
+TESTS_bench := tests/bench tests/eval
 TESTS_plot := tests/plot
 
 .PHONY: setup envs demo report test test-fast lint clean

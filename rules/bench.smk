@@ -1,50 +1,8 @@
-# Consumers of a running service: task accuracy on the held-out split, and benchmarks. Each is
-# a gate on its service: failed requests beyond gates.max_failed_fraction (or a service that
-# died) stop the job with the server's root-cause line and no finished-looking output (the
-# records stay under logs/.../failed/); a benchmark whose client fell behind its target rate
-# or lagged fails too (gates.mode: warn marks it invalid in the CSV and the plot instead).
-
-
-rule eval_accuracy:
-    input:
-        endpoint=W.endpoint("eval"),
-        data=W.sft_heldout,
-        env=W.env_marker("bench"),
-    output:
-        result="results/{model}/eval/{variant}/accuracy.json",
-        records="results/{model}/eval/{variant}/records.jsonl",
-        verdict="results/{model}/gates/requests/{variant}-eval.json",
-    log:
-        "logs/{model}/eval/{variant}/accuracy.log",
-    conda:
-        "../envs/bench.yaml"
-    resources:
-        mem_mb=1000,
-    params:
-        llmbuild=W.llmbuild("bench"),
-        flags=W.eval_flags(),
-        timeout=lookup("serve/ready_timeout", within=config),
-    shell:
-        "{params.llmbuild} eval accuracy --endpoint {input.endpoint} --data {input.data}"
-        " --output {output.result} --records {output.records} --verdict {output.verdict}"
-        " {params.flags} --ready-timeout {params.timeout}"
-        " --keep-on-failure logs/{wildcards.model}/eval/{wildcards.variant}/failed"
-        " > {log} 2>&1"
-
-
-rule eval_summary:
-    input:
-        W.eval_results,
-    output:
-        report("results/{model}/eval/summary.json", category="Evaluation"),
-    log:
-        "logs/{model}/eval/summary.log",
-    conda:
-        "../envs/bench.yaml"
-    resources:
-        mem_mb=200,
-    script:
-        "../scripts/eval_summary.py"
+# Benchmarks of a running service (static and dynamic) and the dataset the dynamic one draws
+# from. Each is a gate on its service: failed requests beyond gates.max_failed_fraction (or a
+# service that died) stop the job with the server's root-cause line and no finished-looking
+# output (the records stay under logs/.../failed-*/); a benchmark whose client fell behind its
+# target rate or lagged fails too (gates.mode: warn marks it invalid in the CSV and the plot).
 
 
 rule bench_static:

@@ -64,7 +64,7 @@ rule gate_parity_hf2mg:
         llmbuild=W.llmbuild("train"),
         flags=W.parity_flags(),
     shell:
-        "{params.llmbuild} gate parity --direction hf2mg --hf {input.hf} --mcore {input.mcore}"
+        "{params.llmbuild} gates parity --direction hf2mg --hf {input.hf} --mcore {input.mcore}"
         " {params.flags} --threads {threads} --output {output} > {log} 2>&1"
 
 
@@ -88,5 +88,5 @@ rule gate_parity_mg2hf:
         llmbuild=W.llmbuild("train"),
         flags=W.parity_flags(),
     shell:
-        "{params.llmbuild} gate parity --direction mg2hf --hf {input.hf} --mcore {input.mcore}"
+        "{params.llmbuild} gates parity --direction mg2hf --hf {input.hf} --mcore {input.mcore}"
         " {params.flags} --threads {threads} --output {output} > {log} 2>&1"

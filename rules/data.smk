@@ -38,26 +38,6 @@ rule synth_task:
         " {params.flags} > {log} 2>&1"
 
 
-rule tiny_model:
-    input:
-        corpus=W.corpus,
-        env=W.env_marker("train"),
-    output:
-        directory("results/{model}/base/hf"),
-    log:
-        "logs/{model}/tiny_model.log",
-    conda:
-        "../envs/train.yaml"
-    resources:
-        mem_mb=2000,
-    params:
-        llmbuild=W.llmbuild("train"),
-        flags=W.tiny_flags(),
-    shell:
-        "{params.llmbuild} model tiny --corpus {input.corpus} --output {output}"
-        " {params.flags} > {log} 2>&1"
-
-
 rule tokenize_pretrain:
     input:
         data=W.corpus,

@@ -56,5 +56,5 @@ rule gate_summary:
     params:
         llmbuild=W.llmbuild("plot"),
     shell:
-        "{params.llmbuild} gate summary --verdict {input.verdicts} --output {output.summary}"
+        "{params.llmbuild} gates summary --verdict {input.verdicts} --output {output.summary}"
         " --html {output.html} > {log} 2>&1"

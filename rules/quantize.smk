@@ -23,7 +23,7 @@ rule quantize:
         llmbuild=W.llmbuild("quantize"),
         flags=W.quant_flags(),
     shell:
-        "{params.llmbuild} quant smoothquant --model {input.model} --calib {input.calib}"
+        "{params.llmbuild} quantize smoothquant --model {input.model} --calib {input.calib}"
         " --output {output} --scheme {wildcards.scheme} {params.flags} > {log} 2>&1"
 
 
@@ -46,6 +46,6 @@ rule gate_quant:
         llmbuild=W.llmbuild("bench"),
         max_drop=lookup("gates/quant_max_drop", within=config),
     shell:
-        "{params.llmbuild} gate quant --quantized {input.quantized}"
+        "{params.llmbuild} gates quantize --quantized {input.quantized}"
         " --reference {input.reference} --max-drop {params.max_drop}"
         " --subject {wildcards.phase}-{wildcards.scheme} --output {output} > {log} 2>&1"

@@ -54,5 +54,5 @@ rule gate_train:
         llmbuild=W.llmbuild("train"),
         iters=W.phase_iters,
     shell:
-        "{params.llmbuild} gate train --log {input.log} --iters {params.iters}"
+        "{params.llmbuild} gates train --log {input.log} --iters {params.iters}"
         " --subject {wildcards.phase} --output {output} > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""`llmbuild gate parity`: passes on good conversions (llama, qwen2 with tied embeddings, a
+"""`llmbuild gates parity`: passes on good conversions (llama, qwen2 with tied embeddings, a
 tp=2 pp=2 layout loaded at 1/1, a bf16 cast, mg2hf), trips on one corrupted tensor in the
 converted artifact (hf2mg: the torch_dist record; mg2hf: the reconverted safetensors), skips
 when off or when the model does not fit in memory, and turns bad inputs into one line."""
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.parity
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [sys.executable, "-m", "llmbuild", "gate", "parity", *args],
+        [sys.executable, "-m", "llmbuild", "gates", "parity", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -94,7 +94,7 @@ def test_hf2mg_llama_passes(models, tmp_path):
     assert v["subject"] == "llama hf2mg"
     assert v["figures"]["dtype"] == "float32" and v["figures"]["architecture"] == "llama"
     prov = json.loads(Path(str(out) + ".provenance.json").read_text())
-    assert prov["status"] == "pass" and prov["command"] == "llmbuild gate parity"
+    assert prov["status"] == "pass" and prov["command"] == "llmbuild gates parity"
 
 
 def test_hf2mg_qwen2_tied_passes(models, tmp_path):
@@ -166,7 +166,7 @@ def _assert_trips(r: subprocess.CompletedProcess, out: Path) -> None:
     assert r.returncode == 2, r.stderr[-2000:]
     assert not out.exists()  # a failed verdict writes nothing
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("llmbuild gate parity: error: parity gate fail for ")
+    assert last.startswith("llmbuild gates parity: error: parity gate fail for ")
     assert "max |logit diff|" in last and "(threshold 1e-05)" in last
     verdict = json.loads(r.stderr.strip().splitlines()[-2])  # the verdict JSON, for the log
     assert verdict["status"] == "fail" and verdict["figure"] > 100 * verdict["threshold"]
@@ -311,7 +311,7 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("llmbuild gate parity: error: ")
+    assert lines[0].startswith("llmbuild gates parity: error: ")
     return lines[0]
 
 

@@ -4,7 +4,7 @@
 
 Runs in the quantize environment (.envs/quantize: llm-compressor, transformers, torch). The
 base model is tests/serve/serve_tiny_model.py's (float32, hidden 128, 4 layers); W8A8 goes
-through `llmbuild quant smoothquant` as the graph runs it (int8 per-channel weights, int8
+through `llmbuild quantize smoothquant` as the graph runs it (int8 per-channel weights, int8
 per-token dynamic activations); W4A16 is llm-compressor's preset with round-to-nearest;
 FP8 is the FP8_DYNAMIC preset (needs no calibration). Prints one JSON line:
 {"base": DIR, "w8a8": DIR, ...}.
@@ -34,12 +34,12 @@ def w8a8(base: Path, out: Path) -> Path:
     from llmbuild.cli import main
 
     dest = out / "w8a8"
-    argv = ["quant", "smoothquant", "--model", str(base), "--output", str(dest)]
+    argv = ["quantize", "smoothquant", "--model", str(base), "--output", str(dest)]
     argv += ["--calib", str(_calib(out)), "--scheme", "W8A8", "--num-samples", "8"]
     argv += ["--max-seq-length", "32", "--seed", "0"]
     rc = main(argv)
     if rc:
-        raise SystemExit(f"llmbuild quant smoothquant failed with {rc}")
+        raise SystemExit(f"llmbuild quantize smoothquant failed with {rc}")
     return dest
 
 

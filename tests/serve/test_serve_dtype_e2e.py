@@ -1,7 +1,7 @@
 """A real vLLM service on a W8A8 (compressed-tensors int8) tiny Llama with `--dtype auto`.
 
 The quantized model comes from the quantize environment (.envs/quantize, llm-compressor: our
-`llmbuild quant smoothquant`); the server from the serve-cpu environment. The dtype is what
+`llmbuild quantize smoothquant`); the server from the serve-cpu environment. The dtype is what
 choose_dtype says for this CPU (float32 on the oneDNN kernel without AMX, bfloat16 with AMX);
 the test checks the endpoint file and the provenance record carry it, that vLLM got it
 explicitly, and that a completion comes back. About a minute on 2 cores.

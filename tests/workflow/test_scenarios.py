@@ -68,7 +68,7 @@ def test_scenario_plans(workdir, scenario, quick):
     cmds = shell_commands(proc)
     joined = "\n".join(cmds)
     # every scenario still proves what it builds: parity, training, consumers, the summary
-    for verb in ("gate parity", "gate train", "gate summary", "eval accuracy", "bench static"):
+    for verb in ("gates parity", "gates train", "gates summary", "eval accuracy", "bench static"):
         assert verb in joined, (scenario, verb)
     if scenario.startswith("hf-"):
         family = scenario.removeprefix("hf-").removesuffix(".yaml")

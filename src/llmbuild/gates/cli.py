@@ -1,4 +1,4 @@
-"""`llmbuild gate <verb>`: prove a stage's output, write its verdict JSON, or stop.
+"""`llmbuild gates <verb>`: prove a stage's output, write its verdict JSON, or stop.
 
 Each verb prints one verdict line. A pass (or a warn) writes ``--output`` with its provenance;
 a failure writes nothing, prints the verdict JSON to stderr and exits 2 with the verdict line.
@@ -25,7 +25,7 @@ def _quant(args: argparse.Namespace) -> int:
     V.finish(
         v,
         args.output,
-        command="llmbuild gate quant",
+        command="llmbuild gates quantize",
         args=_args(args),
         inputs=[args.quantized, args.reference],
         started=started,
@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     V.finish(
         v,
         args.output,
-        command="llmbuild gate train",
+        command="llmbuild gates train",
         args=_args(args),
         inputs=[args.log],
         started=started,
@@ -63,7 +63,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     parity.register(verbs)
 
     q = verbs.add_parser(
-        "quant", help="a quantized variant's accuracy within max-drop of its source model's"
+        "quantize", help="a quantized variant's accuracy within max-drop of its source model's"
     )
     q.add_argument("--quantized", required=True, help="accuracy.json of the quantized variant")
     q.add_argument("--reference", required=True, help="accuracy.json of the model it came from")

@@ -1,7 +1,7 @@
-"""`llmbuild gate parity`: megatron-core's logits on a torch_dist checkpoint against the Hugging
+"""`llmbuild gates parity`: megatron-core's logits on a torch_dist checkpoint against the Hugging
 Face model's on the same token sequences.
 
-    llmbuild gate parity --hf DIR --mcore DIR --direction hf2mg|mg2hf --output verdict.json
+    llmbuild gates parity --hf DIR --mcore DIR --direction hf2mg|mg2hf --output verdict.json
         [--mode auto|on|off] [--tolerance auto|FLOAT] [--compute-dtype float32|native]
         [--num-sequences 4] [--seq-length 32] [--seed 0] [--threads N] [--subject NAME]
 
@@ -531,7 +531,7 @@ def _run(args: argparse.Namespace) -> int:
     V.finish(
         v,
         args.output,
-        command="llmbuild gate parity",
+        command="llmbuild gates parity",
         args={k: x for k, x in vars(args).items() if k != "func"},
         inputs=[args.hf, args.mcore],
         started=started,

@@ -65,7 +65,7 @@ def write_summary(
         fh.write(html_table(verdicts))
     for out in (output, html_out):
         provenance.write(
-            out, command="llmbuild gate summary", args=args, inputs=list(paths), started=started
+            out, command="llmbuild gates summary", args=args, inputs=list(paths), started=started
         )
     for v in verdicts:
         print(v.line())

@@ -21,7 +21,7 @@ from llmbuild.errors import UserError
 
 def _accuracy(args: argparse.Namespace) -> int:
     from llmbuild.bench import gate
-    from llmbuild.evaluate.accuracy import ask_all, load_alpaca, score
+    from llmbuild.eval.accuracy import ask_all, load_alpaca, score
     from llmbuild.gates import verdict as V
     from llmbuild.progress import RateLog
     from llmbuild.serve.endpoint import wait_ready

@@ -12,7 +12,7 @@ pytest.importorskip("llmcompressor")
 torch = pytest.importorskip("torch")
 
 from llmbuild.errors import UserError  # noqa: E402
-from llmbuild.quant import cli  # noqa: E402
+from llmbuild.quantize import cli  # noqa: E402
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -89,7 +89,7 @@ def test_scales_reused_bit_for_bit(quantized, tiny_model, tmp_path):
     out, scales = quantized
     from safetensors.torch import load_file
 
-    from llmbuild.quant import scales as sc
+    from llmbuild.quantize import scales as sc
 
     loaded = sc.load(scales)
     assert loaded.strength == 0.5 and len(loaded.scales) == 8

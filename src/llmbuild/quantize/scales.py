@@ -62,7 +62,7 @@ def load(path: Path) -> SmoothingScales:
     if meta.get("format") != FORMAT:
         raise UserError(
             f"format {meta.get('format')!r}, expected {FORMAT!r}; make it with "
-            "`llmbuild quant smoothquant --scale-output`",
+            "`llmbuild quantize smoothquant --scale-output`",
             path=path,
             field="format",
         )

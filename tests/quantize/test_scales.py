@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from llmbuild.quant import scales as sc  # noqa: E402
+from llmbuild.quantize import scales as sc  # noqa: E402
 
 
 class _Norm(torch.nn.Module):

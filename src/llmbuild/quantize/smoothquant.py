@@ -14,9 +14,9 @@ from pathlib import Path
 
 from llmbuild.atomic import atomic_dir, atomic_file
 from llmbuild.errors import UserError
-from llmbuild.quant import calib as calib_mod
-from llmbuild.quant import scales as scales_mod
-from llmbuild.quant.spec import REQUIRED_OUTPUT, QuantSpec, check_model_dir
+from llmbuild.quantize import calib as calib_mod
+from llmbuild.quantize import scales as scales_mod
+from llmbuild.quantize.spec import REQUIRED_OUTPUT, QuantSpec, check_model_dir
 
 # Files copied verbatim from the input model directory (when present) so the output is served
 # exactly like the input: tokenizer, chat template, generation defaults.

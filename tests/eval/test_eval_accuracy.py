@@ -5,7 +5,7 @@ import json
 import pytest
 
 from llmbuild.errors import UserError
-from llmbuild.evaluate.accuracy import Answer, Example, is_correct, load_alpaca, score
+from llmbuild.eval.accuracy import Answer, Example, is_correct, load_alpaca, score
 
 pytestmark = pytest.mark.unit
 

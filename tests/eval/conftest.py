@@ -15,7 +15,7 @@ def eval_cli():
     import argparse
 
     from llmbuild.errors import UserError
-    from llmbuild.evaluate import cli
+    from llmbuild.eval import cli
 
     def run(argv: list[str]) -> int:
         parser = argparse.ArgumentParser(prog="llmbuild eval")

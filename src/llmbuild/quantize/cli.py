@@ -1,4 +1,4 @@
-"""`llmbuild quant <verb>`: SmoothQuant W8A8 and weight-only quantization (llm-compressor).
+"""`llmbuild quantize <verb>`: SmoothQuant W8A8 and weight-only quantization (llm-compressor).
 
 No heavy import here: torch, transformers and llmcompressor load inside the handlers.
 """
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmbuild.quant.spec import ALGORITHMS, SCHEMES, QuantSpec
+from llmbuild.quantize.spec import ALGORITHMS, SCHEMES, QuantSpec
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,13 +72,13 @@ def register(verbs) -> None:
 
 
 def _log(msg: str) -> None:
-    print(f"[llmbuild quant] {msg}", file=sys.stderr, flush=True)
+    print(f"[llmbuild quantize] {msg}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace, spec: QuantSpec, command: str) -> int:
     started = time.time()
     from llmbuild import provenance
-    from llmbuild.quant import smoothquant
+    from llmbuild.quantize import smoothquant
 
     arg_dict = {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"
@@ -122,7 +122,7 @@ def _smoothquant(args: argparse.Namespace) -> int:
         scale_output=args.scale_output,
         dampening_frac=args.dampening_frac,
     )
-    return _run(args, spec, "llmbuild quant smoothquant")
+    return _run(args, spec, "llmbuild quantize smoothquant")
 
 
 def _weight_only(args: argparse.Namespace) -> int:
@@ -142,7 +142,7 @@ def _weight_only(args: argparse.Namespace) -> int:
     )
     if SCHEMES[spec.scheme][1]:
         raise UserError(
-            f"{spec.scheme} quantizes activations; use `llmbuild quant smoothquant`",
+            f"{spec.scheme} quantizes activations; use `llmbuild quantize smoothquant`",
             field="--scheme",
         )
-    return _run(args, spec, "llmbuild quant weight-only")
+    return _run(args, spec, "llmbuild quantize weight-only")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llmbuild.errors import UserError
-from llmbuild.quant import calib
-from llmbuild.quant.spec import QuantSpec, check_model_dir, check_scheme
+from llmbuild.quantize import calib
+from llmbuild.quantize.spec import QuantSpec, check_model_dir, check_scheme
 
 pytestmark = pytest.mark.unit
 
@@ -190,5 +190,5 @@ def test_cli_one_line_error(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err.startswith("llmbuild quant smoothquant: error: --smoothing-strength:")
+    assert err.startswith("llmbuild quantize smoothquant: error: --smoothing-strength:")
     assert "\n" not in err

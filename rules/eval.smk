@@ -1,0 +1,44 @@
+# Task accuracy of each served variant on the held-out split, through its service (a gate on
+# the service: failed requests or a dead service stop it), and the summary of all variants.
+
+
+rule eval_accuracy:
+    input:
+        endpoint=W.endpoint("eval"),
+        data=W.sft_heldout,
+        env=W.env_marker("bench"),
+    output:
+        result="results/{model}/eval/{variant}/accuracy.json",
+        records="results/{model}/eval/{variant}/records.jsonl",
+        verdict="results/{model}/gates/requests/{variant}-eval.json",
+    log:
+        "logs/{model}/eval/{variant}/accuracy.log",
+    conda:
+        "../envs/bench.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        llmbuild=W.llmbuild("bench"),
+        flags=W.eval_flags(),
+        timeout=lookup("serve/ready_timeout", within=config),
+    shell:
+        "{params.llmbuild} eval accuracy --endpoint {input.endpoint} --data {input.data}"
+        " --output {output.result} --records {output.records} --verdict {output.verdict}"
+        " {params.flags} --ready-timeout {params.timeout}"
+        " --keep-on-failure logs/{wildcards.model}/eval/{wildcards.variant}/failed"
+        " > {log} 2>&1"
+
+
+rule eval_summary:
+    input:
+        W.eval_results,
+    output:
+        report("results/{model}/eval/summary.json", category="Evaluation"),
+    log:
+        "logs/{model}/eval/summary.log",
+    conda:
+        "../envs/bench.yaml"
+    resources:
+        mem_mb=200,
+    script:
+        "../scripts/eval_summary.py"
