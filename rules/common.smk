@@ -18,7 +18,7 @@ from llmbuild.wiring import Wiring  # noqa: E402
 CONFIG_SOURCE = plan.display_path(
     (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 )
-SCHEMA = Path(workflow.basedir) / "config" / "schema.yaml"
+SCHEMA = Path(workflow.basedir) / "src" / "llmbuild" / "schema.yaml"
 CATALOG = Path(workflow.basedir) / "config" / "catalog.yaml"
 
 try:

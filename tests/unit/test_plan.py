@@ -10,7 +10,7 @@ from llmbuild.errors import UserError
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
+SCHEMA = yaml.safe_load((ROOT / "src/llmbuild/schema.yaml").read_text())
 CATALOG = ROOT / "config/catalog.yaml"
 
 
@@ -18,7 +18,7 @@ def filled(cfg=None):
     cfg = copy.deepcopy(
         cfg if cfg is not None else yaml.safe_load((ROOT / "config/config.yaml").read_text())
     )
-    validate(cfg, str(ROOT / "config/schema.yaml"), set_default=True)
+    validate(cfg, str(ROOT / "src/llmbuild/schema.yaml"), set_default=True)
     return cfg
 
 

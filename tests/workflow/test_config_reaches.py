@@ -1,6 +1,6 @@
 """Every config value reaches the step it configures, and only that step.
 
-For every key of config/schema.yaml, the whole graph is dry-run (`-n -p --forceall`) with the
+For every key of src/llmbuild/schema.yaml, the whole graph is dry-run (`-n -p --forceall`) with the
 key changed, every shell command the rules emit is parsed with llmbuild's own argument parser,
 and the steps whose parsed arguments (or executable) changed must be exactly the ones the
 table below names. Keys that change which jobs exist (the model, the served variants, the
@@ -187,7 +187,7 @@ STRUCTURE: dict[str, tuple] = {
 
 
 def schema_keys() -> list[str]:
-    schema = yaml.safe_load((ROOT / "config/schema.yaml").read_text())
+    schema = yaml.safe_load((ROOT / "src/llmbuild/schema.yaml").read_text())
 
     def walk(node: dict, prefix: str) -> list[str]:
         if "$ref" in node:
