@@ -6,13 +6,12 @@ model/quantization pair stops before any job runs.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from llmbuild import catalog
+from llmbuild import catalog, hfdir, parallel
 from llmbuild.errors import UserError
 
 
@@ -191,52 +190,11 @@ def _file(path: str | None, source: str, key: str, suffixes: tuple[str, ...]) ->
         )
 
 
-def check_hf_dir(path: str, source: str, key: str) -> None:
-    """A directory a stage can read as a Hugging Face model: config.json, a tokenizer and
-    safetensors weights (never pickled .bin files)."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(
-            f"{path} does not exist; give a local HF model directory", path=source, field=key
-        )
-    if not p.is_dir():
-        raise UserError(
-            f"{path} is not a directory; give a local HF model directory", path=source, field=key
-        )
-    if not (p / "config.json").is_file():
-        raise UserError(
-            f"{path} has no config.json; is it a Hugging Face model directory?",
-            path=source,
-            field=key,
-        )
-    try:
-        hf = json.loads((p / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}/config.json is not JSON ({exc})", path=source, field=key) from None
-    if not isinstance(hf, dict):
-        raise UserError(f"{path}/config.json is not a JSON object", path=source, field=key)
-    if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        raise UserError(
-            f"{path} has no tokenizer.json or tokenizer.model; copy the tokenizer files in",
-            path=source,
-            field=key,
-        )
-    if not any(p.glob("*.safetensors")):
-        pickled = any(p.glob("*.bin")) or any(p.glob("*.pt"))
-        hint = (
-            "it holds only pickled .bin/.pt weights, which are never unpickled; convert them to "
-            "safetensors"
-            if pickled
-            else "no *.safetensors weights"
-        )
-        raise UserError(f"{path}: {hint}", path=source, field=key)
-
-
 def check_paths(config: dict[str, Any], source: str) -> None:
     """Every path in the config exists and is the kind of file or directory its stage reads."""
     model = config["model"]
     if model["source"] == "hf":
-        check_hf_dir(model["path"], source, "model.path")
+        hfdir.check(model["path"], field="model.path", where=source)
     elif model["path"] is not None:
         raise UserError(
             "model.path is only read with source: hf; set source: hf or remove the path",
@@ -279,62 +237,18 @@ def model_num_layers(config: dict[str, Any]) -> int | None:
     model = config["model"]
     if model["source"] == "tiny":
         return int(model["tiny"]["num_layers"])
-    path = Path(model["path"] or "") / "config.json"
-    try:
-        hf = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    n = hf.get("num_hidden_layers") if isinstance(hf, dict) else None
-    return n if isinstance(n, int) else None
+    return hfdir.num_layers(model["path"] or "")
 
 
 def check_pipeline_split(config: dict[str, Any], source: str) -> None:
     """train.pp_layers gives one layer count >= 1 per pipeline stage, summing to the model's
-    layers (when known); without it, pp must divide the layers evenly."""
+    layers (when known); without it, pp must divide the layers (llmbuild.parallel)."""
     train = config["train"]
-    pp, layers = train["pp"], train.get("pp_layers")
-    n = model_num_layers(config)
-    if n is not None and pp > n:
-        raise UserError(
-            f"pp={pp} is more than the model's {n} layers; every pipeline stage needs at least "
-            f"one layer, so use pp <= {n}",
-            path=source,
-            field="train.pp",
-        )
-    if layers is None:
-        if n is not None and n % pp:
-            raise UserError(
-                f"pp={pp} does not divide the model's {n} layers; set train.pp_layers "
-                f"(layers per stage, e.g. {_example_split(n, pp)}) or another pp",
-                path=source,
-                field="train.pp",
-            )
-        return
-    given = ",".join(str(x) for x in layers)
-    if len(layers) != pp:
-        raise UserError(
-            f"[{given}] has {len(layers)} stages but train.pp is {pp}; give one layer count "
-            "per pipeline stage (or set train.pp to match)",
-            path=source,
-            field="train.pp_layers",
-        )
-    if min(layers) < 1:
-        raise UserError(
-            f"[{given}]: every pipeline stage needs at least 1 layer",
-            path=source,
-            field="train.pp_layers",
-        )
-    if n is not None and sum(layers) != n:
-        raise UserError(
-            f"[{given}] sums to {sum(layers)} but the model has {n} layers; make the layer "
-            f"counts sum to {n} (e.g. {_example_split(n, pp)})",
-            path=source,
-            field="train.pp_layers",
-        )
-
-
-def _example_split(n: int, pp: int) -> str:
-    """A split of ``n >= pp`` layers over ``pp`` stages, the larger stages last, e.g. 4 over
-    3 -> [1,1,2]."""
-    base, extra = divmod(n, pp)
-    return "[" + ",".join(str(base + (i >= pp - extra)) for i in range(pp)) + "]"
+    parallel.check_split(
+        model_num_layers(config),
+        train["pp"],
+        train.get("pp_layers"),
+        field="train.pp_layers",
+        pp_field="train.pp",
+        where=source,
+    )

@@ -104,7 +104,7 @@ def _hf_dir(path, weights="model.safetensors"):
         ({"model": {"path": "in/hf"}}, "model.path: model.path is only read with source: hf"),
         (
             {"model": {"source": "hf", "path": "in/pickled"}},
-            "model.path: in/pickled: it holds only pickled .bin/.pt weights",
+            "model.path: in/pickled holds only pickled .bin/.pt weights",
         ),
         (
             {"data": {"pretrain": {"path": "in/corpus.csv"}}},
