@@ -1,0 +1,41 @@
+"""Where each gate's verdict lives, and which verdicts prove what a rule consumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmbuild.wiring.base import Base
+
+
+class GatesWiring(Base):
+    def gate_path(self, model: str, gate: str, subject: str) -> str:
+        return f"results/{model}/gates/{gate}/{subject}.json"
+
+    def parity_gate(self, model: str, phase: str) -> str:
+        """The verdict proving ``phase``'s converted checkpoint (base: HF -> Megatron; trained
+        phases: Megatron -> HF)."""
+        if phase == "base":
+            return self.gate_path(model, "parity", "base-hf2mg")
+        return self.gate_path(model, "parity", f"{phase}-mg2hf")
+
+    def variant_gates(self, wildcards: Any) -> list[str]:
+        """What proves a served variant's model before a service starts on it: the parity of
+        its reconversion; for a quantized variant's benchmark also its accuracy gate (its
+        evaluation then comes first)."""
+        phase, _, scheme = wildcards.variant.partition("-")
+        gates = [] if phase == "base" else [self.parity_gate(wildcards.model, phase)]
+        if scheme and getattr(wildcards, "consumer", None) == "bench":
+            gates.append(self.gate_path(wildcards.model, "quant", wildcards.variant))
+        return gates
+
+    def all_gates(self, wildcards: Any) -> list[str]:
+        """Every verdict of the default target's graph, for the summary table."""
+        model = wildcards.model
+        phases = {"base"} | {v.partition("-")[0] for v in self.served}
+        out = [self.parity_gate(model, p) for p in sorted(phases)]
+        out += [self.gate_path(model, "train", p) for p in ("pretrain", "sft")]
+        out += [self.gate_path(model, "quant", v) for v in self.served if v.partition("-")[2]]
+        out += [self.gate_path(model, "requests", f"{v}-eval") for v in self.served]
+        kinds = ["static"] + (["dynamic"] if self.config["bench"]["dynamic"]["enabled"] else [])
+        out += [self.gate_path(model, "bench", f"{v}-{k}") for v in self.served for k in kinds]
+        return out

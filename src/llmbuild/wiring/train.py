@@ -1,0 +1,70 @@
+"""The train stage's wiring: the launcher (one process or torchrun), its inputs and each phase's
+flags.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmbuild.wiring.base import Base, cli_flags
+
+PHASE_KEYS = (
+    "iters",
+    "lr",
+    "min_lr",
+    "warmup_iters",
+    "micro_batch_size",
+    "global_batch_size",
+    "seq_length",
+    "weight_decay",
+    "seed",
+)
+
+
+class TrainWiring(Base):
+    def train_launcher(self) -> str:
+        """The train stack's `llmbuild`, or with tp * pp > 1 torchrun starting one `llmbuild`
+        per tensor/pipeline rank."""
+        if self.train_ranks == 1:
+            return self.llmbuild("train")
+        exe = "torchrun"
+        if self.config["envs"]["mode"] != "external":
+            exe = ".envs/train/bin/torchrun"
+        return f"{exe} --standalone --nproc_per_node {self.train_ranks} -m llmbuild"
+
+    def train_log_flag(self) -> str:
+        """torchrun's own parser takes `--log` for its --log-dir, so under it the flag is
+        spelled `--train-log`."""
+        return "--log" if self.train_ranks == 1 else "--train-log"
+
+    def train_rank_threads(self) -> str:
+        """`--threads` of each rank: the job's threads shared out, at least 1 per rank."""
+        if self.train_ranks == 1:
+            return "{threads}"
+        n = self.train_ranks
+        return f"$(( {{threads}} > {n} ? {{threads}} / {n} : 1 ))"
+
+    def train_inputs(self, wildcards: Any) -> dict[str, str]:
+        """The checkpoint a phase starts from, the proof of that checkpoint, its shards."""
+        prev = {"pretrain": "base", "sft": "pretrain"}[wildcards.phase]
+        if prev == "base":
+            proof = self.parity_gate(wildcards.model, "base")
+        else:
+            proof = self.gate_path(wildcards.model, "train", prev)
+        return {
+            "load": f"results/{wildcards.model}/{prev}/mcore",
+            "proof": proof,
+            "data": f"results/{wildcards.model}/shards/{wildcards.phase}",
+        }
+
+    def phase_flags(self, wildcards: Any) -> str:
+        """The phase's knobs; `iters` is the command's `--train-iters`."""
+        return cli_flags(
+            self.config["train"][wildcards.phase], PHASE_KEYS, {"iters": "train_iters"}
+        )
+
+    def phase_iters(self, wildcards: Any) -> int:
+        return self.config["train"][wildcards.phase]["iters"]
+
+    def train_logs(self, wildcards: Any) -> list[str]:
+        return [f"results/{wildcards.model}/{p}/train_log.jsonl" for p in ("pretrain", "sft")]
