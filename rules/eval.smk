@@ -33,7 +33,11 @@ rule eval_summary:
     input:
         W.eval_results,
     output:
-        report("results/{model}/eval/summary.json", category="Evaluation"),
+        report(
+            "results/{model}/eval/summary.json",
+            caption="../report/eval.rst",
+            category="Evaluation",
+        ),
     log:
         "logs/{model}/eval/summary.log",
     conda:

@@ -7,7 +7,11 @@ rule plot_bench:
         csvs=W.bench_csvs,
         env=W.env_marker("plot"),
     output:
-        report("results/{model}/plots/bench.png", category="Benchmarks"),
+        report(
+            "results/{model}/plots/bench.png",
+            caption="../report/bench.rst",
+            category="Benchmarks",
+        ),
     log:
         "logs/{model}/plots/bench.log",
     conda:
@@ -27,7 +31,11 @@ rule plot_loss:
         logs=W.train_logs,
         env=W.env_marker("plot"),
     output:
-        report("results/{model}/plots/loss.png", category="Training"),
+        report(
+            "results/{model}/plots/loss.png",
+            caption="../report/loss.rst",
+            category="Training",
+        ),
     log:
         "logs/{model}/plots/loss.log",
     conda:
@@ -46,7 +54,11 @@ rule gate_summary:
         env=W.env_marker("plot"),
     output:
         summary="results/{model}/gates/summary.json",
-        html=report("results/{model}/gates/summary.html", category="Gates"),
+        html=report(
+            "results/{model}/gates/summary.html",
+            caption="../report/gates.rst",
+            category="Gates",
+        ),
     log:
         "logs/{model}/gates/summary.log",
     conda:
