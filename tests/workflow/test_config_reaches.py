@@ -69,7 +69,7 @@ FLAGS: dict[str, tuple] = {
     "train.pp_layers": ([1, 3], {"hf2mg", "train"}, {"train": {"pp": 2}}),
     "quantize.smoothing_strength": (0.7, {"quantize"}),
     "quantize.num_samples": (8, {"quantize"}),
-    "quantize.max_seq_length": (64, {"quantize"}),
+    "quantize.seq_length": (64, {"quantize"}),
     "quantize.seed": (1, {"quantize"}),
     "serve.device": ("cuda", {"serve"}),
     "serve.max_num_seqs": (4, {"serve"}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmbuild.wiring.base import Base, cli_flags
 
-QUANT_KEYS = ("smoothing_strength", "num_samples", "max_seq_length", "seed")
+QUANT_KEYS = ("smoothing_strength", "num_samples", "seq_length", "seed")
 
 
 class QuantizeWiring(Base):
