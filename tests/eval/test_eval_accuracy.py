@@ -29,10 +29,11 @@ def test_exact_match_after_strip():
 @pytest.mark.parametrize(
     "bad,message",
     [
-        ('{"instruction": "x", "output": "y"', "line 2: not valid JSON"),
-        ('["x"]', "line 2: expected a JSON object, got list"),
-        ('{"instruction": "x"}', "line 2: missing 'output'"),
-        ('{"instruction": "x", "input": 3, "output": "y"}', "line 2: 'input' must be a string"),
+        ('{"instruction": "x", "output": "y"', ":2: not valid JSON"),
+        ('["x"]', ":2: expected a JSON object, got list"),
+        ('{"instruction": "x"}', ":2: output: missing"),
+        ('{"instruction": "x", "input": 3, "output": "y"}', ":2: input: must be a string"),
+        ('{"instruction": 1, "output": "y"}', ":2: instruction: must be a str"),
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path, bad, message):
@@ -103,7 +104,7 @@ def test_eval_against_mock_service(tmp_path, eval_cli, capsys):
                 "accuracy",
                 "--endpoint",
                 str(ep),
-                "--data",
+                "--input",
                 str(data),
                 "--output",
                 str(out),
@@ -152,7 +153,7 @@ def test_eval_counts_failed_requests(tmp_path, eval_cli):
                 "accuracy",
                 "--endpoint",
                 str(ep),
-                "--data",
+                "--input",
                 str(data),
                 "--output",
                 str(out),
@@ -178,7 +179,7 @@ def test_eval_malformed_data_is_one_line_error(tmp_path, eval_cli, capsys):
             "accuracy",
             "--endpoint",
             str(tmp_path / "none.json"),
-            "--data",
+            "--input",
             str(data),
             "--output",
             str(tmp_path / "r.json"),
@@ -189,5 +190,24 @@ def test_eval_malformed_data_is_one_line_error(tmp_path, eval_cli, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("llmbuild eval accuracy: error: ")
-    assert f"{data}: line 2: not valid JSON" in err and "\n" not in err
+    assert f"{data}:2: not valid JSON" in err and "\n" not in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_defaults_are_the_schemas():
+    import argparse
+
+    from llmbuild.eval import cli
+    from llmbuild.schema import default
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(
+        ["accuracy", "--input", "h", "--endpoint", "e", "--output", "o", "--records", "r"]
+    )
+    assert (args.max_tokens, args.concurrency) == (
+        default("eval.max_tokens"),
+        default("eval.concurrency"),
+    )
+    assert args.max_failed_fraction == default("gates.max_failed_fraction")
+    assert args.ready_timeout == default("serve.ready_timeout")

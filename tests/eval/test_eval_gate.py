@@ -20,7 +20,7 @@ def _data(path, n):
 
 
 def _argv(ep, data, out_dir, *extra):
-    argv = ["accuracy", "--endpoint", str(ep), "--data", str(data), "--ready-timeout", "10"]
+    argv = ["accuracy", "--endpoint", str(ep), "--input", str(data), "--ready-timeout", "10"]
     argv += ["--output", str(out_dir / "accuracy.json"), "--records", str(out_dir / "rec.jsonl")]
     return argv + [str(x) for x in extra]
 

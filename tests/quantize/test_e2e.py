@@ -36,7 +36,7 @@ def quantized(tiny_model, calib_file, tmp_path_factory):
     rc = _main(
         [
             "smoothquant",
-            "--model",
+            "--input",
             str(tiny_model),
             "--calib",
             str(calib_file),
@@ -48,7 +48,7 @@ def quantized(tiny_model, calib_file, tmp_path_factory):
             "0.5",
             "--num-samples",
             "8",
-            "--max-seq-length",
+            "--seq-length",
             "64",
             "--seed",
             "0",
@@ -99,7 +99,7 @@ def test_scales_reused_bit_for_bit(quantized, tiny_model, tmp_path):
     rc = _main(
         [
             "smoothquant",
-            "--model",
+            "--input",
             str(tiny_model),
             "--output",
             str(tmp_path / "re"),
@@ -118,7 +118,7 @@ def test_scales_reused_bit_for_bit(quantized, tiny_model, tmp_path):
         _main(
             [
                 "smoothquant",
-                "--model",
+                "--input",
                 str(tiny_model),
                 "--output",
                 str(tmp_path / "x"),
@@ -147,8 +147,8 @@ def test_quantized_logits_close(quantized, tiny_model):
 
 def test_w4a16_weight_only_gptq(tiny_model, calib_file, tmp_path):
     out = tmp_path / "w4a16"
-    argv = ["weight-only", "--model", str(tiny_model), "--calib", str(calib_file)]
-    argv += ["--output", str(out), "--num-samples", "4", "--max-seq-length", "32"]
+    argv = ["weight-only", "--input", str(tiny_model), "--calib", str(calib_file)]
+    argv += ["--output", str(out), "--num-samples", "4", "--seq-length", "32"]
     assert _main(argv) == 0
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     (group,) = qc["config_groups"].values()

@@ -66,7 +66,7 @@ def test_weight_only_schemes_accepted():
 
 
 def test_missing_model_dir(tmp_path):
-    with pytest.raises(UserError, match=r"nope: --model: model directory not found") as e:
+    with pytest.raises(UserError, match=r"nope: --input: does not exist") as e:
         check_model_dir(tmp_path / "nope")
     assert "\n" not in str(e.value)
 
@@ -74,12 +74,15 @@ def test_missing_model_dir(tmp_path):
 def test_model_dir_without_tokenizer(tmp_path):
     d = _model_dir(tmp_path)
     (d / "tokenizer.json").unlink()
-    with pytest.raises(UserError, match="tokenizer.json missing"):
+    with pytest.raises(UserError, match="--input: has no tokenizer"):
+        check_model_dir(d)
+    (d / "tokenizer.model").write_text("")  # a tokenizer, but not the files the output carries
+    with pytest.raises(UserError, match="--input: has no tokenizer.json"):
         check_model_dir(d)
 
 
 def test_model_dir_without_chat_template(tmp_path):
-    with pytest.raises(UserError, match="chat_template: no chat_template"):
+    with pytest.raises(UserError, match="--input: has no chat template"):
         check_model_dir(_model_dir(tmp_path, chat_template=False))
 
 
@@ -176,9 +179,9 @@ def test_cli_one_line_error(tmp_path, capsys):
         pytest.skip(f"llmbuild CLI incomplete: {exc}")
     rc = cli.main(
         [
-            "quant",
+            "quantize",
             "smoothquant",
-            "--model",
+            "--input",
             str(tmp_path / "nope"),
             "--calib",
             str(tmp_path / "c.jsonl"),
@@ -192,3 +195,18 @@ def test_cli_one_line_error(tmp_path, capsys):
     assert rc == 2
     assert err.startswith("llmbuild quantize smoothquant: error: --smoothing-strength:")
     assert "\n" not in err
+
+
+def test_defaults_are_the_schemas(tmp_path):
+    """The CLI's and QuantSpec's defaults are the config schema's (quantize.*), one place."""
+    import argparse
+
+    from llmbuild.quantize import cli
+    from llmbuild.schema import default
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(["smoothquant", "--input", "m", "--output", "o"])
+    spec = _spec(tmp_path)
+    for key in ("smoothing_strength", "num_samples", "seq_length", "seed"):
+        assert getattr(args, key) == getattr(spec, key) == default(f"quantize.{key}"), key

@@ -1,6 +1,7 @@
 """Exact-match accuracy on Alpaca records through /v1/chat/completions.
 
-The prompt is ``instruction`` plus ``"\\n" + input`` when input is non-empty, sent as one user
+The records are read as training reads them (``llmbuild.data.formats``: the same checks, the
+same prompt, ``instruction`` plus ``"\\n" + input`` when input is non-empty), sent as one user
 message (the server applies the model's chat template) with temperature 0. An answer is correct
 when it equals the expected ``output`` after stripping whitespace at both ends. A failed request
 counts as wrong and is also counted in ``failed_requests``.
@@ -14,9 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from llmbuild.data.formats import alpaca_messages, alpaca_prompt
 from llmbuild.errors import UserError
-
-FIELDS = ("instruction", "input", "output")
 
 
 @dataclass(frozen=True)
@@ -28,44 +28,28 @@ class Example:
 
     @property
     def prompt(self) -> str:
-        return self.instruction + ("\n" + self.input if self.input else "")
+        return alpaca_prompt({"instruction": self.instruction, "input": self.input})
 
 
 def parse_alpaca_line(text: str, path: str | Path, line: int) -> Example:
-    where = f"line {line}"
+    """One JSONL line, checked as the training data is (``llmbuild.data.formats``)."""
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(
             f"not valid JSON ({exc.msg}); each line must be one Alpaca record "
             '{"instruction", "input", "output"}',
-            path=path,
-            field=where,
+            path=f"{path}:{line}",
         ) from None
-    if not isinstance(rec, dict):
-        raise UserError(f"expected a JSON object, got {type(rec).__name__}", path=path, field=where)
-    for key in ("instruction", "output"):
-        if key not in rec:
-            raise UserError(
-                f"missing {key!r}; Alpaca records need instruction, input, output",
-                path=path,
-                field=where,
-            )
-    values = {k: rec.get(k, "") for k in FIELDS}
-    values["input"] = values["input"] if values["input"] is not None else ""
-    for k, v in values.items():
-        if not isinstance(v, str):
-            raise UserError(
-                f"{k!r} must be a string, got {type(v).__name__}", path=path, field=where
-            )
-    return Example(line=line, **values)
+    alpaca_messages(rec, Path(path), str(line))  # the record's shape, one-line errors
+    return Example(line, rec["instruction"], rec.get("input") or "", rec["output"])
 
 
 def load_alpaca(path: str | Path) -> list[Example]:
     """Alpaca JSONL records; a malformed line is a UserError naming the file and line."""
     p = Path(path)
     if not p.is_file():
-        raise UserError("data file not found", path=p)
+        raise UserError("data file not found", path=p, field="--input")
     examples = []
     with p.open(encoding="utf-8") as fh:
         for n, text in enumerate(fh, start=1):

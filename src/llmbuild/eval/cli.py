@@ -17,6 +17,7 @@ from pathlib import Path
 
 from llmbuild import provenance
 from llmbuild.errors import UserError
+from llmbuild.schema import default
 
 
 def _accuracy(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def _accuracy(args: argparse.Namespace) -> int:
         raise UserError("must be >= 1", field="--limit")
     gate.check_fraction(args.max_failed_fraction, "--max-failed-fraction")
     keep_dir = gate.check_keep_dir(args.keep_on_failure)
-    examples = load_alpaca(args.data)
+    examples = load_alpaca(args.input)
     if args.limit is not None:
         examples = examples[: args.limit]
     from llmbuild.bench.client import Endpoint, api_key_from_env  # aiohttp: after input checks
@@ -44,7 +45,7 @@ def _accuracy(args: argparse.Namespace) -> int:
     print(f"waiting for {args.endpoint} (up to {args.ready_timeout:g} s)", flush=True)
     info = wait_ready(args.endpoint, args.ready_timeout)
     endpoint = Endpoint(base_url=info.base_url, model=args.model or info.model, api_key=api_key)
-    print(f"evaluating {len(examples)} examples from {args.data} on {endpoint.model}", flush=True)
+    print(f"evaluating {len(examples)} examples from {args.input} on {endpoint.model}", flush=True)
     log = RateLog("eval accuracy", total=len(examples), unit="requests", stream=sys.stdout)
     answers = ask_all(
         endpoint, examples, args.max_tokens, args.concurrency, args.request_timeout, log.update
@@ -79,7 +80,7 @@ def _accuracy(args: argparse.Namespace) -> int:
             path,
             command="eval accuracy",
             args=vars(args),
-            inputs=[args.data, args.endpoint],
+            inputs=[args.input, args.endpoint],
             started=started,
             extra={
                 "model": endpoint.model,
@@ -107,28 +108,33 @@ def _accuracy(args: argparse.Namespace) -> int:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("accuracy", help="exact-match accuracy on Alpaca JSONL via chat API")
+    p.add_argument("--input", required=True, help="held-out Alpaca JSONL (e.g. heldout.jsonl)")
     p.add_argument("--endpoint", required=True, help="service endpoint file (JSON)")
-    p.add_argument("--data", required=True, help="Alpaca JSONL (e.g. heldout.jsonl)")
     p.add_argument("--output", required=True, help="result JSON")
     p.add_argument("--records", required=True, help="JSONL, one line per example")
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument(
+        "--verdict", default=None, help="service_requests verdict JSON, written on success"
+    )
+    p.add_argument("--max-tokens", type=int, default=default("eval.max_tokens"))
+    p.add_argument("--concurrency", type=int, default=default("eval.concurrency"))
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
     p.add_argument("--model", default=None, help="served model name (default: endpoint's)")
     p.add_argument(
         "--api-key-env", default=None, help="name of the environment variable holding the API key"
     )
-    p.add_argument("--ready-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=default("serve.ready_timeout"),
+        help="seconds to wait for the service to be ready; default %(default)s",
+    )
     p.add_argument("--request-timeout", type=float, default=600.0)
     p.add_argument(
         "--max-failed-fraction",
         type=float,
-        default=0.0,
+        default=default("gates.max_failed_fraction"),
         help="failed requests allowed, as a fraction of those sent; more (or a service that "
-        "died) fails the step and writes no result (default 0)",
-    )
-    p.add_argument(
-        "--verdict", default=None, help="service_requests verdict JSON, written on success"
+        "died) fails the step and writes no result (default %(default)s)",
     )
     p.add_argument(
         "--keep-on-failure",

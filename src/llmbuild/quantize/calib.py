@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmbuild.data.formats import alpaca_prompt
 from llmbuild.errors import UserError
 
 
@@ -22,10 +23,6 @@ class Record:
     @property
     def is_chat(self) -> bool:
         return self.prompt is not None
-
-
-def alpaca_prompt(instruction: str, input_: str) -> str:
-    return f"{instruction}\n{input_}" if input_ else instruction
 
 
 def parse_line(obj: object, *, where: str) -> Record:
@@ -48,9 +45,7 @@ def parse_line(obj: object, *, where: str) -> Record:
             fields[key] = val
         if not fields["instruction"].strip():
             raise UserError("must be a non-empty string", path=where, field="instruction")
-        return Record(
-            prompt=alpaca_prompt(fields["instruction"], fields["input"]), answer=fields["output"]
-        )
+        return Record(prompt=alpaca_prompt(fields), answer=fields["output"])
     raise UserError(
         'neither "text" nor "instruction": expected an Alpaca record '
         '{"instruction", "input", "output"} or {"text": ...}',

@@ -11,10 +11,19 @@ import time
 from pathlib import Path
 
 from llmbuild.quantize.spec import ALGORITHMS, SCHEMES, QuantSpec
+from llmbuild.schema import default
+
+
+def _knob(p: argparse.ArgumentParser, key: str, kind: type, text: str) -> None:
+    """A flag a config key sets: named after ``quantize.<key>``, with the schema's default."""
+    flag = "--" + key.replace("_", "-")
+    p.add_argument(
+        flag, type=kind, default=default(f"quantize.{key}"), help=f"{text}; default %(default)s"
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="Hugging Face model directory")
+    p.add_argument("--input", type=Path, required=True, help="Hugging Face model directory")
     p.add_argument(
         "--output",
         type=Path,
@@ -24,9 +33,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calib", type=Path, help='calibration JSONL: Alpaca records or {"text": ...} per line'
     )
-    p.add_argument("--num-samples", type=int, default=64, help="calibration samples (seeded)")
-    p.add_argument("--max-seq-length", type=int, default=256, help="tokens per sample")
-    p.add_argument("--seed", type=int, default=0)
+    _knob(p, "num_samples", int, "calibration samples (seeded)")
+    _knob(p, "seq_length", int, "tokens per calibration sample")
+    _knob(p, "seed", int, "calibration sampling and torch seed")
     p.add_argument(
         "--algorithm",
         choices=ALGORITHMS,
@@ -47,9 +56,7 @@ def register(verbs) -> None:
     )
     _common(p)
     p.add_argument("--scheme", default="W8A8", help=f"one of {', '.join(SCHEMES)}")
-    p.add_argument(
-        "--smoothing-strength", type=float, default=0.5, help="alpha in (0, 1); 0.5 recommended"
-    )
+    _knob(p, "smoothing_strength", float, "SmoothQuant alpha in (0, 1)")
     p.add_argument(
         "--scale-output", type=Path, help="write the smoothing scales to this safetensors file"
     )
@@ -107,20 +114,28 @@ def _run(args: argparse.Namespace, spec: QuantSpec, command: str) -> int:
     return 0
 
 
-def _smoothquant(args: argparse.Namespace) -> int:
-    spec = QuantSpec(
-        model=args.model,
+def _spec(args: argparse.Namespace, **only: object) -> QuantSpec:
+    """The run the flags ask for; ``only`` holds what one verb sets itself."""
+    return QuantSpec(
+        model=args.input,
         output=args.output,
         scheme=args.scheme,
         calib=args.calib,
-        smoothing_strength=args.smoothing_strength,
         algorithm=args.algorithm,
         num_samples=args.num_samples,
-        max_seq_length=args.max_seq_length,
+        seq_length=args.seq_length,
         seed=args.seed,
+        dampening_frac=args.dampening_frac,
+        **only,
+    )
+
+
+def _smoothquant(args: argparse.Namespace) -> int:
+    spec = _spec(
+        args,
+        smoothing_strength=args.smoothing_strength,
         scale_input=args.scale_input,
         scale_output=args.scale_output,
-        dampening_frac=args.dampening_frac,
     )
     return _run(args, spec, "llmbuild quantize smoothquant")
 
@@ -128,18 +143,7 @@ def _smoothquant(args: argparse.Namespace) -> int:
 def _weight_only(args: argparse.Namespace) -> int:
     from llmbuild.errors import UserError
 
-    spec = QuantSpec(
-        model=args.model,
-        output=args.output,
-        scheme=args.scheme,
-        calib=args.calib,
-        smoothing_strength=None,
-        algorithm=args.algorithm,
-        num_samples=args.num_samples,
-        max_seq_length=args.max_seq_length,
-        seed=args.seed,
-        dampening_frac=args.dampening_frac,
-    )
+    spec = _spec(args, smoothing_strength=None)
     if SCHEMES[spec.scheme][1]:
         raise UserError(
             f"{spec.scheme} quantizes activations; use `llmbuild quantize smoothquant`",

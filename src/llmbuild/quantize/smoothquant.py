@@ -78,7 +78,7 @@ def _recording_smoothquant_cls():
     return RecordingSmoothQuantModifier
 
 
-def tokenize_records(tokenizer, records: list[calib_mod.Record], max_seq_length: int):
+def tokenize_records(tokenizer, records: list[calib_mod.Record], seq_length: int):
     """Token ids per record: chat records through the tokenizer's chat template."""
     out: list[list[int]] = []
     for r in records:
@@ -87,11 +87,11 @@ def tokenize_records(tokenizer, records: list[calib_mod.Record], max_seq_length:
                 [{"role": "user", "content": r.prompt}, {"role": "assistant", "content": r.answer}],
                 tokenize=False,
             )
-            ids = tokenizer(
-                text, add_special_tokens=False, truncation=True, max_length=max_seq_length
-            )["input_ids"]
+            ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=seq_length)[
+                "input_ids"
+            ]
         else:
-            ids = tokenizer(r.text, truncation=True, max_length=max_seq_length)["input_ids"]
+            ids = tokenizer(r.text, truncation=True, max_length=seq_length)["input_ids"]
         if ids:
             out.append(list(ids))
     return out
@@ -182,7 +182,7 @@ def run(
                 path=spec.model / "tokenizer_config.json",
                 field="chat_template",
             )
-        ids = tokenize_records(tokenizer, records, spec.max_seq_length)
+        ids = tokenize_records(tokenizer, records, spec.seq_length)
         if not ids:
             raise UserError("no calibration record has any token", path=spec.calib)
         dataset = Dataset.from_dict(
@@ -214,7 +214,7 @@ def run(
         kwargs.update(
             dataset=dataset,
             num_calibration_samples=len(dataset),
-            max_seq_length=spec.max_seq_length,
+            max_seq_length=spec.seq_length,
         )
     oneshot(model=model, recipe=recipe, **kwargs)
 

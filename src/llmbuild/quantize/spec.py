@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmbuild import hfdir
 from llmbuild.errors import UserError
+from llmbuild.schema import default
 
 # scheme -> (compressed-tensors preset, needs activation calibration, weight bits)
 SCHEMES: dict[str, tuple[str, bool, int]] = {
@@ -38,56 +40,38 @@ def check_scheme(scheme: str) -> str:
 
 
 def check_model_dir(model: Path) -> None:
-    """The input must be a complete Hugging Face directory, or the output will not be."""
-    if not model.is_dir():
-        raise UserError(
-            "model directory not found; pass a Hugging Face model directory",
-            path=model,
-            field="--model",
-        )
-    if not (model / "config.json").is_file():
-        raise UserError(
-            "no config.json: not a Hugging Face model directory", path=model, field="--model"
-        )
-    if not any(model.glob("*.safetensors")):
-        raise UserError(
-            "no *.safetensors weights; convert the checkpoint to safetensors first",
-            path=model,
-            field="--model",
-        )
+    """The input must be a complete Hugging Face directory (``llmbuild.hfdir``), with the
+    tokenizer files the quantized output carries (REQUIRED_OUTPUT), or it will not be served."""
+    hfdir.check(model, field="--input", chat_template=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        if not (model / name).is_file():
+        if not (Path(model) / name).is_file():
             raise UserError(
-                f"{name} missing; copy the tokenizer files into the model directory "
+                f"has no {name}; copy the tokenizer files into the model directory "
                 "(the quantized model could not be served without them)",
                 path=model,
-                field="--model",
+                field="--input",
             )
-    try:
-        tcfg = json.loads((model / "tokenizer_config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"unreadable: {exc}", path=model / "tokenizer_config.json") from exc
-    if not tcfg.get("chat_template") and not (model / "chat_template.jinja").is_file():
-        raise UserError(
-            "no chat_template; add one (the service renders chat requests with it)",
-            path=model / "tokenizer_config.json",
-            field="chat_template",
-        )
+
+
+def _schema(key: str):
+    """A field whose default is the config schema's ``quantize.<key>`` (the CLI's too)."""
+    return field(default_factory=functools.partial(default, f"quantize.{key}"))
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """One quantization run. ``smoothing_strength`` None means no SmoothQuant."""
+    """One quantization run. ``smoothing_strength`` None means no SmoothQuant; the defaults a
+    config key sets are the schema's."""
 
     model: Path
     output: Path
     scheme: str = "W8A8"
     calib: Path | None = None
-    smoothing_strength: float | None = 0.5
+    smoothing_strength: float | None = _schema("smoothing_strength")
     algorithm: str = "rtn"
-    num_samples: int = 64
-    max_seq_length: int = 256
-    seed: int = 0
+    num_samples: int = _schema("num_samples")
+    seq_length: int = _schema("seq_length")
+    seed: int = _schema("seed")
     scale_input: Path | None = None
     scale_output: Path | None = None
     dampening_frac: float = 0.01
@@ -106,8 +90,8 @@ class QuantSpec:
             )
         if self.num_samples < 1:
             raise UserError(f"{self.num_samples} must be >= 1", field="--num-samples")
-        if self.max_seq_length < 8:
-            raise UserError(f"{self.max_seq_length} must be >= 8", field="--max-seq-length")
+        if self.seq_length < 8:
+            raise UserError(f"{self.seq_length} must be >= 8", field="--seq-length")
         if not (0.0 <= self.dampening_frac < 1.0):
             raise UserError(f"{self.dampening_frac} must be in [0, 1)", field="--dampening-frac")
         if self.smoothing_strength is None and (self.scale_input or self.scale_output):
