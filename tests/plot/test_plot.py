@@ -171,7 +171,7 @@ def test_plot_bench_cli_writes_png(tmp_path, capsys):
     rc = plot_cli(
         [
             "bench",
-            "--csv",
+            "--input",
             str(a),
             str(b),
             "--labels",
@@ -192,7 +192,9 @@ def test_plot_bench_cli_writes_png(tmp_path, capsys):
     h, w = matplotlib.image.imread(str(out)).shape[:2]
     assert (w, h) == (1320, 935)
     assert (tmp_path / "bench.png.provenance.json").exists()
-    assert plot_cli(["bench", "--csv", str(a), str(b), "--labels", "x", "--output", str(out)]) == 2
+    assert (
+        plot_cli(["bench", "--input", str(a), str(b), "--labels", "x", "--output", str(out)]) == 2
+    )
     assert "--labels" in capsys.readouterr().err
 
 
@@ -203,7 +205,7 @@ def test_plot_loss_cli_writes_png(tmp_path):
     a = write_log(tmp_path / "pre.jsonl", ("pretrain", "sft"))
     b = write_log(tmp_path / "other.jsonl")
     out = tmp_path / "loss.png"
-    assert plot_cli(["loss", "--log", str(a), str(b), "--output", str(out)]) == 0
+    assert plot_cli(["loss", "--input", str(a), str(b), "--output", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     fig = loss_figure(read_train_log(a, "pre") + read_train_log(b, "other"))
     assert [line.get_label() for line in fig.axes[0].lines] == [
@@ -211,7 +213,7 @@ def test_plot_loss_cli_writes_png(tmp_path):
         "pre sft",
         "other pretrain",
     ]
-    assert plot_cli(["loss", "--log", str(a), "--output", str(tmp_path / "x.svg")]) == 2
+    assert plot_cli(["loss", "--input", str(a), "--output", str(tmp_path / "x.svg")]) == 2
 
 
 # --- invalid rows (the benchmark's validity gate in warn mode) -----------------------------
@@ -261,7 +263,7 @@ def test_invalid_rows_are_drawn_hollow_and_named_in_the_legend(tmp_path, capsys)
     outs = []
     for name, csvs in (("valid", ["good.csv", "good.csv"]), ("invalid", ["good.csv", "bad.csv"])):
         out = tmp_path / f"{name}.png"
-        argv = ["bench", "--csv", *[str(tmp_path / c) for c in csvs], "--labels", "base,w8a8"]
+        argv = ["bench", "--input", *[str(tmp_path / c) for c in csvs], "--labels", "base,w8a8"]
         assert plot_cli(argv + ["--output", str(out)]) == 0
         outs.append(out)
     assert "1 invalid cell(s) drawn hollow" in capsys.readouterr().out
@@ -269,3 +271,19 @@ def test_invalid_rows_are_drawn_hollow_and_named_in_the_legend(tmp_path, capsys)
 
     a, b = (matplotlib.image.imread(str(p)) for p in outs)
     assert a.shape == b.shape and (a != b).any()
+
+
+def test_slo_defaults_are_the_schemas():
+    import argparse
+
+    from llmbuild.plot import cli
+    from llmbuild.schema import default
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(["bench", "--input", "a.csv", "b.csv", "--output", "p.png"])
+    assert args.input == ["a.csv", "b.csv"]
+    assert (args.slo_ttft_ms, args.slo_tpot_ms) == (
+        default("plot.slo_ttft_ms"),
+        default("plot.slo_tpot_ms"),
+    )

@@ -8,6 +8,10 @@ from pathlib import Path
 
 from llmbuild import provenance
 from llmbuild.atomic import atomic_dir
+from llmbuild.schema import default, node
+
+#: the config keys model.tiny.*: each is a flag of its name with the schema's default
+TINY_KEYS = tuple(node("model.tiny")["properties"])
 
 
 def _tiny(args: argparse.Namespace) -> int:
@@ -15,18 +19,9 @@ def _tiny(args: argparse.Namespace) -> int:
     from llmbuild.model.tiny import TinySpec, make_model, save_tokenizer, train_tokenizer
 
     started = time.time()
-    spec = TinySpec(
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_layers=args.num_layers,
-        num_heads=args.num_heads,
-        num_kv_heads=args.num_kv_heads,
-        max_position_embeddings=args.max_position_embeddings,
-        seed=args.seed,
-    )
+    spec = TinySpec(**{key: getattr(args, key) for key in TINY_KEYS})
     with atomic_dir(args.output) as tmp:
-        tok = train_tokenizer(read_pretrain(args.corpus), spec.vocab_size)
+        tok = train_tokenizer(read_pretrain(args.input), spec.vocab_size)
         tok_dir = tmp / ".tokenizer"
         tok_dir.mkdir()
         save_tokenizer(tok, tok_dir, spec.max_position_embeddings)
@@ -38,7 +33,7 @@ def _tiny(args: argparse.Namespace) -> int:
             tmp,
             command="model tiny",
             args=vars(args),
-            inputs=[args.corpus],
+            inputs=[args.input],
             started=started,
             extra={"model": info},
         )
@@ -51,14 +46,8 @@ def _tiny(args: argparse.Namespace) -> int:
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("tiny", help="tokenizer trained on a corpus + random tiny Llama")
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--vocab-size", type=int, default=512)
-    p.add_argument("--hidden-size", type=int, default=128)
-    p.add_argument("--intermediate-size", type=int, default=384)
-    p.add_argument("--num-layers", type=int, default=4)
-    p.add_argument("--num-heads", type=int, default=4)
-    p.add_argument("--num-kv-heads", type=int, default=2)
-    p.add_argument("--max-position-embeddings", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input", required=True, help="pretraining corpus the tokenizer learns")
+    p.add_argument("--output", required=True, help="HF model directory to write")
+    for key in TINY_KEYS:
+        p.add_argument("--" + key.replace("_", "-"), type=int, default=default(f"model.tiny.{key}"))
     p.set_defaults(func=_tiny)

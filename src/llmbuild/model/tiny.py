@@ -28,19 +28,22 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TinySpec:
-    vocab_size: int = 512
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    max_position_embeddings: int = 512
+    """The model; the fields a config key sets (model.tiny.*) have their defaults in the schema
+    only (``llmbuild model tiny`` reads them there)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    max_position_embeddings: int
+    seed: int
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:

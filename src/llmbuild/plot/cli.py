@@ -9,6 +9,7 @@ from pathlib import Path
 from llmbuild import provenance
 from llmbuild.atomic import atomic_file
 from llmbuild.errors import UserError
+from llmbuild.schema import default
 
 
 def _check_png(path: str) -> Path:
@@ -27,15 +28,15 @@ def _bench(args: argparse.Namespace) -> int:
     for flag, v in (("--slo-ttft-ms", args.slo_ttft_ms), ("--slo-tpot-ms", args.slo_tpot_ms)):
         if v is not None and not v > 0:
             raise UserError(f"must be > 0 ms, got {v}", field=flag)
-    labels = parse_labels(args.labels, args.csv, "--labels")
-    series = bench_series([read_bench_csv(p) for p in args.csv], labels)
+    labels = parse_labels(args.labels, args.input, "--labels")
+    series = bench_series([read_bench_csv(p) for p in args.input], labels)
     fig = bench_figure(series, args.slo_ttft_ms, args.slo_tpot_ms, args.title)
     with atomic_file(out, "wb") as fh:
         save_png(fig, fh)
-    provenance.write(out, command="plot bench", args=vars(args), inputs=args.csv, started=started)
+    provenance.write(out, command="plot bench", args=vars(args), inputs=args.input, started=started)
     invalid = sum(s.invalid for s in series)
     print(
-        f"wrote {out}: {len(series)} series from {len(args.csv)} CSV file(s)"
+        f"wrote {out}: {len(series)} series from {len(args.input)} CSV file(s)"
         + (f"; {invalid} invalid cell(s) drawn hollow" if invalid else "")
     )
     return 0
@@ -47,28 +48,33 @@ def _loss(args: argparse.Namespace) -> int:
 
     started = time.time()
     out = _check_png(args.output)
-    labels = parse_labels(args.labels, args.log, "--labels")
-    series = [s for p, lab in zip(args.log, labels, strict=True) for s in read_train_log(p, lab)]
+    labels = parse_labels(args.labels, args.input, "--labels")
+    series = [s for p, lab in zip(args.input, labels, strict=True) for s in read_train_log(p, lab)]
     fig = loss_figure(series, args.title)
     with atomic_file(out, "wb") as fh:
         save_png(fig, fh)
-    provenance.write(out, command="plot loss", args=vars(args), inputs=args.log, started=started)
-    print(f"wrote {out}: {len(series)} series from {len(args.log)} log(s)")
+    provenance.write(out, command="plot loss", args=vars(args), inputs=args.input, started=started)
+    print(f"wrote {out}: {len(series)} series from {len(args.input)} log(s)")
     return 0
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("bench", help="p90 TTFT/TPOT vs concurrency with SLO lines, throughput")
-    p.add_argument("--csv", nargs="+", required=True, help="static benchmark CSV(s), one per run")
+    p.add_argument("--input", nargs="+", required=True, help="static benchmark CSV(s), one a run")
     p.add_argument("--labels", default=None, help="comma-separated, one per CSV")
-    p.add_argument("--slo-ttft-ms", type=float, default=None)
-    p.add_argument("--slo-tpot-ms", type=float, default=None)
+    for what in ("ttft", "tpot"):
+        p.add_argument(
+            f"--slo-{what}-ms",
+            type=float,
+            default=default(f"plot.slo_{what}_ms"),
+            help=f"{what.upper()} SLO line, ms (default %(default)s)",
+        )
     p.add_argument("--title", default=None)
     p.add_argument("--output", required=True, help="PNG")
     p.set_defaults(func=_bench)
 
     p = verbs.add_parser("loss", help="loss and tokens/s vs step from training logs")
-    p.add_argument("--log", nargs="+", required=True, help="training log JSONL(s)")
+    p.add_argument("--input", nargs="+", required=True, help="training log JSONL(s)")
     p.add_argument("--labels", default=None, help="comma-separated, one per log")
     p.add_argument("--title", default=None)
     p.add_argument("--output", required=True, help="PNG")
