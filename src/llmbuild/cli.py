@@ -21,7 +21,6 @@ GROUPS: dict[str, tuple[str, str]] = {
     "quantize": ("llmbuild.quantize.cli", "quantize with llm-compressor"),
     "serve": ("llmbuild.serve.cli", "run an OpenAI-compatible vLLM service"),
     "eval": ("llmbuild.eval.cli", "task accuracy through a service"),
-    "dataset": ("llmbuild.bench.dataset_cli", "benchmark datasets: generate, filter"),
     "bench": ("llmbuild.bench.cli", "benchmark a service"),
     "plot": ("llmbuild.plot.cli", "plots and report pieces"),
     "gates": ("llmbuild.gates.cli", "prove a stage's output (parity, accuracy, loss) or stop"),

@@ -40,8 +40,3 @@ def run_group_cli(group: str, module: str, argv: list[str]) -> int:
 @pytest.fixture
 def bench_cli():
     return lambda argv: run_group_cli("bench", "llmbuild.bench.cli", argv)
-
-
-@pytest.fixture
-def dataset_cli():
-    return lambda argv: run_group_cli("dataset", "llmbuild.bench.dataset_cli", argv)

@@ -19,7 +19,7 @@ from llmbuild.bench.datasets import (  # noqa: E402
     load_dataset,
     write_jsonl,
 )
-from llmbuild.bench.dynamic import DynamicConfig, arrival_times, parse_rates  # noqa: E402
+from llmbuild.bench.dynamic import DynamicConfig, arrival_times  # noqa: E402
 from llmbuild.bench.prompts import PromptMaker, load_tokenizer  # noqa: E402
 from llmbuild.bench.workload import ModelMix, Workload  # noqa: E402
 from llmbuild.errors import UserError  # noqa: E402
@@ -247,13 +247,20 @@ def test_arrivals_are_exponential_and_hit_the_rate_exactly():
 
 
 def test_rates_and_counts_parse_and_pair():
-    assert parse_rates(["0.5", "1,2", "inf"]) == (0.5, 1.0, 2.0, math.inf)
+    import argparse
+
+    from llmbuild.cliargs import positive_float_list
+
+    assert positive_float_list("0.5,1, 2,inf") == (0.5, 1.0, 2.0, math.inf)
+    for bad in ("0", "-1", "fast", "1 2", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float_list(bad)
     assert DynamicConfig((1.0, 2.0), (5,)).num_prompts == (5, 5)
     with pytest.raises(UserError, match="one count per rate"):
         DynamicConfig((1.0, 2.0, 3.0), (5, 6))
-    for bad in ("0", "-1", "fast"):
+    for rates in ((), (0.0,), (1.0, -1.0)):
         with pytest.raises(UserError, match="--request-rate"):
-            parse_rates(bad)
+            DynamicConfig(rates, (1,))
     with pytest.raises(UserError, match="--max-concurrency"):
         DynamicConfig((1.0,), (1,), max_concurrency=0)
 
@@ -277,7 +284,7 @@ def test_workload_rejects_unknown_modes():
     assert Workload(api="chat").path == "chat/completions"
 
 
-def test_filter_cli_writes_the_benchmark_format(tmp_path, tokenizer_dir, dataset_cli, capsys):
+def test_filter_cli_writes_the_benchmark_format(tmp_path, tokenizer_dir, bench_cli, capsys):
     tok = load_tokenizer(tokenizer_dir)
     src = _write(
         tmp_path / "alpaca.json",
@@ -287,9 +294,9 @@ def test_filter_cli_writes_the_benchmark_format(tmp_path, tokenizer_dir, dataset
         ],
     )
     out = tmp_path / "bench.jsonl"
-    argv = ["filter", "--dataset", str(src), "--dataset-type", "alpaca"]
+    argv = ["filter-dataset", "--input", str(src), "--dataset-type", "alpaca"]
     argv += ["--tokenizer", str(tokenizer_dir), "--output", str(out)]
-    assert dataset_cli(argv + ["--max-prompt-tokens", "50"]) == 0
+    assert bench_cli(argv + ["--max-prompt-tokens", "50"]) == 0
     assert "kept 1 of 2 records (dropped: 1 over --max-prompt-tokens)" in capsys.readouterr().out
     (line,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert line == {
@@ -298,7 +305,60 @@ def test_filter_cli_writes_the_benchmark_format(tmp_path, tokenizer_dir, dataset
         "output_len": len(tok.encode("green", add_special_tokens=False).ids),
     }
     assert (tmp_path / "bench.jsonl.provenance.json").exists()
-    assert dataset_cli(argv + ["--max-prompt-tokens", "1", "--output", str(tmp_path / "n")]) == 2
+    assert bench_cli(argv + ["--max-prompt-tokens", "1", "--output", str(tmp_path / "n")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no usable records" in err and str(src) in err
+    assert err.count("\n") == 0 and "no usable records" in err and f"{src}: --input:" in err
     assert not (tmp_path / "n").exists()
+
+
+def test_dataset_types_are_the_schemas_and_generated_reads_as_custom(tmp_path, tok):
+    from llmbuild.bench import cli_common
+    from llmbuild.bench.datasets import DATASET_TYPES
+
+    assert cli_common.DATASET_TYPES == DATASET_TYPES
+    path = _write(tmp_path / "d.jsonl", [{"prompt": "hello there", "output_len": 3}])
+    assert load_dataset(path, "generated", tok) == load_dataset(path, "custom", tok)
+
+
+def test_bench_cli_defaults_are_the_schemas():
+    """Every flag a config key sets has the schema's default (bench.*, gates.*, plot.slo_*,
+    serve.ready_timeout); the static benchmark's request mix, which no key sets, the Workload's."""
+    import argparse
+
+    from llmbuild.bench import cli
+    from llmbuild.schema import default
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="verb"))
+    common = ["--base-url", "http://h:1/v1", "--tokenizer", "t", "--output", "o"]
+    parsed = {
+        "dynamic": parser.parse_args(["dynamic", "--data", "d", *common, "--records", "r"]),
+        "static": parser.parse_args(["static", *common, "--records", "r"]),
+        "gen": parser.parse_args(["generate-dataset", "--output", "o", "--tokenizer", "t"]),
+    }
+    dyn, static, gen = parsed
+    expect = {
+        (dyn, "request_rate"): tuple(default("bench.dynamic.request_rate")),
+        (dyn, "num_prompts"): tuple(default("bench.dynamic.num_prompts")),
+        (dyn, "dataset_type"): default("bench.dataset.type"),
+        (static, "concurrency"): tuple(default("bench.static.concurrency")),
+        (static, "output_len"): tuple(default("bench.static.output_len")),
+        (static, "api"): Workload().api,
+        (static, "output_mode"): Workload().output_mode,
+        (static, "speculative"): Workload().speculative,
+        (gen, "num_requests"): default("bench.dataset.num_requests"),
+        (gen, "avg_output"): default("bench.dataset.avg_output"),
+    }
+    for key in ("max_concurrency", "api", "output_mode", "speculative", "lora_mix", "seed"):
+        expect[dyn, key] = default(f"bench.dynamic.{key}")
+    for key in ("max_prompt_tokens", "max_tokens", "output_len"):
+        expect[dyn, key] = default(f"bench.dataset.{key}")
+    for args in (dyn, static):
+        expect[args, "gate_mode"] = default("gates.mode")
+        expect[args, "ready_timeout"] = default("serve.ready_timeout")
+        for key in ("max_failed_fraction", "min_rate_fraction", "max_lag_ms"):
+            expect[args, key] = default(f"gates.{key}")
+        for key in ("slo_ttft_ms", "slo_tpot_ms", "slo_e2el_ms"):
+            expect[args, key] = default(f"plot.{key}")
+    for (verb, key), value in expect.items():
+        assert getattr(parsed[verb], key) == value, (verb, key)

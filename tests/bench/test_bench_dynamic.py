@@ -252,18 +252,18 @@ def test_lora_mix_sends_weighted_model_names(entries, maker):
 
 
 def test_dataset_and_dynamic_cli_end_to_end(
-    tmp_path, tokenizer_dir, monkeypatch, capsys, bench_cli, dataset_cli
+    tmp_path, tokenizer_dir, monkeypatch, capsys, bench_cli
 ):
     data = tmp_path / "gen.jsonl"
-    rc = dataset_cli(
-        ["generate", "--dataset", str(data), "--tokenizer", str(tokenizer_dir)]
+    rc = bench_cli(
+        ["generate-dataset", "--output", str(data), "--tokenizer", str(tokenizer_dir)]
         + ["--num-requests", "50", "--min-input", "8", "--max-input", "40"]
         + ["--avg-input", "20", "--std-input", "5", "--min-output", "2", "--max-output", "6"]
         + ["--avg-output", "4", "--std-output", "1", "--seed", "3"],
     )
     assert rc == 0 and len(data.read_text().splitlines()) == 50
     assert json.loads((tmp_path / "gen.jsonl.provenance.json").read_text())["command"] == (
-        "dataset generate"
+        "bench generate-dataset"
     )
     key = "sk-dynamic-secret"
     monkeypatch.setenv("DYN_KEY", key)
@@ -271,7 +271,7 @@ def test_dataset_and_dynamic_cli_end_to_end(
     with MockOpenAI(MockConfig(ttft_s=0.002, itl_s=0.001, api_key=key)) as srv:
         ep = srv.write_endpoint(tmp_path / "endpoint.json")
         argv = ["dynamic", "--endpoint", str(ep), "--tokenizer", str(tokenizer_dir)]
-        argv += ["--dataset", str(data), "--request-rate", "20", "40", "--num-prompts", "10"]
+        argv += ["--data", str(data), "--request-rate", "20,40", "--num-prompts", "10"]
         argv += ["--output", str(out), "--records", str(rec), "--api-key-env", "DYN_KEY"]
         argv += ["--slo-ttft-ms", "500", "--max-prompt-tokens", "20", "--ready-timeout", "5"]
         # 10 requests in 0.25 s: a 13 ms late last send is 0.95 of the rate; the validity
@@ -302,11 +302,10 @@ def test_dynamic_cli_errors_are_one_line(tmp_path, tokenizer_dir, capsys, bench_
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(Entry("hello there", 3, 4).as_dict()) + "\n")
     base = ["dynamic", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
-    base += ["--tokenizer", str(tokenizer_dir), "--dataset", str(data)]
+    base += ["--tokenizer", str(tokenizer_dir), "--data", str(data)]
     base += ["--output", str(tmp_path / "o.csv"), "--records", str(tmp_path / "r.jsonl")]
     cases = [
-        (["--request-rate", "1,2,3", "--num-prompts", "1", "2"], "one count per rate"),
-        (["--request-rate", "0", "--num-prompts", "1"], "--request-rate"),
+        (["--request-rate", "1,2,3", "--num-prompts", "1,2"], "one count per rate"),
         (["--request-rate", "1", "--num-prompts", "1", "--lora-mix", "a=x"], "--lora-mix"),
         (["--request-rate", "1", "--num-prompts", "1", "--max-tokens", "3"], "no usable"),
     ]
@@ -314,6 +313,10 @@ def test_dynamic_cli_errors_are_one_line(tmp_path, tokenizer_dir, capsys, bench_
         assert bench_cli(base + extra) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and needle in err, err
+    # a value list argparse refuses: its usage line and the flag
+    with pytest.raises(SystemExit):
+        bench_cli(base + ["--request-rate", "0", "--num-prompts", "1"])
+    assert "argument --request-rate: every value must be > 0" in capsys.readouterr().err
     # an unreachable server: its requests are recorded, then the service gate fails the run
     rc = bench_cli(base + ["--request-rate", "inf", "--num-prompts", "3"])
     assert rc == 2
@@ -339,7 +342,7 @@ def test_benchmarks_of_one_service_take_turns(tmp_path, tokenizer_dir, bench_cli
     data.write_text(json.dumps(Entry("the quick brown fox", 5, 2).as_dict()) + "\n")
     with MockOpenAI(MockConfig()) as srv:
         argv = ["dynamic", "--base-url", srv.base_url, "--model", "mock-model"]
-        argv += ["--tokenizer", str(tokenizer_dir), "--dataset", str(data)]
+        argv += ["--tokenizer", str(tokenizer_dir), "--data", str(data)]
         argv += ["--request-rate", "inf", "--num-prompts", "3"]
         argv += ["--output", str(tmp_path / "o.csv"), "--records", str(tmp_path / "r.jsonl")]
         result: list[int] = []

@@ -47,7 +47,7 @@ def _argv(kind, tokenizer_dir, dataset, out_dir, *extra):
         argv = ["static", "--concurrency", "4", "--input-len", "8", "--output-len", "8"]
         argv += ["--epochs", "3"]
     else:
-        argv = ["dynamic", "--dataset", str(dataset), "--request-rate", "100"]
+        argv = ["dynamic", "--data", str(dataset), "--request-rate", "100"]
         argv += ["--num-prompts", "20"]
     argv += ["--tokenizer", str(tokenizer_dir), "--ready-timeout", "10"]
     argv += ["--output", str(out_dir / f"{kind}.csv"), "--records", str(out_dir / f"{kind}.jsonl")]
@@ -200,7 +200,7 @@ def slow_client(monkeypatch):
 
 def _dynamic_slow(tokenizer_dir, dataset, out_dir, ep, *extra):
     argv = ["dynamic", "--endpoint", str(ep), "--tokenizer", str(tokenizer_dir)]
-    argv += ["--dataset", str(dataset), "--request-rate", "200", "inf", "--num-prompts", "30"]
+    argv += ["--data", str(dataset), "--request-rate", "200,inf", "--num-prompts", "30"]
     argv += ["--output", str(out_dir / "d.csv"), "--records", str(out_dir / "d.jsonl")]
     return argv + [str(x) for x in extra]
 

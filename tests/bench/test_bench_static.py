@@ -23,7 +23,6 @@ from llmbuild.bench.static import (  # noqa: E402
     StaticConfig,
     build_requests,
     cell_row,
-    parse_int_list,
     write_csv,
 )
 
@@ -94,11 +93,29 @@ def test_config_rejects_bad_values(kw, flag):
         StaticConfig(**{**base, **kw})
 
 
-def test_parse_int_list():
-    assert parse_int_list("1,2, 4", "--concurrency") == (1, 2, 4)
-    assert parse_int_list("8 16", "--concurrency") == (8, 16)
-    with pytest.raises(UserError, match="--concurrency"):
-        parse_int_list("1,two", "--concurrency")
+def test_value_lists_are_comma_separated(tmp_path, capsys):
+    import argparse
+
+    from llmbuild.bench import cli
+    from llmbuild.schema import default
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="verb"))
+    base = ["static", "--base-url", "http://h:1/v1", "--tokenizer", "t"]
+    base += ["--output", "o.csv", "--records", "r.jsonl"]
+    args = parser.parse_args(base + ["--concurrency", "1,2, 4"])
+    assert args.concurrency == (1, 2, 4)
+    # the others are the schema's
+    assert args.input_len == tuple(default("bench.static.input_len"))
+    assert (args.epochs, args.seed) == (default("bench.static.epochs"), 0)
+    for bad, needle in (
+        (["--concurrency", "1,two"], "--concurrency"),
+        (["--concurrency", "8", "16"], "unrecognized arguments: 16"),  # never space-separated
+        (["--input-len", "0"], "--input-len"),
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + bad)
+        assert needle in capsys.readouterr().err
 
 
 def test_cells_are_pairs_times_concurrency():

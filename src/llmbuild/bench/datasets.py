@@ -2,13 +2,14 @@
 ShareGPT JSON, Alpaca JSON and human-eval JSONL, with the seeds' length filters.
 
 Every entry is a prompt with its token length in the served model's tokenizer and an output
-length in tokens. The dataset file this module writes (``custom``) is JSONL, one entry a line:
+length in tokens. The dataset file this module writes (``generated``; the same format written
+by other means is ``custom``) is JSONL, one entry a line:
 
     {"prompt": "...", "prompt_len": 37, "output_len": 16}
 
 Loading (``load_dataset``), per type:
 
-- ``custom``: the file above; ``prompt_len`` is recounted with the tokenizer.
+- ``generated``, ``custom``: the file above; ``prompt_len`` is recounted with the tokenizer.
 - ``sharegpt``: a JSON list of ``{"conversations": [{"from": "human", "value": ...},
   {"from": "gpt", "value": ...}, ...]}``; the first turn is the prompt and the second the
   reference completion (records with fewer than two turns are skipped), as vLLM does.
@@ -41,9 +42,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from llmbuild.data.formats import alpaca_prompt
 from llmbuild.errors import UserError
 
-DATASET_TYPES = ("custom", "sharegpt", "alpaca", "human-eval")
+DATASET_TYPES = ("generated", "custom", "sharegpt", "alpaca", "human-eval")
 _LENGTH_STREAM, _PROMPT_STREAM, _ORDER_STREAM = 0x1E4, 0x960, 0x0D3
 
 
@@ -124,15 +126,16 @@ def write_jsonl(entries: Sequence[Entry], fh: IO[str]) -> None:
 # --- loaders --------------------------------------------------------------------------------
 
 
-def read_records(path: str | Path) -> list[Any]:
-    """A JSON list, or JSON Lines (one object per line); errors name the file and line."""
+def read_records(path: str | Path, flag: str = "--data") -> list[Any]:
+    """A JSON list, or JSON Lines (one object per line); errors name the file and line (and
+    ``flag``, the option that named the file, when it cannot be read)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError("no such dataset file", path=p, field="--dataset") from None
+        raise UserError("no such dataset file", path=p, field=flag) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read: {exc}", path=p, field="--dataset") from None
+        raise UserError(f"cannot read: {exc}", path=p, field=flag) from None
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -169,12 +172,11 @@ def extract(kind: str, rec: Any, where: str) -> tuple[str, str | None, int | Non
             return None
         return _text(conv[0], "value", where), _text(conv[1], "value", where), None
     if kind == "alpaca":
-        prompt = _text(rec, "instruction", where)
-        extra = rec.get("input") or ""
-        return (prompt + "\n" + extra if extra else prompt), _text(rec, "output", where), None
+        _text(rec, "instruction", where)
+        return alpaca_prompt(rec), _text(rec, "output", where), None
     if kind == "human-eval":
         return _text(rec, "prompt", where), _text(rec, "canonical_solution", where), None
-    if kind == "custom":
+    if kind in ("generated", "custom"):
         n = rec.get("output_len") if isinstance(rec, dict) else None
         if not isinstance(n, int) or isinstance(n, bool):
             raise UserError(f"{where}: missing integer field 'output_len'")
@@ -204,22 +206,24 @@ def load_dataset(
     max_prompt_tokens: int | None = None,
     max_tokens: int | None = None,
     output_len: int | None = None,
+    flag: str = "--data",
 ) -> tuple[list[Entry], LoadReport]:
     """Entries of a dataset file with token lengths in ``tokenizer`` (a tokenizers.Tokenizer),
-    filtered as the module docstring says; deterministic (no sampling here)."""
+    filtered as the module docstring says; deterministic (no sampling here). ``flag`` is the
+    option that named the file, for the error when nothing is left."""
     if kind not in DATASET_TYPES:
         raise UserError(
             f"unknown dataset type {kind!r}; use one of {', '.join(DATASET_TYPES)}",
             field="--dataset-type",
         )
-    for flag, v in (
+    for limit, v in (
         ("--max-prompt-tokens", max_prompt_tokens),
         ("--max-tokens", max_tokens),
         ("--output-len", output_len),
     ):
         if v is not None and v < 1:
-            raise UserError(f"must be >= 1, got {v}", field=flag)
-    records = read_records(path)
+            raise UserError(f"must be >= 1, got {v}", field=limit)
+    records = read_records(path, flag)
     report = LoadReport(total=len(records))
     parsed = []
     for n, rec in enumerate(records, 1):
@@ -257,7 +261,7 @@ def load_dataset(
             entries.append(Entry(prompt, p_len, o_len))
     report.kept = len(entries)
     if not entries:
-        raise UserError(f"no usable records: {report}", path=path, field="--dataset")
+        raise UserError(f"no usable records: {report}", path=path, field=flag)
     return entries, report
 
 
@@ -267,7 +271,7 @@ def assign_prompts(
     """Per cell, ``counts[i]`` (entry index, reused) pairs: consecutive slices of seeded
     permutations of the dataset; ``reused`` marks an entry already sent earlier in the run."""
     if n_entries < 1:
-        raise UserError("the dataset is empty", field="--dataset")
+        raise UserError("the dataset is empty", field="--data")
     order: list[int] = []
     passes = 0
     cells = []

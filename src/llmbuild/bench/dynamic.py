@@ -48,21 +48,6 @@ EXTRA_VALIDITY_COLUMNS = ("reused_prompts",)
 _ARRIVAL_STREAM, _MODEL_STREAM = 0xA221, 0x10AB
 
 
-def parse_rates(values: Sequence[str] | str, flag: str = "--request-rate") -> tuple[float, ...]:
-    """``"0.5,1 2 inf"`` -> (0.5, 1.0, 2.0, inf); each > 0."""
-    text = values if isinstance(values, str) else " ".join(values)
-    parts = [p for p in text.replace(",", " ").split() if p]
-    try:
-        rates = tuple(float(p) for p in parts)
-    except ValueError:
-        raise UserError(f"expected numbers (or inf), got {text!r}", field=flag) from None
-    if not rates:
-        raise UserError("needs at least one rate", field=flag)
-    if any(not r > 0 for r in rates):
-        raise UserError(f"rates must be > 0 requests/s, got {list(rates)}", field=flag)
-    return rates
-
-
 @dataclass(frozen=True)
 class DynamicConfig:
     rates: tuple[float, ...]
@@ -73,6 +58,10 @@ class DynamicConfig:
     model_mix: ModelMix | None = None
 
     def __post_init__(self) -> None:
+        if not self.rates or any(not r > 0 for r in self.rates):
+            raise UserError(
+                f"rates must be > 0 requests/s, got {list(self.rates)}", field="--request-rate"
+            )
         if len(self.num_prompts) == 1 and len(self.rates) > 1:
             object.__setattr__(self, "num_prompts", self.num_prompts * len(self.rates))
         if len(self.num_prompts) != len(self.rates):

@@ -46,18 +46,6 @@ _PREFIX_STREAM = 0x5EED
 _MODEL_STREAM = 0x10AA
 
 
-def parse_int_list(text: str, flag: str) -> tuple[int, ...]:
-    """``"1,2,4"`` (or space separated) -> (1, 2, 4); a clear error names the flag."""
-    parts = [p for p in text.replace(",", " ").split() if p]
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UserError(f"expected comma-separated integers, got {text!r}", field=flag) from None
-    if not values:
-        raise UserError("needs at least one value", field=flag)
-    return values
-
-
 @dataclass(frozen=True)
 class Cell:
     concurrency: int

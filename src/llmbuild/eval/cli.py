@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from llmbuild import provenance
+from llmbuild.bench.cli_common import add_client, add_failure, knob
 from llmbuild.errors import UserError
-from llmbuild.schema import default
 
 
 def _accuracy(args: argparse.Namespace) -> int:
@@ -112,34 +112,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", required=True, help="service endpoint file (JSON)")
     p.add_argument("--output", required=True, help="result JSON")
     p.add_argument("--records", required=True, help="JSONL, one line per example")
-    p.add_argument(
-        "--verdict", default=None, help="service_requests verdict JSON, written on success"
-    )
-    p.add_argument("--max-tokens", type=int, default=default("eval.max_tokens"))
-    p.add_argument("--concurrency", type=int, default=default("eval.concurrency"))
+    knob(p, "eval.max_tokens", int, "tokens an answer may have")
+    knob(p, "eval.concurrency", int, "requests in flight")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    p.add_argument("--model", default=None, help="served model name (default: endpoint's)")
-    p.add_argument(
-        "--api-key-env", default=None, help="name of the environment variable holding the API key"
-    )
-    p.add_argument(
-        "--ready-timeout",
-        type=float,
-        default=default("serve.ready_timeout"),
-        help="seconds to wait for the service to be ready; default %(default)s",
-    )
-    p.add_argument("--request-timeout", type=float, default=600.0)
-    p.add_argument(
-        "--max-failed-fraction",
-        type=float,
-        default=default("gates.max_failed_fraction"),
-        help="failed requests allowed, as a fraction of those sent; more (or a service that "
-        "died) fails the step and writes no result (default %(default)s)",
-    )
-    p.add_argument(
-        "--keep-on-failure",
-        default=None,
-        metavar="DIR",
-        help="on failure, move the records and the would-be result here for diagnosis",
-    )
+    add_client(p)
+    add_failure(p, verdict="service_requests", outputs="the records and the would-be result")
     p.set_defaults(func=_accuracy)
