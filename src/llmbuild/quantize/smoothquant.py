@@ -12,25 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmbuild import hfdir
 from llmbuild.atomic import atomic_dir, atomic_file
 from llmbuild.errors import UserError
 from llmbuild.quantize import calib as calib_mod
 from llmbuild.quantize import scales as scales_mod
 from llmbuild.quantize.spec import REQUIRED_OUTPUT, QuantSpec, check_model_dir
-
-# Files copied verbatim from the input model directory (when present) so the output is served
-# exactly like the input: tokenizer, chat template, generation defaults.
-COPIED = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "generation_config.json",
-)
 
 
 @dataclass
@@ -98,7 +85,9 @@ def tokenize_records(tokenizer, records: list[calib_mod.Record], seq_length: int
 
 
 def _complete_tokenizer_files(src: Path, dst: Path, tokenizer) -> None:
-    for name in COPIED:
+    # copied verbatim (when present) so the output is served exactly like the input: tokenizer,
+    # chat template, generation defaults
+    for name in hfdir.COMPANION_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
     tcfg_path = dst / "tokenizer_config.json"

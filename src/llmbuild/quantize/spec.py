@@ -21,9 +21,14 @@ NOT_YET = {
     "KV_CACHE_INT8": "KV-cache int8 is not implemented yet",
 }
 ALGORITHMS = ("rtn", "gptq")
-# Files a served model directory must carry besides its weights (the seeds' warning).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-REQUIRED_OUTPUT = ("config.json", "generation_config.json", *TOKENIZER_FILES)
+# Files the quantized directory must carry besides its weights (the seeds' warning).
+REQUIRED_OUTPUT = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def check_scheme(scheme: str) -> str:
