@@ -213,6 +213,7 @@ def test_a_client_that_falls_behind_fails_the_validity_gate(
     with MockOpenAI(MockConfig()) as srv:
         ep = srv.write_endpoint(tmp_path / "endpoint.json")
         argv = _dynamic_slow(tokenizer_dir, dataset, out_dir, ep, "--keep-on-failure", keep)
+        argv += ["--min-rate-fraction", "0.95", "--max-lag-ms", "100"]
         assert bench_cli(argv + ["--verdict", str(out_dir / "v.json")]) == 2
     err = _one_line(capsys)
     assert "error: mock-model dynamic: benchmark invalid: " in err
@@ -266,7 +267,7 @@ def _row(**kw):
 
 
 def test_row_validity_reasons():
-    lim = Limits()
+    lim = Limits(min_rate_fraction=0.95, max_lag_ms=100, max_failed_fraction=0)
     assert invalid_reasons(_row(), lim) == []  # static: no target rate
     assert invalid_reasons(_row(target_request_rate=10.2, achieved_request_rate=9.7), lim) == []
     assert invalid_reasons(_row(target_request_rate=10.0, achieved_request_rate=9.4), lim) == [
@@ -303,6 +304,14 @@ def test_row_validity_reasons():
 def test_limits_reject_bad_values(kw, flag):
     with pytest.raises(UserError, match=flag):
         Limits(**kw)
+
+
+def test_limits_defaults_are_the_schemas():
+    from llmbuild.schema import default
+
+    lim = Limits()
+    for key in ("min_rate_fraction", "max_lag_ms", "max_failed_fraction"):
+        assert getattr(lim, key) == default(f"gates.{key}")
 
 
 def test_bad_gate_flags_fail_before_anything_runs(

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import IO, Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from llmbuild.bench.metrics import SLO, VALIDITY_COLUMNS, compute_metrics, valid
 from llmbuild.bench.records import RequestRecord, RequestSpec
 from llmbuild.bench.workload import ModelMix, Workload
 from llmbuild.errors import UserError
+from llmbuild.schema import default
 
 CONFIG_COLUMNS = (
     "request_rate",
@@ -50,10 +52,14 @@ _ARRIVAL_STREAM, _MODEL_STREAM = 0xA221, 0x10AB
 
 @dataclass(frozen=True)
 class DynamicConfig:
+    """The cells; the defaults of the fields a config key sets are the schema's."""
+
     rates: tuple[float, ...]
     num_prompts: tuple[int, ...]  # one per rate, or one for all
-    seed: int = 0
-    max_concurrency: int | None = None
+    seed: int = field(default_factory=partial(default, "bench.dynamic.seed"))
+    max_concurrency: int | None = field(
+        default_factory=partial(default, "bench.dynamic.max_concurrency")
+    )
     workload: Workload = field(default_factory=Workload)
     model_mix: ModelMix | None = None
 

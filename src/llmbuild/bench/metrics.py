@@ -75,10 +75,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 from llmbuild.bench.records import RequestRecord
 from llmbuild.errors import UserError
+from llmbuild.schema import default
 
 NAN = float("nan")
 PERCENTILES: tuple[int, ...] = (90, 99)
@@ -292,11 +294,14 @@ GATE_COLUMNS = ("valid", "invalid_reason")
 
 @dataclass(frozen=True)
 class Limits:
-    """When a row is valid (see the module docstring); the flags' names in the errors."""
+    """When a row is valid (see the module docstring); the flags' names in the errors. The
+    defaults are the config schema's gates.* (the CLI's too)."""
 
-    min_rate_fraction: float = 0.95
-    max_lag_ms: float = 100.0
-    max_failed_fraction: float = 0.0
+    min_rate_fraction: float = field(default_factory=partial(default, "gates.min_rate_fraction"))
+    max_lag_ms: float = field(default_factory=partial(default, "gates.max_lag_ms"))
+    max_failed_fraction: float = field(
+        default_factory=partial(default, "gates.max_failed_fraction")
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_rate_fraction <= 1:

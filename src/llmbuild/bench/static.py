@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import IO, Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from llmbuild.bench.prompts import PromptMaker
 from llmbuild.bench.records import RequestRecord, RequestSpec
 from llmbuild.bench.workload import ModelMix, Workload
 from llmbuild.errors import UserError
+from llmbuild.schema import default
 
 __all__ = ["CONFIG_COLUMNS", "VALIDITY_COLUMNS", "StaticConfig", "run_static", "write_csv"]
 
@@ -55,12 +57,14 @@ class Cell:
 
 @dataclass(frozen=True)
 class StaticConfig:
+    """The cells; the defaults of the fields a config key sets are the schema's."""
+
     concurrency: tuple[int, ...]
     input_lens: tuple[int, ...]
     output_lens: tuple[int, ...]
-    epochs: int = 1
-    seed: int = 0
-    prefix_len: int = 0
+    epochs: int = field(default_factory=partial(default, "bench.static.epochs"))
+    seed: int = field(default_factory=partial(default, "bench.static.seed"))
+    prefix_len: int = field(default_factory=partial(default, "bench.static.prefix_len"))
     workload: Workload = field(default_factory=Workload)
     model_mix: ModelMix | None = None
 
