@@ -16,7 +16,7 @@ process beside the conversion); it does not grow with the model, the copy does.
 ``--shape 1.5b`` (Qwen2.5-1.5B's shape, about 3.1 GB) shows how the ratio moves with size.
 
     .envs/train/bin/python benchmarks/convert_qwen25_05b.py [--runs 3] [--workdir DIR]
-        [--shape 0.5b|1.5b]
+        [--shape 0.5b|1.5b] [--backend numpy|torch]
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def make_checkpoint(out: Path, config: dict) -> int:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from llmbuild.convert import registry as R
-    from llmbuild.convert import safetensors_io as S
-    from llmbuild.mcore import model as M
+    from llmbuild.convert.formats import safetensors_io as S
+    from llmbuild.mcore import description as M
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -97,7 +97,7 @@ def make_checkpoint(out: Path, config: dict) -> int:
     spec = R.find_arch(config)
     args = M.describe(config, spec.name, qkv_bias=spec.qkv_bias)
     specs = [
-        S.TensorSpec(k, "bfloat16", R.hf_shape(k, args))
+        S.TensorSpec(k, "bfloat16", spec.hf_shape(k, args))
         for _, keys in R.key_table(spec, args).values()
         for k in keys
     ]
@@ -166,6 +166,7 @@ def main() -> int:
     ap.add_argument("--tp", type=int, default=2)
     ap.add_argument("--pp", type=int, default=2)
     ap.add_argument("--verify", default="weights", choices=("weights", "meta", "none"))
+    ap.add_argument("--backend", default="numpy", choices=("numpy", "torch"), help="hf2mg's")
     ap.add_argument("--shape", default="0.5b", choices=sorted(SHAPES))
     ap.add_argument("--make", metavar="DIR", help=argparse.SUPPRESS)  # internal: child process
     a = ap.parse_args()
@@ -186,7 +187,8 @@ def main() -> int:
     size = (hf / "model.safetensors").stat().st_size
     print(
         f"checkpoint: {size / 1e9:.3f} GB bf16 Qwen2.5-{a.shape.upper()} shape at {hf} "
-        f"(made in {time.perf_counter() - t0:.1f}s); tp={a.tp} pp={a.pp}, {a.runs} run(s)",
+        f"(made in {time.perf_counter() - t0:.1f}s); tp={a.tp} pp={a.pp}, {a.runs} run(s), "
+        f"hf2mg backend {a.backend}",
         flush=True,
     )
     llmbuild = [sys.executable, "-m", "llmbuild", "convert"]
@@ -214,7 +216,7 @@ def main() -> int:
                 [
                     *llmbuild,
                     "hf2mg",
-                    "--hf",
+                    "--input",
                     str(hf),
                     "--output",
                     str(work / "mg"),
@@ -224,6 +226,8 @@ def main() -> int:
                     str(a.pp),
                     "--dtype",
                     "bfloat16",
+                    "--backend",
+                    a.backend,
                 ]
             )
         )
@@ -234,7 +238,7 @@ def main() -> int:
                 [
                     *llmbuild,
                     "mg2hf",
-                    "--load",
+                    "--input",
                     str(work / "mg"),
                     "--hf-source",
                     str(hf),

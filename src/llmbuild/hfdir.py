@@ -8,6 +8,7 @@ so a directory one stage accepts is never refused by the next. Standard library 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ COMPANION_FILES = (
     "merges.txt",
     "added_tokens.json",
     "chat_template.jinja",
+    "chat_template.json",
     "generation_config.json",
 )
 #: Pickled weight files: never unpickled; a directory with only these must be converted.
@@ -44,6 +46,13 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise UserError("not a JSON object", path=p)
     return cfg
+
+
+def config_dtype(cfg: dict[str, Any]) -> str:
+    """The dtype a config says the weights are in (``dtype``, transformers 4's ``torch_dtype``;
+    float32 when it says nothing), as torch names it: "bfloat16"."""
+    d = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return str(d).replace("torch.", "")
 
 
 def check(
@@ -113,3 +122,47 @@ def num_layers(path: str | Path) -> int | None:
     except UserError:
         return None
     return n if isinstance(n, int) else None
+
+
+def check_tokenizer(path: str | Path, *, field: str | None = None) -> None:
+    """Raise one UserError line unless ``path`` holds the tokenizer files a served model needs
+    (without them a model directory made from it cannot be served): tokenizer_config.json, a
+    tokenizer (``TOKENIZER_FILES``; vocab.json with merges.txt), and JSON files that parse."""
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError("not a directory", path=p, field=field)
+    if not (p / "tokenizer_config.json").is_file():
+        raise UserError(
+            "missing tokenizer_config.json; a model directory made from it cannot be served",
+            path=p,
+            field=field,
+        )
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(
+            f"no tokenizer ({' / '.join(TOKENIZER_FILES)}); a model directory made from it "
+            "cannot be served",
+            path=p,
+            field=field,
+        )
+    if (p / "vocab.json").is_file() and not (p / "tokenizer.json").is_file():
+        if not (p / "merges.txt").is_file():
+            raise UserError(
+                "vocab.json without merges.txt (or tokenizer.json)", path=p, field=field
+            )
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        f = p / name
+        if f.is_file():
+            try:
+                json.loads(f.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise UserError(f"invalid JSON ({exc})", path=f, field=field) from None
+
+
+def copy_companions(source: str | Path, out: str | Path) -> list[str]:
+    """Copy the ``COMPANION_FILES`` that ``source`` has into ``out``; the names copied."""
+    copied = []
+    for name in COMPANION_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, Path(out) / name)
+            copied.append(name)
+    return copied

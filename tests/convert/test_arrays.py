@@ -1,6 +1,6 @@
-"""The torch-free conversion path: numpy casts round as torch does, torch_record writes the
-bytes torch.save writes, dcp_meta's stand-ins pickle as torch's objects, and hf2mg runs
-without importing torch."""
+"""The torch-free conversion path: numpy casts round as torch does, both backends' records are
+the bytes torch.save writes, both backends' metadata pickle as DCP's own objects, and hf2mg
+with the numpy backend runs without importing torch."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from llmbuild.convert import arrays as A
-from llmbuild.convert import dcp_meta as DM
-from llmbuild.convert import torch_record as TR
+from llmbuild.convert.formats import BACKENDS, backends
+from llmbuild.convert.formats import dcp_meta as DM
+from llmbuild.convert.formats import torch_record as TR
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
@@ -86,55 +87,63 @@ def _before_ident(data: bytes) -> bytes:
     return data[: z.getinfo("archive/.data/serialization_id").header_offset]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3,), (2, 3), (1, 5, 7), (300, 70000), (1, 2, 3, 4)])
-def test_record_is_torch_saves_bytes(dtype, shape):
+def test_record_is_torch_saves_bytes(dtype, shape, backend):
     t = torch.randn(shape).to(dtype)
     ref = _torch_save(t)
+    write = backends.get(backend).tensor
     buf = io.BytesIO()
-    n = TR.write_tensor(buf, A.to_numpy(t), "name")
+    write(buf, A.to_numpy(t), "name")
     mine = buf.getvalue()
-    assert n == len(mine) == len(ref)
+    assert len(mine) == len(ref)
     # identical up to the serialization id (torch draws it at random; ours is derived)
     assert _before_ident(mine) == _before_ident(ref)
     back = torch.load(io.BytesIO(mine), weights_only=True)
     assert back.dtype == dtype and torch.equal(back, t)
-    again = io.BytesIO()
-    TR.write_tensor(again, A.to_numpy(t), "name")
-    assert again.getvalue() == mine  # same input, same bytes
+    if backend == "numpy":
+        again = io.BytesIO()
+        assert TR.write_tensor(again, A.to_numpy(t), "name") == len(mine)
+        assert again.getvalue() == mine  # same input, same bytes
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("obj", [[None], {"iteration": 0, "checkpoint_version": 3.0}])
-def test_object_record_is_torch_saves_bytes(obj):
+def test_object_record_is_torch_saves_bytes(obj, backend):
     ref = _torch_save(obj)
     buf = io.BytesIO()
-    TR.write_object(buf, obj, "x")
+    backends.get(backend).obj(buf, obj, "x")
     assert _before_ident(buf.getvalue()) == _before_ident(ref)
     assert torch.load(io.BytesIO(buf.getvalue()), weights_only=True) == obj
 
 
-def test_metadata_stand_ins_pickle_as_torchs_objects():
-    def md(size, dtype):
-        props = DM.TensorProperties(dtype=dtype)
-        t = DM.TensorStorageMetadata(
-            props, size([4, 6]), [DM.ChunkStorageMetadata(size([0, 0]), size([4, 6]))]
-        )
-        index = DM.MetadataIndex("w", size([0, 0]), 0)
-        return DM.Metadata({"w": t}, storage_data={index: DM.StorageInfo("__0_0.distcp", 0, 9)})
-
-    real = md(torch.Size, torch.bfloat16)
-    real.state_dict_metadata["w"].properties.layout = torch.strided
-    ours = md(DM.Size, DM.dtype_ref("bfloat16"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_metadata_pickles_as_torchs_objects(backend, tmp_path):
+    """Each backend's metadata classes, as the writer uses them, unpickle to DCP's own objects
+    with torch's own Size and dtype, equal to the real classes' pickle."""
     import pickle
 
     import torch.distributed.checkpoint.metadata as dmd
 
-    loaded = pickle.loads(DM.dumps(ours))  # DCP's own classes, torch's own Size and dtype
+    def md(ns):
+        props = ns.TensorProperties(dtype=ns.dtype("bfloat16"))
+        t = ns.TensorStorageMetadata(
+            props, ns.Size([4, 6]), [ns.ChunkStorageMetadata(ns.Size([0, 0]), ns.Size([4, 6]))]
+        )
+        index = ns.MetadataIndex("w", ns.Size([0, 0]), 0)
+        return ns.Metadata({"w": t}, storage_data={index: ns.StorageInfo("__0_0.distcp", 0, 9)})
+
+    be = backends.get(backend)
+    loaded = pickle.loads(be.dumps(md(be.meta())))
     assert type(loaded) is dmd.Metadata
     w = loaded.state_dict_metadata["w"]
     assert type(w.size) is torch.Size and w.properties.dtype is torch.bfloat16
     assert w.properties.layout is torch.strided
-    assert loaded == pickle.loads(DM.dumps(real))
+    assert loaded == pickle.loads(pickle.dumps(md(backends.get("torch").meta())))
+    # and either file reads back as the stand-ins (no torch needed to read)
+    (tmp_path / ".metadata").write_bytes(be.dumps(md(be.meta())))
+    assert isinstance(DM.load(tmp_path / ".metadata"), DM.Metadata)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -146,7 +155,7 @@ def test_hf2mg_runs_without_torch(tmp_path, dtype):
     out = tmp_path / "mg"
     code = (
         "import sys; from llmbuild import cli; "
-        f"sys.argv = ['llmbuild', 'convert', 'hf2mg', '--hf', {str(hf)!r}, '--output', "
+        f"sys.argv = ['llmbuild', 'convert', 'hf2mg', '--input', {str(hf)!r}, '--output', "
         f"{str(out)!r}, '--tp', '2', '--pp', '2', '--dtype', {dtype!r}]; "
         "rc = cli.main(); import json; "
         "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))"

@@ -56,7 +56,7 @@ def hf(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mg(hf) -> Path:
     out = hf.parent / "mg-tp2"
-    r = _cli("hf2mg", "--hf", str(hf), "--output", str(out), "--tp", "2")
+    r = _cli("hf2mg", "--input", str(hf), "--output", str(out), "--tp", "2")
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -66,11 +66,11 @@ def mg(hf) -> Path:
     [
         ("3", "1", ("--tp", "tp=3 must divide num_attention_heads 4")),
         ("4", "1", ("--tp", "num_key_value_heads 2")),  # divides the heads, not the kv heads
-        ("1", "3", ("--pp", "pp=3 is larger than num_hidden_layers 2")),
+        ("1", "3", ("--pp", "pp=3 is more than the model's 2 layers")),
     ],
 )
 def test_parallel_layout_that_does_not_fit(hf, tmp_path, tp, pp, words):
-    r = _cli("hf2mg", "--hf", str(hf), "--output", str(tmp_path / "mg"), "--tp", tp, "--pp", pp)
+    r = _cli("hf2mg", "--input", str(hf), "--output", str(tmp_path / "mg"), "--tp", tp, "--pp", pp)
     _one_line_error(r, *words)
     _no_output(tmp_path, "mg")
 
@@ -86,7 +86,7 @@ def test_missing_shard(tmp_path):
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1
     (src / shards[1]).unlink()
-    r = _cli("hf2mg", "--hf", str(src), "--output", str(tmp_path / "mg"))
+    r = _cli("hf2mg", "--input", str(src), "--output", str(tmp_path / "mg"))
     _one_line_error(r, shards[1], "missing")
     _no_output(tmp_path, "mg")
 
@@ -97,7 +97,7 @@ def test_truncated_shard(hf, tmp_path):
     f = src / "model.safetensors"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) - 1000])
-    r = _cli("hf2mg", "--hf", str(src), "--output", str(tmp_path / "mg"))
+    r = _cli("hf2mg", "--input", str(src), "--output", str(tmp_path / "mg"))
     _one_line_error(r, "model.safetensors", "truncated")
     _no_output(tmp_path, "mg")
 
@@ -108,7 +108,7 @@ def test_tensor_shape_disagreeing_with_config(hf, tmp_path):
     cfg = json.loads((src / "config.json").read_text())
     cfg["intermediate_size"] = 256
     (src / "config.json").write_text(json.dumps(cfg))
-    r = _cli("hf2mg", "--hf", str(src), "--output", str(tmp_path / "mg"))
+    r = _cli("hf2mg", "--input", str(src), "--output", str(tmp_path / "mg"))
     _one_line_error(r, "gate_proj", "config.json implies [256, 128]")
     _no_output(tmp_path, "mg")
 
@@ -118,7 +118,7 @@ def test_tokenizer_file_missing_from_source(hf, mg, tmp_path, missing):
     src = tmp_path / "src"
     shutil.copytree(hf, src)
     (src / missing).unlink()
-    r = _cli("mg2hf", "--load", str(mg), "--hf-source", str(src), "--output", str(tmp_path / "o"))
+    r = _cli("mg2hf", "--input", str(mg), "--hf-source", str(src), "--output", str(tmp_path / "o"))
     _one_line_error(r, "--hf-source", missing)
     _no_output(tmp_path, "o")
 
@@ -130,7 +130,7 @@ def test_checkpoint_layout_disagreeing_with_its_metadata(hf, mg, tmp_path, field
     desc = json.loads((bad / "llmbuild_model.json").read_text())
     desc[field] = value
     (bad / "llmbuild_model.json").write_text(json.dumps(desc))
-    r = _cli("mg2hf", "--load", str(bad), "--hf-source", str(hf), "--output", str(tmp_path / "o"))
+    r = _cli("mg2hf", "--input", str(bad), "--hf-source", str(hf), "--output", str(tmp_path / "o"))
     _one_line_error(r, "llmbuild_model.json", says, "written with tp=2 pp=1")
     _no_output(tmp_path, "o")
 
@@ -140,7 +140,7 @@ def test_truncated_checkpoint_file(hf, mg, tmp_path):
     shutil.copytree(mg, bad)
     f = bad / "iter_0000000" / "__1_0.distcp"
     f.write_bytes(f.read_bytes()[:-500])
-    r = _cli("mg2hf", "--load", str(bad), "--hf-source", str(hf), "--output", str(tmp_path / "o"))
+    r = _cli("mg2hf", "--input", str(bad), "--hf-source", str(hf), "--output", str(tmp_path / "o"))
     _one_line_error(r, "__1_0.distcp", "truncated")
     _no_output(tmp_path, "o")
 
@@ -151,7 +151,7 @@ def test_unknown_architecture_one_line(tmp_path):
     (hf / "config.json").write_text(
         json.dumps({"architectures": ["FalconForCausalLM"], "model_type": "falcon"})
     )
-    r = _cli("hf2mg", "--hf", str(hf), "--output", str(tmp_path / "mg"))
+    r = _cli("hf2mg", "--input", str(hf), "--output", str(tmp_path / "mg"))
     line = _one_line_error(r, "FalconForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
     assert "MistralForCausalLM" in line
     _no_output(tmp_path, "mg")

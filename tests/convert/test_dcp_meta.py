@@ -1,5 +1,5 @@
 """dcp_meta's stand-ins pickle to what torch.distributed.checkpoint reads as its own classes and
-back, refuse anything else; torch_dist.load_record maps the tensors torch.save wrote."""
+back, refuse anything else; torch_record.load_record maps the tensors torch.save wrote."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import torch.distributed.checkpoint.filesystem as dfs
 import torch.distributed.checkpoint.metadata as dmd
 
 from llmbuild.convert import arrays as A
-from llmbuild.convert import dcp_meta as DM
-from llmbuild.convert import torch_dist as TD
+from llmbuild.convert.formats import BACKENDS, backends
+from llmbuild.convert.formats import dcp_meta as DM
+from llmbuild.convert.formats import torch_record as TR
 from llmbuild.errors import UserError
 
 
@@ -77,15 +78,18 @@ def _same(ours: DM.Metadata, real: dmd.Metadata) -> None:
     assert os_ == rs
 
 
-def test_dumps_is_read_by_dcp_as_its_own_classes(tmp_path):
-    loaded = pickle.loads(DM.dumps(_ours()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dumps_is_read_by_dcp_as_its_own_classes(tmp_path, backend):
+    dumps = backends.get(backend).dumps
+    made = _ours() if backend == "numpy" else _real()
+    loaded = pickle.loads(dumps(made))
     assert type(loaded) is dmd.Metadata
     assert type(loaded.state_dict_metadata["w"]) is dmd.TensorStorageMetadata
     assert all(type(v) is dfs._StorageInfo for v in loaded.storage_data.values())
     assert loaded == _real()  # dataclass equality, field by field
     _same(_ours(), loaded)
     # and DCP's own reader accepts the file
-    (tmp_path / ".metadata").write_bytes(DM.dumps(_ours()))
+    (tmp_path / ".metadata").write_bytes(dumps(made))
     read = dfs.FileSystemReader(str(tmp_path)).read_metadata()
     read.storage_meta = None  # the reader stamps its own load id
     assert read == _real()
@@ -131,14 +135,14 @@ def test_load_record_maps_plain_tensors(tmp_path, dtype, crc, monkeypatch):
         torch.serialization.set_crc32_options(before)
     off, n, n2 = json.loads(path.with_suffix(".json").read_text())
     with path.open("rb") as f:
-        got = TD.load_record(f, off, n)
-        view = TD.load_record(f, off + n, n2)
+        got = TR.load_record(f, off, n)
+        view = TR.load_record(f, off + n, n2)
     assert isinstance(got, np.ndarray)  # mapped as numpy: no torch needed to read
     assert A.to_torch(got).dtype == dtype and torch.equal(A.to_torch(got), t)
     assert torch.equal(A.to_torch(np.ascontiguousarray(view)), t[:, 1:3])
     got[0, 0] = 1  # private mapping: writable, the file is untouched
     with path.open("rb") as f:
-        assert torch.equal(A.to_torch(TD.load_record(f, off, n)), t)
+        assert torch.equal(A.to_torch(TR.load_record(f, off, n)), t)
 
 
 def _write_records(path, t):
@@ -158,7 +162,7 @@ def test_load_record_falls_back_for_other_records(tmp_path):
     path = tmp_path / "f.distcp"
     path.write_bytes(buf.getvalue())
     with path.open("rb") as f:
-        got = TD.load_record(f, 0, len(buf.getvalue()))
+        got = TR.load_record(f, 0, len(buf.getvalue()))
     assert torch.equal(got["a"], torch.arange(3))
 
 
@@ -169,7 +173,7 @@ def test_verify_worker_checks_in_its_process_and_falls_back(tmp_path):
     import sys
     from pathlib import Path
 
-    from llmbuild.convert.verify_worker import VerifyWorker
+    from llmbuild.convert.verify import VerifyWorker
 
     sys.path.insert(0, str(Path(__file__).parent))
     import tiny
@@ -201,7 +205,7 @@ def test_mg2hf_streams_column_parallel_tensors_as_row_blocks(tmp_path):
     from pathlib import Path
 
     from llmbuild.convert import checkpointer as C
-    from llmbuild.convert import safetensors_io as S
+    from llmbuild.convert.formats import safetensors_io as S
 
     sys.path.insert(0, str(Path(__file__).parent))
     import tiny
@@ -236,7 +240,7 @@ def test_verify_meta_mode_checks_names_and_shapes_without_loading(tmp_path):
     import sys
     from pathlib import Path
 
-    from llmbuild.convert.checkpointer import verify_hf_dir
+    from llmbuild.convert.verify import verify_hf_dir
 
     sys.path.insert(0, str(Path(__file__).parent))
     import tiny

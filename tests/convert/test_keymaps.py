@@ -1,4 +1,5 @@
-"""Key maps, QKV interleave, gate/up fusion, vocab padding, TP sharding: pure functions."""
+"""Key maps, QKV interleave, gate/up fusion, vocab padding, TP regions: the weight combinations
+(``weights``) the key maps name, and the pure functions they are made of."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ torch = pytest.importorskip("torch")
 
 from llmbuild.convert import registry as R  # noqa: E402
 from llmbuild.convert import weights as W  # noqa: E402
+from llmbuild.convert.archs import llama  # noqa: E402
 from llmbuild.errors import UserError  # noqa: E402
-from llmbuild.mcore import model as M  # noqa: E402
+from llmbuild.mcore import description as M  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -78,16 +80,37 @@ def test_gate_up_and_vocab_padding():
     assert torch.equal(W.unpad_vocab(padded, 5), emb)
 
 
-@pytest.mark.parametrize("kind", [W.COLUMN, W.ROW, W.QKV, W.SWIGLU, W.VOCAB, W.REPLICATED])
-def test_tp_shard_unshard_inverse(kind):
-    t = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)
-    parts = [W.tp_shard(t, kind, r, 2) for r in range(2)]
-    assert torch.equal(W.tp_unshard(parts, kind), t)
+ALL = [W.COLUMN, W.ROW, W.QKV, W.GATE_UP, W.VOCAB, W.REPLICATED]
 
 
-def test_tp_shard_swiglu_takes_half_of_each():
+def _tp_shard(t, how, rank: int, size: int):
+    """A tensor-parallel rank's part of a global tensor, as megatron's layers hold it (the
+    reference the stored regions are checked against)."""
+    if size == 1 or how is W.REPLICATED:
+        return t
+    if how is W.ROW:
+        return t.chunk(size, dim=1)[rank]
+    if how is W.GATE_UP:
+        gate, up = t.chunk(2, dim=0)
+        return torch.cat([gate.chunk(size, dim=0)[rank], up.chunk(size, dim=0)[rank]], dim=0)
+    return t.chunk(size, dim=0)[rank]  # column, vocabulary, QKV (whole groups per rank)
+
+
+@pytest.mark.parametrize("how", ALL)
+def test_tp_regions_tile_the_tensor_once(how):
+    t = torch.zeros(8, 6)
+    for r, reg in how.regions(tuple(t.shape), 2):
+        assert r in (0, 1)
+        t[tuple(slice(s, s + n) for s, n in reg)] += 1
+    assert torch.equal(t, torch.ones(8, 6))
+
+
+def test_tp_regions_swiglu_take_half_of_each():
     gate, up = torch.zeros(4, 2), torch.ones(4, 2)
-    part = W.tp_shard(W.fuse_gate_up(gate, up), W.SWIGLU, 1, 2)
+    fc1 = W.fuse_gate_up(gate, up)
+    parts = [fc1[tuple(slice(s, s + n) for s, n in reg)] for r, reg in W.GATE_UP.regions((8, 2), 2)
+             if r == 1]  # fmt: skip
+    part = torch.cat(parts)
     assert part.shape == (4, 2) and part[:2].sum() == 0 and part[2:].sum() == 4
 
 
@@ -147,11 +170,16 @@ def _random_hf(spec, args):
 def test_hf_to_mcore_to_hf_is_identity(cfg):
     spec, args = _args(cfg)
     hf = _random_hf(spec, args)
-    mg = R.hf_to_mcore(hf, spec, args)
+    table = R.key_table(spec, args)
+    mg = {key: rule.how.combine([hf[k] for k in keys], args) for key, (rule, keys) in table.items()}
     assert mg["embedding.word_embeddings.weight"].shape[0] == args.padded_vocab_size == 512
     assert ("output_layer.weight" in mg) == (not args.tie_word_embeddings)
     assert ("decoder.layers.0.self_attention.linear_qkv.bias" in mg) == spec.qkv_bias
-    back = R.mcore_to_hf(mg, spec, args)
+    back = {
+        name: t
+        for key, (rule, keys) in table.items()
+        for name, t in zip(keys, rule.how.split(mg[key], args), strict=True)
+    }
     assert set(back) == set(hf)
     assert all(torch.equal(back[k], hf[k]) for k in hf)
 
@@ -223,20 +251,20 @@ def test_megatron_shapes_are_what_combine_makes(cfg):
     shapes = R.megatron_shapes(spec, args)
     assert shapes["embedding.word_embeddings.weight"] == (512, 64)  # 500 padded to 128*2
     for key, (rule, keys) in R.key_table(spec, args).items():
-        parts = [torch.zeros(R.hf_shape(k, args)) for k in keys]
-        assert tuple(R.combine(rule.combine, parts, args).shape) == shapes[key], key
+        parts = [torch.zeros(spec.hf_shape(k, args)) for k in keys]
+        assert tuple(rule.how.combine(parts, args).shape) == shapes[key], key
 
 
 def test_yi_reads_as_llama_and_is_written_as_llama():
     spec = R.find_arch({"architectures": ["YiForCausalLM"], "model_type": "Yi"})
-    assert spec.key_map is R.LLAMA and R.HF_CLASS[spec.name] == ("LlamaForCausalLM", "llama")
+    assert spec.key_map is llama.KEY_MAP and spec.write_as == ("LlamaForCausalLM", "llama")
     assert R.find_arch({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}).name == (
         "llama"
     )
 
 
 def test_sharded_keys_of_the_local_spec():
-    from llmbuild.convert import torch_dist as TD
+    from llmbuild.convert.formats import torch_dist as TD
 
     assert TD.sharded_key("decoder.layers.3.input_layernorm.weight") == (
         "decoder.layers.self_attention.linear_qkv.layer_norm_weight",
@@ -253,35 +281,45 @@ def test_sharded_keys_of_the_local_spec():
     assert TD.sharded_key("output_layer.weight") == ("output_layer.weight", None)
 
 
-@pytest.mark.parametrize("kind", [W.COLUMN, W.ROW, W.VOCAB, W.QKV, W.SWIGLU, W.REPLICATED])
-def test_stored_chunks_are_each_ranks_shard(kind):
-    """The regions torch_dist stores per rank are exactly what a rank holds (tp_shard)."""
-    from llmbuild.convert import torch_dist as TD
-
+@pytest.mark.parametrize("how", ALL)
+def test_stored_chunks_are_each_ranks_shard(how):
+    """The regions torch_dist stores per rank are exactly what a rank holds."""
     t = torch.arange(8 * 6, dtype=torch.float32).reshape(8, 6)
     for tp in (1, 2):
         for rank in range(tp):
-            regions = [reg for r, reg in TD.tp_regions(kind, tuple(t.shape), tp) if r == rank]
-            if kind == W.REPLICATED and rank > 0:
+            regions = [reg for r, reg in how.regions(tuple(t.shape), tp) if r == rank]
+            if how is W.REPLICATED and rank > 0:
                 assert regions == []  # a replica: tensor-parallel rank 0 stores it
                 continue
             parts = [t[tuple(slice(s, s + n) for s, n in reg)] for reg in regions]
-            assert torch.equal(torch.cat(parts, dim=0), W.tp_shard(t, kind, rank, tp)), (tp, rank)
+            assert torch.equal(torch.cat(parts, dim=0), _tp_shard(t, how, rank, tp)), (tp, rank)
 
 
-def test_stage_of_each_layer():
-    from llmbuild.convert import torch_dist as TD
+def test_layout_places_layers_by_the_pipeline_split():
+    """The chunks' writing ranks follow llmbuild.parallel's split (the one rule)."""
+    from llmbuild.convert.formats import torch_dist as TD
 
-    assert TD.stage_layers(4, 2) == [0, 0, 1, 1]
-    assert TD.stage_layers(5, 2, (2, 3)) == [0, 0, 1, 1, 1]
-    with pytest.raises(UserError):
-        TD.stage_layers(5, 2, (1, 3))
+    spec, args = _args({"num_hidden_layers": 5})
+    table = R.key_table(spec, args)
+    shapes = R.megatron_shapes(spec, args)
+    splits = {key: rule.how for key, (rule, _) in table.items()}
+
+    def ranks(pp, pp_layers=None):
+        lay = TD.layout(splits, shapes, num_layers=5, tp=1, pp=pp, pp_layers=pp_layers)
+        return [c.rank for c in lay.chunks if c.fqn == TD.PROBE]
+
+    assert ranks(2, (2, 3)) == [0, 0, 1, 1, 1]
+    assert ranks(1) == [0] * 5
+    with pytest.raises(UserError, match="--pp-layers"):
+        ranks(2, (1, 3))
+    with pytest.raises(UserError, match="--pp"):
+        ranks(2)  # 2 does not divide 5
 
 
 def test_safetensors_streaming_writer_and_lazy_reader(tmp_path):
     from safetensors import safe_open
 
-    from llmbuild.convert import safetensors_io as S
+    from llmbuild.convert.formats import safetensors_io as S
 
     g = torch.Generator().manual_seed(0)
     tensors = {

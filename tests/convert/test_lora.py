@@ -122,7 +122,7 @@ def test_peft_adapter_and_merged_model(arch, tmp_path):
 
     r = _cli(
         "lora2hf",
-        "--lora",
+        "--input",
         str(tmp_path / "mlora"),
         "--base",
         str(base),
@@ -160,7 +160,7 @@ def test_peft_adapter_and_merged_model(arch, tmp_path):
 
     r = _cli(
         "lora2hf",
-        "--lora",
+        "--input",
         str(tmp_path / "mlora"),
         "--base",
         str(base),
@@ -185,7 +185,7 @@ def test_adapter_not_matching_the_base_is_one_line(tmp_path):
     _megatron_lora(tmp_path / "mlora", cfg)
     r = _cli(
         "lora2hf",
-        "--lora",
+        "--input",
         str(tmp_path / "mlora"),
         "--base",
         str(base),

@@ -1,7 +1,8 @@
 """HF -> megatron-core -> HF on tiny random models of every registered architecture: bit-identical
 weights, megatron logits equal to HF's (TP=PP=1 here; TP=2 and PP=2 under torchrun), rope and
 norm settings carried, the same greedy generation after the round trip, and the torch_dist
-layout the converter writes equal to the one megatron-core itself writes."""
+layout the converter writes equal to the one megatron-core itself writes; each with both
+writing backends (numpy, torch), whose checkpoints are the same but for the records' ids."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core")
 pytest.importorskip("transformers")
+
+from llmbuild.convert.formats import BACKENDS  # noqa: E402
+from llmbuild.convert.formats.torch_dist_reader import TorchDistReader  # noqa: E402
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -119,14 +123,15 @@ def _greedy(model_dir_or_model, ids, n: int = 12):
         )
 
 
+@pytest.mark.parametrize("writer", BACKENDS)
 @pytest.mark.parametrize("name", list(ARCHS))
-def test_roundtrip_bit_identical_logits_rope_generation(name, backend, tmp_path):
+def test_roundtrip_bit_identical_logits_rope_generation(name, writer, backend, tmp_path):
     from llmbuild.convert import checkpointer as C
 
     hf = tmp_path / "hf"
     hf_model = _make(hf, name)
     hf_cfg = json.loads((hf / "config.json").read_text())
-    stats = C.hf_to_megatron(hf, tmp_path / "mg", tp=1, pp=1)
+    stats = C.hf_to_megatron(hf, tmp_path / "mg", tp=1, pp=1, backend=writer)
     assert stats.architecture == EXPECTED_SPEC[ARCHS[name]["arch"]]
     assert (tmp_path / "mg" / "iter_0000000" / "metadata.json").is_file()
     assert (tmp_path / "mg" / "latest_checkpointed_iteration.txt").read_text().strip() == "0"
@@ -172,8 +177,6 @@ def test_roundtrip_bit_identical_logits_rope_generation(name, backend, tmp_path)
 
 def _layout(iter_dir: Path) -> tuple[dict, dict]:
     """fqn -> (shape, dtype, chunks) and fqn -> set of files, from torch_dist metadata."""
-    from llmbuild.convert.torch_dist import TorchDistReader
-
     r = TorchDistReader(iter_dir)
     tensors = {}
     for k, v in r.md.state_dict_metadata.items():
@@ -193,13 +196,14 @@ def _layout(iter_dir: Path) -> tuple[dict, dict]:
     return tensors, files
 
 
-def test_layout_equals_megatron_own_save(backend, tmp_path):
+@pytest.mark.parametrize("writer", BACKENDS)
+def test_layout_equals_megatron_own_save(writer, backend, tmp_path):
     """The converter's torch_dist chunks and files are the ones megatron-core writes."""
     from llmbuild.convert import checkpointer as C
     from llmbuild.mcore import checkpoint as ckpt
 
     _make(tmp_path / "hf", "qwen2-tied")
-    C.hf_to_megatron(tmp_path / "hf", tmp_path / "mg", tp=1, pp=1)
+    C.hf_to_megatron(tmp_path / "hf", tmp_path / "mg", tp=1, pp=1, backend=writer)
     _, _, model = _megatron_model(tmp_path / "mg")
     ckpt.save(tmp_path / "resaved", 0, model)
     assert _layout(tmp_path / "mg" / "iter_0000000") == _layout(
@@ -207,27 +211,62 @@ def test_layout_equals_megatron_own_save(backend, tmp_path):
     )
 
 
+def test_backends_write_the_same_checkpoint(tmp_path):
+    """numpy and torch backends: every record the same bytes but for its serialization id,
+    the same offsets, and metadata that unpickles to equal objects."""
+    import io
+    import pickle
+    import zipfile
+
+    from llmbuild.convert import checkpointer as C
+
+    tiny.make_model(tmp_path / "hf", arch="qwen2", layers=2, tied=True)
+    for writer in BACKENDS:
+        C.hf_to_megatron(tmp_path / "hf", tmp_path / writer, tp=2, pp=2, backend=writer)
+    a, b = (tmp_path / w / "iter_0000000" for w in BACKENDS)
+    assert pickle.loads((a / ".metadata").read_bytes()) == pickle.loads(
+        (b / ".metadata").read_bytes()
+    )
+    md = TorchDistReader(a).md
+    files = sorted(p.name for p in a.iterdir())
+    assert files == sorted(p.name for p in b.iterdir())
+    for name in files:
+        x, y = (a / name).read_bytes(), (b / name).read_bytes()
+        if name == ".metadata" or x == y:
+            continue
+        assert len(x) == len(y), name
+        spans = [(i.offset, i.length) for i in md.storage_data.values() if i.relative_path == name]
+        for off, n in sorted(spans) if spans else [(0, len(x))]:
+            rec_x, rec_y = x[off : off + n], y[off : off + n]
+            zx, zy = (zipfile.ZipFile(io.BytesIO(r)) for r in (rec_x, rec_y))
+            ident = zx.getinfo("archive/.data/serialization_id").header_offset
+            assert ident == zy.getinfo("archive/.data/serialization_id").header_offset
+            assert rec_x[:ident] == rec_y[:ident], (name, off)
+
+
 # --------------------------------------------------------------------------- torchrun
 
 
 @pytest.mark.parametrize(
-    ("name", "tp", "pp", "split"),
+    ("name", "tp", "pp", "split", "writer"),
     [
-        ("qwen2-tied", 2, 1, None),
-        ("qwen2-tied", 1, 2, None),
-        ("llama3.1", 2, 1, None),
-        ("llama3.1", 1, 2, None),
-        ("qwen2-tied", 1, 2, (1, 2)),  # uneven pipeline split of 3 layers
+        ("qwen2-tied", 2, 1, None, "numpy"),
+        ("qwen2-tied", 1, 2, None, "numpy"),
+        ("llama3.1", 2, 1, None, "numpy"),
+        ("llama3.1", 1, 2, None, "numpy"),
+        ("qwen2-tied", 1, 2, (1, 2), "numpy"),  # uneven pipeline split of 3 layers
+        ("llama3.1", 2, 1, None, "torch"),
+        ("qwen2-tied", 1, 2, (1, 2), "torch"),
     ],
 )
-def test_torchrun_parallel_logits_and_layout(name, tp, pp, split, tmp_path):
+def test_torchrun_parallel_logits_and_layout(name, tp, pp, split, writer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from llmbuild.convert import checkpointer as C
 
     hf = tmp_path / "hf"
     _make(hf, name, **({"layers": sum(split)} if split else {}))
-    C.hf_to_megatron(hf, tmp_path / "mg", tp=tp, pp=pp, pp_layers=split)
+    C.hf_to_megatron(hf, tmp_path / "mg", tp=tp, pp=pp, pp_layers=split, backend=writer)
     ids = torch.randint(0, 300, (2, 40), generator=torch.Generator().manual_seed(1))
     torch.save(ids, tmp_path / "ids.pt")
     out = tmp_path / "run"
@@ -287,7 +326,7 @@ def test_cli_roundtrip_complete_sharded_hf_dir(tmp_path):
     r = _cli(
         "convert",
         "hf2mg",
-        "--hf",
+        "--input",
         str(tmp_path / "hf"),
         "--output",
         str(tmp_path / "mg"),
@@ -308,7 +347,7 @@ def test_cli_roundtrip_complete_sharded_hf_dir(tmp_path):
     r = _cli(
         "convert",
         "mg2hf",
-        "--load",
+        "--input",
         str(tmp_path / "mg"),
         "--hf-source",
         str(tmp_path / "hf"),
@@ -358,17 +397,15 @@ def test_cli_bf16_stays_bf16(tmp_path):
 
     m = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).to(torch.bfloat16)
     m.save_pretrained(str(tmp_path / "hf"))
-    args = ["--hf", str(tmp_path / "hf"), "--output", str(tmp_path / "mg")]
+    args = ["--input", str(tmp_path / "hf"), "--output", str(tmp_path / "mg")]
     r = _cli("convert", "hf2mg", *args, "--dtype", "bfloat16", "--tp", "2")
     assert r.returncode == 0, r.stderr[-2000:]
-    from llmbuild.convert.torch_dist import TorchDistReader
-
     stored = TorchDistReader(tmp_path / "mg" / "iter_0000000").tensors()
     assert {str(d) for _, d in stored.values()} == {"torch.bfloat16"}
     r = _cli(
         "convert",
         "mg2hf",
-        "--load",
+        "--input",
         str(tmp_path / "mg"),
         "--hf-source",
         str(tmp_path / "hf"),

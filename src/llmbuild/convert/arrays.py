@@ -10,11 +10,14 @@ arithmetic on them except ``cast``, which rounds exactly as torch does (to neare
 stays a NaN), checked bit for bit against torch in tests/convert/test_arrays.py.
 
 The helpers (``cat``, ``contiguous``, ...) take numpy arrays or torch tensors, so the pure
-tensor functions in ``weights`` serve both the converter and the training code.
+tensor functions in ``weights`` serve both the converter and the tests. ``Cat`` is a
+concatenation not yet made, and ``region_of`` a region of a tensor or of a ``Cat`` (a view where
+it can be): what the torch_dist writer slices its chunks from.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -161,3 +164,33 @@ def to_torch(a: np.ndarray) -> Any:
     if name == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+Region = tuple[tuple[int, int], ...]  # (start, length) per axis
+
+
+@dataclass
+class Cat:
+    """Tensors concatenated along dim 0, not yet copied: a region inside one part is a view of
+    it (SwiGLU's gate and up chunks, the vocabulary's real rows), so writing a chunk copies
+    nothing that does not need copying."""
+
+    parts: list[Any]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(p.shape[0] for p in self.parts), *self.parts[0].shape[1:])
+
+
+def region_of(t: Any, region: Region) -> Any:
+    """``t[region]`` for a tensor (numpy or torch) or a ``Cat`` (a view where possible)."""
+    if not isinstance(t, Cat):
+        return t[tuple(slice(s, s + n) for s, n in region)]
+    (start, length), rest = region[0], tuple(slice(s, s + n) for s, n in region[1:])
+    pieces, base = [], 0
+    for p in t.parts:
+        lo, hi = max(start, base), min(start + length, base + p.shape[0])
+        if lo < hi:
+            pieces.append(p[(slice(lo - base, hi - base), *rest)])
+        base += p.shape[0]
+    return pieces[0] if len(pieces) == 1 else cat(pieces, dim=0)

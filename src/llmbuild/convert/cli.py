@@ -1,4 +1,13 @@
-"""`llmbuild convert hf2mg|mg2hf|lora2hf`: HF safetensors <-> megatron-core checkpoints."""
+"""`llmbuild convert hf2mg|mg2hf|lora2hf`: HF safetensors <-> megatron-core checkpoints.
+
+    hf2mg   --input HF --output MCORE [--tp N] [--pp N] [--pp-layers a,b,..] [--dtype D]
+            [--backend numpy|torch]
+    mg2hf   --input MCORE --hf-source HF --output HF [--dtype D] [--verify weights|meta|none]
+    lora2hf --input LORA --base HF --output DIR [--merge]
+
+The old input flags (``--hf``, ``--load``, ``--lora``) are still read, for rules and tests
+written before the house conventions; they go away once those say ``--input``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +16,26 @@ import os
 import sys
 import time
 
-DTYPES = ("float32", "bfloat16", "float16")
+from llmbuild.cliargs import positive_int_list
+from llmbuild.convert.formats import BACKENDS
+from llmbuild.dtypes import DTYPES
+from llmbuild.schema import default
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("hf2mg", help="HF safetensors -> megatron-core torch_dist checkpoint")
-    p.add_argument("--hf", required=True, help="Hugging Face model directory")
-    p.add_argument("--output", required=True, help="megatron checkpoint directory to write")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
+    _input(p, "--hf", "HF", "Hugging Face model directory")
+    p.add_argument(
+        "--output", metavar="MCORE", required=True, help="megatron checkpoint directory to write"
+    )
+    p.add_argument("--tp", type=int, default=default("train.tp"), help="tensor-parallel size")
+    p.add_argument("--pp", type=int, default=default("train.pp"), help="pipeline-parallel size")
+    p.add_argument(
+        "--pp-layers",
+        type=positive_int_list,
+        default=default("train.pp_layers"),
+        help="uneven pipeline split: layers per stage, e.g. 5,7 (default: pp equal stages)",
+    )
     p.add_argument(
         "--dtype",
         default="float32",
@@ -23,35 +43,31 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="dtype stored and recorded for training (CPU training needs float32; "
         "bfloat16 keeps a bf16 source as it is)",
     )
-    p.add_argument(
-        "--pp-layers",
-        type=_layers,
-        default=None,
-        help="uneven pipeline split: layers per stage, e.g. 5,7 (default: pp equal stages)",
-    )
     p.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    p.add_argument(
+        "--backend",
+        default=BACKENDS[0],
+        choices=BACKENDS,
+        help="who writes the torch_dist records and metadata: numpy (no torch import; the "
+        "default) or torch (torch.save and torch.distributed.checkpoint's classes)",
+    )
     p.set_defaults(func=_hf2mg)
 
     p = verbs.add_parser("mg2hf", help="megatron-core checkpoint -> complete HF directory")
-    p.add_argument("--load", required=True, help="megatron checkpoint directory")
+    _input(p, "--load", "MCORE", "megatron checkpoint directory")
     p.add_argument(
         "--hf-source",
         required=True,
         help="HF directory to copy tokenizer and generation files from",
     )
-    p.add_argument("--output", required=True, help="HF directory to write")
+    p.add_argument("--output", metavar="HF", required=True, help="HF directory to write")
     p.add_argument(
         "--dtype",
         default=None,
         choices=DTYPES,
         help="dtype of the written weights (default: the original HF dtype)",
     )
-    p.add_argument(
-        "--max-shard-size",
-        type=_size,
-        default="5GB",
-        help="largest safetensors shard (e.g. 5GB, 500MB); bigger models get shards + index",
-    )
+    _max_shard_size(p)
     p.add_argument(
         "--verify",
         default="weights",
@@ -60,19 +76,55 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "on the meta device (names and shapes only; no second copy of the model in memory), "
         "or not at all",
     )
-    p.add_argument("--skip-load-check", action="store_true", help="same as --verify none")
     p.set_defaults(func=_mg2hf)
 
-    from llmbuild.convert import lora_cli
+    p = verbs.add_parser(
+        "lora2hf",
+        help="Megatron LoRA adapter -> HF PEFT adapter directory (or, with --merge, a full model)",
+    )
+    _input(p, "--lora", "LORA", "Megatron LoRA adapter directory (see convert/lora.py)")
+    p.add_argument("--base", required=True, help="HF directory of the base model it adapts")
+    p.add_argument("--output", required=True, help="directory to write")
+    p.add_argument(
+        "--merge",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="write the base model with the adapter merged in (a complete HF model directory)",
+    )
+    p.add_argument(
+        "--base-name",
+        default=None,
+        help="base_model_name_or_path recorded in adapter_config.json (default: --base)",
+    )
+    _max_shard_size(p)
+    p.add_argument(
+        "--verify",
+        default="weights",
+        choices=("weights", "none"),
+        help="before publishing, load the result (PEFT on the base, or the merged model) "
+        "with transformers",
+    )
+    p.set_defaults(func=_lora2hf)
 
-    lora_cli.register(verbs)
+
+def _input(p: argparse.ArgumentParser, old: str, metavar: str, what: str) -> None:
+    p.add_argument(
+        "--input",
+        old,
+        dest="input",
+        metavar=metavar,
+        required=True,
+        help=f"{what} ({old}: old name)",
+    )
 
 
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of layer counts: {text!r}") from None
+def _max_shard_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-shard-size",
+        type=_size,
+        default="5GB",
+        help="largest safetensors shard (e.g. 5GB, 500MB); bigger models get shards + index",
+    )
 
 
 def _size(text: str) -> int:
@@ -120,28 +172,29 @@ def _hf2mg(args: argparse.Namespace) -> int:
         return 0  # launched under torchrun: conversion is one process, rank 0 does it
     with provenance.Digester() as digests:
         # Hashing the source starts first: it reads the files ahead of the conversion (from
-        # disk into the page cache) while this thread imports torch.
-        digests.inputs([args.hf])
-        from llmbuild.convert import checkpointer as C
+        # disk into the page cache) while this thread imports the converter.
+        digests.inputs([args.input])
+        from llmbuild.convert import hf2mg
 
         # Every check (config, architecture, TP/PP, shards, shapes) runs before the output
         # exists.
-        C.open_hf(
-            args.hf,
+        hf2mg.open_hf(
+            args.input,
             tp=args.tp,
             pp=args.pp,
             make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
             pp_layers=args.pp_layers,
         ).weights.close()
         with atomic_dir(args.output) as tmp:
-            stats = C.hf_to_megatron(
-                args.hf,
+            stats = hf2mg.hf_to_megatron(
+                args.input,
                 tmp,
                 tp=args.tp,
                 pp=args.pp,
                 dtype=args.dtype,
                 make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
                 pp_layers=args.pp_layers,
+                backend=args.backend,
                 progress=Progress("hf2mg"),
                 written=digests.written,
             )
@@ -149,7 +202,7 @@ def _hf2mg(args: argparse.Namespace) -> int:
                 tmp,
                 command="llmbuild convert hf2mg",
                 args=vars(args),
-                inputs=[args.hf],
+                inputs=[args.input],
                 started=started,
                 extra={"conversion": stats.__dict__},
                 input_digests=digests.input_digests(),
@@ -170,16 +223,15 @@ def _mg2hf(args: argparse.Namespace) -> int:
 
     from llmbuild import provenance
     from llmbuild.atomic import atomic_dir
-    from llmbuild.convert.verify_worker import VerifyWorker
+    from llmbuild.convert.verify import VerifyWorker
 
     started = time.time()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    verify = "none" if args.skip_load_check else args.verify
     with contextlib.ExitStack() as stack:
         # The transformers check's imports run in a second process while this one converts,
         # and the checkpoint is hashed (and so read ahead) by a thread.
-        worker = stack.enter_context(VerifyWorker()) if verify != "none" else None
+        worker = stack.enter_context(VerifyWorker()) if args.verify != "none" else None
         if worker is not None:
             # The worker's imports (seconds of CPU) are the critical path; converting is
             # mostly the kernel moving pages. Yield the CPU to the worker: this process
@@ -187,16 +239,17 @@ def _mg2hf(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 os.nice(10)
         digests = stack.enter_context(provenance.Digester())
-        digests.inputs([args.load])
-        from llmbuild.convert import checkpointer as C
-        from llmbuild.mcore import device as D
+        digests.inputs([args.input])
+        from llmbuild import hfdir
+        from llmbuild.convert import mg2hf
+        from llmbuild.mcore.device import quiet_warnings
 
-        D.quiet_warnings()
-        C.check_tokenizer_source(Path(args.hf_source))
-        source = C.open_megatron(args.load)  # every check runs before the output exists
+        quiet_warnings()
+        hfdir.check_tokenizer(args.hf_source, field="--hf-source")
+        source = mg2hf.open_megatron(args.input)  # every check runs before the output exists
         with atomic_dir(args.output) as tmp:
-            info = C.megatron_to_hf(
-                args.load,
+            info = mg2hf.megatron_to_hf(
+                args.input,
                 args.hf_source,
                 tmp,
                 dtype=args.dtype,
@@ -207,12 +260,12 @@ def _mg2hf(args: argparse.Namespace) -> int:
             )
             waited = time.time()
             if worker is not None:
-                worker.check(tmp, weights=verify == "weights")
-            info["verified"] = verify
+                worker.check(tmp, weights=args.verify == "weights")
+            info["verified"] = args.verify
             # after converting: waiting for the worker's imports, then its load check
             info["verify_seconds"] = round(time.time() - waited, 3)
             # the source's weights are not read: only the files copied from it are inputs
-            inputs = [args.load, *(Path(args.hf_source) / f for f in info["copied"])]
+            inputs = [args.input, *(Path(args.hf_source) / f for f in info["copied"])]
             provenance.write(
                 tmp,
                 command="llmbuild convert mg2hf",
@@ -232,8 +285,59 @@ def _mg2hf(args: argparse.Namespace) -> int:
     print(
         f"mg2hf: {info['architecture']} iteration {info['iteration']}, {info['tensors']} "
         f"tensors ({info['dtype']}, {len(info['weights'])} file(s)), copied "
-        f"{', '.join(info['copied'])}, transformers check: {verify} -> {args.output} in "
+        f"{', '.join(info['copied'])}, transformers check: {args.verify} -> {args.output} in "
         f"{time.time() - started:.1f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _lora2hf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmbuild import hfdir, provenance
+    from llmbuild.atomic import atomic_dir
+    from llmbuild.convert import lora as L
+    from llmbuild.convert.hf2mg import open_hf
+    from llmbuild.convert.verify import verify_hf_dir
+    from llmbuild.mcore.device import quiet_warnings
+
+    started = time.time()
+    quiet_warnings()
+    base = open_hf(args.base, tp=1, pp=1)
+    lora = L.open_lora(args.input, base.args)  # every check before the output exists
+    if args.merge:
+        hfdir.check_tokenizer(args.base, field="--base")
+    with atomic_dir(args.output) as tmp:
+        if args.merge:
+            info = L.write_merged(
+                lora,
+                Path(args.base),
+                base.weights,
+                base.spec,
+                base.args,
+                tmp,
+                max_shard_bytes=args.max_shard_size,
+            )
+            if args.verify == "weights":
+                verify_hf_dir(tmp)
+        else:
+            info = L.write_peft(lora, base.args, tmp, args.base_name or str(args.base))
+            if args.verify == "weights":
+                L.verify_peft_dir(tmp, Path(args.base))
+        provenance.write(
+            tmp,
+            command="llmbuild convert lora2hf",
+            args=vars(args),
+            inputs=[args.input, Path(args.base) / "config.json"],
+            started=started,
+            extra={"conversion": info},
+        )
+    base.weights.close()
+    what = "merged model" if args.merge else "PEFT adapter"
+    print(
+        f"lora2hf: {len(lora.pairs)} megatron LoRA pairs (r={lora.config.r}, "
+        f"alpha={lora.config.alpha}) -> {what} {args.output} in {time.time() - started:.1f}s",
         file=sys.stderr,
     )
     return 0

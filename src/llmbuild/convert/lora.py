@@ -19,10 +19,10 @@ directory with
     decoder.layers.{i}.mlp.linear_fc2.lora_B.weight              [hidden, r]
 
   ``lora_B`` rows follow the megatron weight they adapt: linear_qkv's are in megatron's fused,
-  group-interleaved QKV order (see ``weights.py``). NeMo's names for the same tensors,
-  ``...linear_qkv.adapter.linear_in.weight`` (A) and ``.adapter.linear_out.weight`` (B), are
-  accepted too. The update is ``W x + s B A x`` with ``s = alpha / r`` (``alpha / sqrt(r)`` with
-  ``use_rslora``), as in PEFT.
+  group-interleaved QKV order (see ``weights.py``), and split the way that weight splits.
+  NeMo's names for the same tensors, ``...linear_qkv.adapter.linear_in.weight`` (A) and
+  ``.adapter.linear_out.weight`` (B), are accepted too. The update is ``W x + s B A x`` with
+  ``s = alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), as in PEFT.
 
 PEFT has no fused modules, so a fused megatron LoRA becomes several PEFT LoRAs that share A:
 ``linear_qkv`` -> ``q_proj``, ``k_proj``, ``v_proj`` (lora_A copied, lora_B's rows split as
@@ -42,15 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmbuild import hfdir
 from llmbuild.convert import registry as R
-from llmbuild.convert import safetensors_io as S
 from llmbuild.convert import weights as W
+from llmbuild.convert.formats import safetensors_io as S
 from llmbuild.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from llmbuild.mcore.model import ModelArgs
+    from llmbuild.mcore.description import ModelArgs
 
 LORA_CONFIG = "lora_config.json"
 LORA_WEIGHTS = "adapter.safetensors"
@@ -58,15 +59,15 @@ PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 
-# megatron module -> (HF modules, how lora_B splits)
-MODULES: dict[str, tuple[tuple[str, ...], str]] = {
+# megatron module -> (HF modules, how its weight, and so lora_B's rows, combine: ``weights``)
+MODULES: dict[str, tuple[tuple[str, ...], W.Combination]] = {
     "self_attention.linear_qkv": (
         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-        R.QKV,
+        W.QKV,
     ),
-    "self_attention.linear_proj": (("self_attn.o_proj",), R.COPY),
-    "mlp.linear_fc1": (("mlp.gate_proj", "mlp.up_proj"), R.GATE_UP),
-    "mlp.linear_fc2": (("mlp.down_proj",), R.COPY),
+    "self_attention.linear_proj": (("self_attn.o_proj",), W.ROW),
+    "mlp.linear_fc1": (("mlp.gate_proj", "mlp.up_proj"), W.GATE_UP),
+    "mlp.linear_fc2": (("mlp.down_proj",), W.ROW),
 }
 _KEY = re.compile(
     r"^decoder\.layers\.(\d+)\.(" + "|".join(re.escape(m) for m in MODULES) + r")\."
@@ -183,19 +184,10 @@ def peft_key(layer: int, hf_module: str, which: str) -> str:
     return f"{PEFT_PREFIX}model.layers.{layer}.{hf_module}.{which}.weight"
 
 
-def _split_b(module: str, b: torch.Tensor, args: ModelArgs) -> tuple[torch.Tensor, ...]:
-    """lora_B of a megatron module -> the lora_B of each of its HF modules."""
-    kind = MODULES[module][1]
-    if kind == R.QKV:
-        return W.split_qkv(
-            b,
-            num_heads=args.num_attention_heads,
-            num_groups=args.num_query_groups,
-            head_dim=args.kv_channels,
-        )
-    if kind == R.GATE_UP:
-        return W.split_gate_up(b)
-    return (b,)
+def _split_b(module: str, b: torch.Tensor, args: ModelArgs) -> list[torch.Tensor]:
+    """lora_B of a megatron module -> the lora_B of each of its HF modules (its rows split as
+    the module's weight splits)."""
+    return MODULES[module][1].split(b, args)
 
 
 def hf_loras(lora: MegatronLora, args: ModelArgs) -> Iterator[tuple[int, str, Any, Any]]:
@@ -266,7 +258,7 @@ def merged_tensors(
         for i, name in enumerate(MODULES[module][0]):
             deltas[f"model.layers.{layer}.{name}.weight"] = (layer, module, i)
     scale = lora.config.scale
-    cache: dict[tuple[int, str], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+    cache: dict[tuple[int, str], tuple[torch.Tensor, list[torch.Tensor]]] = {}
     for _, keys in R.key_table(spec, args).values():
         for k in keys:
             w = base[k]
@@ -296,13 +288,11 @@ def write_merged(
     config, generation config and tokenizer files, merged weights in the base's dtypes."""
     import shutil
 
-    from llmbuild.convert import checkpointer as C
-
     specs = []
     for _, keys in R.key_table(spec, args).values():
         for k in keys:
             info = base_weights.infos[k]
-            specs.append(S.TensorSpec(k, S._DTYPES[info.dtype], info.shape))
+            specs.append(S.TensorSpec(k, S.torch_dtype(info.dtype), info.shape))
     files = S.write_sharded(
         out_dir,
         specs,
@@ -310,7 +300,7 @@ def write_merged(
         max_shard_bytes=max_shard_bytes,
     )
     shutil.copy2(base_dir / "config.json", out_dir / "config.json")
-    copied = C.copy_tokenizer_files(base_dir, out_dir)
+    copied = hfdir.copy_companions(base_dir, out_dir)
     return {"weights": files, "copied": copied, "tensors": len(specs)}
 
 

@@ -1,1 +1,3 @@
-"""megatron-core on a selectable device: the device adaptor, the model, checkpoints."""
+"""megatron-core on a selectable device: the device adaptor (``device``), the model's
+description (``description``, torch-free) and megatron builders (``model``), checkpoints
+(``checkpoint``)."""

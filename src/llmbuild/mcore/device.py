@@ -57,6 +57,10 @@ distributed optimizer check ``param.type() == 'torch.cuda.FloatTensor'`` (so bf1
 ``use_distributed_optimizer`` are refused on CPU by the callers).
 
 The patches were written against megatron-core 0.16.1 and refuse any other version.
+
+Over 400 lines on purpose: a sixth of it is this list of the patched megatron-core sites, kept
+beside the patches so that an upgrade reviews them together, and the backends and the adaptor
+are one concern (a device selected = its patches applied), with one entry point.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from llmbuild.convert.torch_record import Ref, RefPickler
+from llmbuild.convert.formats.torch_record import Ref, RefPickler
 from llmbuild.errors import UserError
 
 META = "torch.distributed.checkpoint.metadata"
@@ -169,8 +169,9 @@ class StorageInfo:
         self.__dict__.update(state)
 
 
-# stand-in -> (module, name) it is pickled as, and back
-_REAL: dict[type, tuple[str, str]] = {
+# stand-in -> (module, name) it is pickled as, and back (``backends``' torch backend uses the
+# real ones by this table)
+REAL: dict[type, tuple[str, str]] = {
     Size: ("torch", "Size"),
     ChunkStorageMetadata: (META, "ChunkStorageMetadata"),
     MemFormat: (META, "_MEM_FORMAT_ENCODING"),
@@ -182,7 +183,7 @@ _REAL: dict[type, tuple[str, str]] = {
     MetadataIndex: (META, "MetadataIndex"),
     StorageInfo: (FS, "_StorageInfo"),
 }
-_STAND_IN = {v: k for k, v in _REAL.items() if k is not Size}
+_STAND_IN = {v: k for k, v in REAL.items() if k is not Size}
 
 
 class Opaque:
@@ -247,5 +248,5 @@ def load(path: str | Path) -> Metadata:
 def dumps(md: Metadata) -> bytes:
     buf = io.BytesIO()
     # the pure-Python pickler, writing each stand-in under DCP's (or torch's) name
-    RefPickler(buf, 4, names=_REAL).dump(md)
+    RefPickler(buf, 4, names=REAL).dump(md)
     return buf.getvalue()

@@ -63,6 +63,11 @@ _ITEMSIZE = {
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
+def torch_dtype(st_name: str) -> str:
+    """'bfloat16' for the safetensors dtype 'BF16'."""
+    return _DTYPES[st_name]
+
+
 def st_dtype(torch_dtype: Any) -> str:
     """'BF16' for torch.bfloat16 (or the string 'bfloat16')."""
     name = str(torch_dtype).replace("torch.", "")
