@@ -48,7 +48,7 @@ rule dataset_generate:
         llmbuild=W.llmbuild("bench"),
         flags=W.dataset_generate_flags(),
     shell:
-        "{params.llmbuild} dataset generate --output {output} --tokenizer {input.tokenizer}"
+        "{params.llmbuild} bench generate-dataset --output {output} --tokenizer {input.tokenizer}"
         " {params.flags} > {log} 2>&1"
 
 
@@ -76,7 +76,7 @@ rule bench_dynamic:
         timeout=lookup("serve/ready_timeout", within=config),
     shell:
         "{params.llmbuild} bench dynamic --endpoint {input.endpoint} --tokenizer {input.tokenizer}"
-        " --dataset {input.dataset} {params.flags} --output {output.csv}"
+        " --data {input.dataset} {params.flags} --output {output.csv}"
         " --records {output.records} --verdict {output.verdict}"
         " --ready-timeout {params.timeout}"
         " --keep-on-failure logs/{wildcards.model}/bench/{wildcards.variant}/failed-dynamic"

@@ -22,7 +22,7 @@ rule eval_accuracy:
         flags=W.eval_flags(),
         timeout=lookup("serve/ready_timeout", within=config),
     shell:
-        "{params.llmbuild} eval accuracy --endpoint {input.endpoint} --data {input.data}"
+        "{params.llmbuild} eval accuracy --endpoint {input.endpoint} --input {input.data}"
         " --output {output.result} --records {output.records} --verdict {output.verdict}"
         " {params.flags} --ready-timeout {params.timeout}"
         " --keep-on-failure logs/{wildcards.model}/eval/{wildcards.variant}/failed"

@@ -18,5 +18,5 @@ rule tiny_model:
         llmbuild=W.llmbuild("train"),
         flags=W.tiny_flags(),
     shell:
-        "{params.llmbuild} model tiny --corpus {input.corpus} --output {output}"
+        "{params.llmbuild} model tiny --input {input.corpus} --output {output}"
         " {params.flags} > {log} 2>&1"

@@ -22,7 +22,7 @@ rule plot_bench:
         llmbuild=W.llmbuild("plot"),
         flags=W.plot_bench_flags(),
     shell:
-        "{params.llmbuild} plot bench --csv {input.csvs}"
+        "{params.llmbuild} plot bench --input {input.csvs}"
         " {params.flags} --output {output} > {log} 2>&1"
 
 
@@ -45,7 +45,7 @@ rule plot_loss:
     params:
         llmbuild=W.llmbuild("plot"),
     shell:
-        "{params.llmbuild} plot loss --log {input.logs} --output {output} > {log} 2>&1"
+        "{params.llmbuild} plot loss --input {input.logs} --output {output} > {log} 2>&1"
 
 
 rule gate_summary:

@@ -23,7 +23,7 @@ rule quantize:
         llmbuild=W.llmbuild("quantize"),
         flags=W.quant_flags(),
     shell:
-        "{params.llmbuild} quantize smoothquant --model {input.model} --calib {input.calib}"
+        "{params.llmbuild} quantize smoothquant --input {input.model} --calib {input.calib}"
         " --output {output} --scheme {wildcards.scheme} {params.flags} > {log} 2>&1"
 
 
