@@ -8,7 +8,7 @@ import pytest
 
 from llmbuild.errors import UserError
 from llmbuild.train import data as D
-from llmbuild.train.loop import TrainArgs, fingerprint, partial_dir
+from llmbuild.train.resume import TrainArgs, fingerprint, partial_dir
 
 pytestmark = pytest.mark.unit
 
@@ -73,7 +73,13 @@ def test_read_meta_errors_name_file_and_field(tmp_path):
 
 def _args(**kw):
     base = dict(
-        mode="pretrain", load="a", data="d", save="s", log="l.jsonl", train_iters=10, lr=1e-3
+        mode="pretrain",
+        input="a",
+        data="d",
+        output="s",
+        train_log="l.jsonl",
+        train_iters=10,
+        lr=1e-3,
     )
     return TrainArgs(**{**base, **kw})
 
@@ -86,7 +92,7 @@ def _args(**kw):
         ({"min_lr": 1.0}, "--min-lr"),
         ({"warmup_iters": 10}, "--warmup-iters"),
         ({"micro_batch_size": 3, "global_batch_size": 4}, "--global-batch-size"),
-        ({"save": "a"}, "--save"),
+        ({"output": "a"}, "--output"),
         ({"seq_length": 1}, "--seq-length"),
         ({"pp": 2, "pp_layers": (4,)}, "--pp-layers"),
         ({"pp": 2, "pp_layers": (0, 4)}, "--pp-layers"),
@@ -98,7 +104,7 @@ def test_train_args_reject(kw, flag):
 
 
 def test_identity_ignores_paths_and_logging_only():
-    a, b = _args(save_interval=5, log_interval=1), _args(save="t", log="m", threads=2)
+    a, b = _args(save_interval=5, log_interval=1), _args(output="t", train_log="m", threads=2)
     assert a.identity() == b.identity()
     assert a.identity() != _args(seed=7).identity()
     assert partial_dir("out/ckpt/") == partial_dir("out/ckpt")
@@ -118,3 +124,18 @@ def test_fingerprint_changes_with_content(tmp_path):
     one = fingerprint(tmp_path)
     (tmp_path / "meta.json").write_text("{ }")
     assert fingerprint(tmp_path) != one
+
+
+def test_train_run_knobs_default_to_the_schema():
+    from llmbuild.cli import build_parser
+    from llmbuild.schema import default, node
+
+    paths = ["--input", "a", "--data", "d", "--output", "o", "--train-log", "l.jsonl"]
+    args = build_parser("train").parse_args(["train", "run", "--mode", "sft", *paths])
+    for key in node("train.sft")["properties"]:
+        dest = "train_iters" if key == "iters" else key
+        expected = default(f"train.sft.{key}")
+        assert getattr(args, dest) == expected == default(f"train.pretrain.{key}"), key
+    for key in ("device", "tp", "pp", "pp_layers"):
+        assert getattr(args, key) == default(f"train.{key}")
+    assert (args.input, args.output, args.train_log) == ("a", "o", "l.jsonl")

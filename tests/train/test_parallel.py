@@ -53,18 +53,20 @@ def _train(root: Path, name: str, *extra: str) -> list[str]:
         "run",
         "--mode",
         "pretrain",
-        "--load",
+        "--input",
         str(root / "mg"),
         "--data",
         str(root / "pt"),
-        "--save",
+        "--output",
         str(root / name),
-        "--train-log",  # under torchrun --log would be taken for torchrun's --log-dir
+        "--train-log",
         str(root / f"{name}.jsonl"),
         "--train-iters",
         str(ITERS),
         "--lr",
         "3e-3",
+        "--min-lr",
+        "0",
         "--warmup-iters",
         "1",
         "--micro-batch-size",
@@ -103,7 +105,7 @@ def work(tmp_path_factory):
         _llmbuild(
             "convert",
             "hf2mg",
-            "--hf",
+            "--input",
             str(root / "hf"),
             "--output",
             str(root / "mg"),
@@ -194,7 +196,7 @@ def test_uneven_checkpoint_converts_to_hf(trained):
         _llmbuild(
             "convert",
             "mg2hf",
-            "--load",
+            "--input",
             str(trained / "piped"),
             "--hf-source",
             str(trained / "hf"),
@@ -217,7 +219,7 @@ def test_split_not_matching_the_model_is_one_line(work):
     r = _run(_llmbuild(*_train(work, "bad", "--pp-layers", "1,2", "--pp", "2")))
     assert r.returncode == 2
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "--pp-layers" in lines[0] and "num_hidden_layers 4" in lines[0]
+    assert len(lines) == 1 and "--pp-layers" in lines[0] and "the model has 4 layers" in lines[0]
 
 
 # --------------------------------------------------------------------------- without torchrun

@@ -53,7 +53,7 @@ def work(tmp_path_factory):
         heads=2,
         kv_heads=1,
     )
-    r = _cli("convert", "hf2mg", "--hf", str(root / "hf"), "--output", str(root / "mg"))
+    r = _cli("convert", "hf2mg", "--input", str(root / "hf"), "--output", str(root / "mg"))
     assert r.returncode == 0, r.stderr[-2000:]
     synth.make_pretrain(root / "pt")
     synth.make_sft(root / "sft")
@@ -66,13 +66,13 @@ def _train_args(root: Path, mode: str, name: str, iters: int, **extra: str) -> l
         "run",
         "--mode",
         mode,
-        "--load",
+        "--input",
         str(root / "mg"),
         "--data",
         str(root / ("pt" if mode == "pretrain" else "sft")),
-        "--save",
+        "--output",
         str(root / name),
-        "--log",
+        "--train-log",
         str(root / f"{name}.jsonl"),
         "--train-iters",
         str(iters),
@@ -142,7 +142,7 @@ def test_trained_checkpoint_converts_to_hf(work):
     r = _cli(
         "convert",
         "mg2hf",
-        "--load",
+        "--input",
         str(out),
         "--hf-source",
         str(work / "hf"),

@@ -1,4 +1,12 @@
-"""`llmbuild train run`: pretrain or SFT a megatron checkpoint on tokenized shards."""
+"""`llmbuild train run`: pretrain or SFT a megatron checkpoint on tokenized shards.
+
+    llmbuild train run --mode pretrain|sft --input MCORE --data SHARDS --output MCORE
+        --train-log LOG [knobs]
+
+The same flags in one process and under torchrun (one process per tensor/pipeline rank).
+Every knob a config key sets (train.<phase>.*, train.device/tp/pp/pp_layers) defaults to the
+schema's value; pretrain and SFT share their defaults ($defs/phase).
+"""
 
 from __future__ import annotations
 
@@ -6,45 +14,48 @@ import argparse
 import sys
 import time
 
+from llmbuild.cliargs import int_list
+from llmbuild.schema import default, describe, node
+
+
+def _phase(key: str) -> object:
+    """The default of a phase knob: train.pretrain and train.sft share $defs/phase."""
+    return default(f"train.pretrain.{key}")
+
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("run", help="pretrain / SFT on megatron-core (resumes <save>.partial)")
+    p = verbs.add_parser("run", help="pretrain / SFT on megatron-core (resumes <output>.partial)")
     p.add_argument("--mode", required=True, choices=("pretrain", "sft"))
-    p.add_argument("--load", required=True, help="megatron checkpoint to start from")
+    p.add_argument("--input", required=True, help="megatron checkpoint to start from")
     p.add_argument("--data", required=True, help="tokenized shard directory (meta.json)")
-    p.add_argument("--save", required=True, help="megatron checkpoint directory to write")
+    p.add_argument("--output", required=True, help="megatron checkpoint directory to write")
+    p.add_argument("--train-log", required=True, help="JSONL training log to write")
+    p.add_argument("--train-iters", type=int, default=_phase("iters"), help="train.<phase>.iters")
+    p.add_argument("--lr", type=float, default=_phase("lr"))
+    p.add_argument("--min-lr", type=float, default=_phase("min_lr"))
+    p.add_argument("--warmup-iters", type=int, default=_phase("warmup_iters"))
+    p.add_argument("--micro-batch-size", type=int, default=_phase("micro_batch_size"))
+    p.add_argument("--global-batch-size", type=int, default=_phase("global_batch_size"))
+    p.add_argument("--seq-length", type=int, default=_phase("seq_length"))
+    p.add_argument("--weight-decay", type=float, default=_phase("weight_decay"))
+    p.add_argument("--seed", type=int, default=_phase("seed"))
     p.add_argument(
-        "--log",
-        "--train-log",
-        dest="log",
-        required=True,
-        help="JSONL training log to write (under torchrun spell it --train-log: "
-        "torchrun's own parser takes --log as an abbreviation of its --log-dir)",
+        "--device", default=default("train.device"), choices=node("train.device")["enum"]
     )
-    p.add_argument("--train-iters", type=int, required=True)
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--min-lr", type=float, default=0.0)
-    p.add_argument("--warmup-iters", type=int, default=0)
-    p.add_argument("--micro-batch-size", type=int, default=1)
-    p.add_argument("--global-batch-size", type=int, default=1)
-    p.add_argument("--seq-length", type=int, default=128)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "npu"))
     p.add_argument(
         "--save-interval",
         type=int,
         default=0,
-        help="checkpoint every K steps into <save>.partial (0: only at the end)",
+        help="checkpoint every K steps into <output>.partial (0: only at the end)",
     )
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size")
+    p.add_argument("--tp", type=int, default=default("train.tp"), help=describe("train.tp"))
+    p.add_argument("--pp", type=int, default=default("train.pp"), help=describe("train.pp"))
     p.add_argument(
         "--pp-layers",
-        type=_layers,
-        default=None,
-        help="uneven pipeline split: layers per stage, e.g. 1,3 (default: pp equal stages)",
+        type=int_list,
+        default=default("train.pp_layers"),
+        help="layers per pipeline stage, e.g. 1,3: " + describe("train.pp_layers"),
     )
-    p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--adam-beta1", type=float, default=0.9)
     p.add_argument("--adam-beta2", type=float, default=0.95)
@@ -54,13 +65,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--log-interval", type=int, default=10, help="a human progress line every N steps"
     )
     p.set_defaults(func=_run)
-
-
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of layer counts: {text!r}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -81,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         f"done: {res.steps} steps (resumed at {res.resumed_from}), loss "
         f"{res.first_loss if res.first_loss is not None else float('nan'):.4f} -> "
         f"{res.final_loss:.4f}, {res.tokens:,} tokens, {res.seconds_per_step:.3f} s/step "
-        f"-> {args.save}"
+        f"-> {args.output}"
     )
     return 0
 

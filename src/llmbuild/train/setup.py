@@ -1,0 +1,204 @@
+"""Megatron-core setup for a training run: the inputs checked, GPTModel + DDP + the plain
+Megatron optimizer and its cosine schedule, the batch source, one micro-batch's forward step
+and loss, and the collective checkpoint save. torch and megatron are imported inside the
+functions that need them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from llmbuild.errors import UserError
+from llmbuild.mcore import checkpoint as ckpt
+from llmbuild.mcore import model as M
+from llmbuild.train import data as D
+from llmbuild.train.resume import TrainArgs, prune
+
+
+def rank() -> int:
+    import torch
+
+    d = torch.distributed
+    return d.get_rank() if d.is_initialized() else 0
+
+
+def check_inputs(a: TrainArgs) -> tuple[D.DataMeta, M.ModelDescription]:
+    """The shards' and the checkpoint's descriptions, checked against each other and ``a``."""
+    meta = D.read_meta(a.data)
+    if meta.kind != a.mode:
+        raise UserError(
+            f"a {meta.kind} dataset given to --mode {a.mode}", path=a.data, field="kind"
+        )
+    desc = M.load_description(a.input)
+    ckpt.latest_dir(a.input)
+    if meta.vocab_size > desc.args.vocab_size:
+        raise UserError(
+            f"tokenizer vocabulary {meta.vocab_size} > model vocabulary {desc.args.vocab_size}",
+            path=Path(a.data) / "meta.json",
+            field="vocab_size",
+        )
+    if a.seq_length > desc.args.max_position_embeddings:
+        raise UserError(
+            f"{a.seq_length} > the model's max_position_embeddings "
+            f"{desc.args.max_position_embeddings}",
+            field="--seq-length",
+        )
+    if a.device == "cpu" and desc.dtype != "float32":
+        raise UserError(
+            f"the checkpoint is {desc.dtype}; CPU training needs float32 "
+            "(convert with `llmbuild convert hf2mg --dtype float32`)",
+            path=a.input,
+            field="dtype",
+        )
+    desc.args.check_parallel(a.tp, a.pp, a.pp_layers)
+    return meta, desc
+
+
+@dataclass
+class Trainer:
+    """This rank's model (wrapped in DDP), optimizer and schedule."""
+
+    ddp: Any
+    optimizer: Any
+    scheduler: Any
+    num_micro: int  # micro-batches per step on this data-parallel rank
+
+
+def build(a: TrainArgs, desc: M.ModelDescription, backend: Any) -> Trainer:
+    """The model, optimizer and schedule of this rank (after ``device.init_backend``)."""
+    from megatron.core.distributed import DistributedDataParallel as DDP
+    from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    dp = backend.dp
+    if a.global_batch_size % (a.micro_batch_size * dp):
+        raise UserError(
+            f"{a.global_batch_size} is not a multiple of micro batch "
+            f"{a.micro_batch_size} x data-parallel size {dp}",
+            field="--global-batch-size",
+        )
+    config, model = M.build_for_this_rank(
+        desc,
+        tp=a.tp,
+        pp=a.pp,
+        device=a.device,
+        pp_layers=a.pp_layers,
+        calculate_per_token_loss=True,
+    )
+    model.to(backend.torch_device)
+    ddp = DDP(
+        config,
+        DistributedDataParallelConfig(use_distributed_optimizer=False, grad_reduce_in_fp32=True),
+        model,
+    )
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = ddp.no_sync
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=a.lr,
+            min_lr=a.min_lr,
+            weight_decay=a.weight_decay,
+            adam_beta1=a.adam_beta1,
+            adam_beta2=a.adam_beta2,
+            adam_eps=a.adam_eps,
+            clip_grad=a.clip_grad,
+            use_distributed_optimizer=False,
+            bf16=desc.dtype == "bfloat16",
+            fp16=desc.dtype == "float16",
+        ),
+        [ddp],
+    )
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=a.lr,
+        min_lr=a.min_lr,
+        lr_warmup_steps=a.warmup_iters,
+        lr_decay_steps=a.train_iters,
+        lr_decay_style="cosine",
+        start_wd=a.weight_decay,
+        end_wd=a.weight_decay,
+        wd_incr_steps=a.train_iters,
+        wd_incr_style="constant",
+    )
+    return Trainer(ddp, optimizer, scheduler, a.global_batch_size // (a.micro_batch_size * dp))
+
+
+def batch_source(a: TrainArgs, meta: D.DataMeta, work: Path, say: Callable[[str], None]) -> Any:
+    """The deterministic batch source of the run's mode (see train/data.py)."""
+    if a.mode == "pretrain":
+        return D.PretrainSource(
+            meta,
+            seq_length=a.seq_length,
+            seed=a.seed,
+            num_samples=a.train_iters * a.global_batch_size,
+            cache_dir=work / "data_cache",
+        )
+    source = D.SftSource(meta, seq_length=a.seq_length, seed=a.seed)
+    if source.truncated:
+        say(f"warning: {source.truncated} examples are longer than seq_length+1 and are truncated")
+    return source
+
+
+def loss_func(loss_mask: Any, output_tensor: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Megatron's per-token loss contract: (sum of losses, token count, report)."""
+    import torch
+
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.reshape(-1).float()
+    loss = torch.sum(losses * mask)
+    n = mask.sum().to(torch.int)
+    report = torch.stack([loss.detach(), mask.sum().detach()])
+    return loss, n, {"lm loss": report}
+
+
+def forward_step(device: Any, data_iterator: Any, model: Any) -> tuple[Any, Any]:
+    """One micro-batch through ``model`` (megatron's forward_step_func, device bound)."""
+    import torch
+
+    b = next(data_iterator)
+    tokens = b["tokens"].to(device)
+    bsz, seq = tokens.shape
+    position_ids = torch.arange(seq, device=device).unsqueeze(0).expand(bsz, -1)
+    if b["segments"] is None:
+        mask = M.causal_attention_mask(seq, device)
+    else:
+        mask = D.packed_attention_mask(b["segments"]).to(device)
+    out = model(tokens, position_ids, mask, labels=b["labels"].to(device))
+    return out, partial(loss_func, b["loss_mask"].to(device))
+
+
+def save(
+    work: Path, step: int, t: Trainer, tokens: int, elapsed: float, *, final: bool = False
+) -> None:
+    """Checkpoint ``step`` into ``work`` (collective), then keep only it. ``final``: the
+    weights alone (nothing resumes from the last step)."""
+    # The common state must be the same on every rank (megatron warns otherwise); each rank
+    # has its own clock, so the time is rank 0's.
+    elapsed = from_rank0(elapsed)
+    ckpt.save(
+        work,
+        step,
+        t.ddp.module,
+        optimizer=None if final else t.optimizer,
+        scheduler=None if final else t.scheduler,
+        common={"llmbuild": {"tokens": tokens, "elapsed": elapsed}},
+    )
+    if rank() == 0:
+        prune(work, step)
+
+
+def from_rank0(value: Any) -> Any:
+    import torch
+
+    d = torch.distributed
+    if not d.is_initialized() or d.get_world_size() == 1:
+        return value
+    box = [value]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
