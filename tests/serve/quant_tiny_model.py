@@ -34,9 +34,9 @@ def w8a8(base: Path, out: Path) -> Path:
     from llmbuild.cli import main
 
     dest = out / "w8a8"
-    argv = ["quantize", "smoothquant", "--model", str(base), "--output", str(dest)]
+    argv = ["quantize", "smoothquant", "--input", str(base), "--output", str(dest)]
     argv += ["--calib", str(_calib(out)), "--scheme", "W8A8", "--num-samples", "8"]
-    argv += ["--max-seq-length", "32", "--seed", "0"]
+    argv += ["--seq-length", "32", "--seed", "0"]
     rc = main(argv)
     if rc:
         raise SystemExit(f"llmbuild quantize smoothquant failed with {rc}")

@@ -76,7 +76,7 @@ def models(serve_python, train_python, tmp_path_factory) -> tuple[Path, Path]:
     helper = str(HERE / "lora_reference.py")
     argv = [train_python, helper, "megatron-lora", str(base), str(mlora)]
     _run(argv + ["--r", str(RANK), "--alpha", str(ALPHA)], "megatron LoRA")
-    argv = [train_python, "-m", "llmbuild", "convert", "lora2hf", "--lora", str(mlora)]
+    argv = [train_python, "-m", "llmbuild", "convert", "lora2hf", "--input", str(mlora)]
     _run(argv + ["--base", str(base), "--output", str(peft)], "llmbuild convert lora2hf")
     return base, peft
 
@@ -87,7 +87,7 @@ class _Server:
     def __init__(self, python: str, base: Path, peft: Path, workdir: Path):
         self.endpoint = workdir / "endpoint.json"
         self.log = workdir / "serve.log"
-        argv = [python, "-m", "llmbuild", "serve", "run", "--model", str(base)]
+        argv = [python, "-m", "llmbuild", "serve", "run", "--input", str(base)]
         argv += ["--endpoint", str(self.endpoint), "--served-model-name", BASE]
         argv += ["--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "4"]
         argv += ["--kv-cache-space-gib", "0.25", "--enforce-eager", "--ready-timeout", "400"]

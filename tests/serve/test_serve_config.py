@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 
 from llmbuild.errors import UserError
-from llmbuild.serve.vllm import (
+from llmbuild.schema import default, node
+from llmbuild.serve.config import (
     DEFAULT_CPU_KV_CACHE_GIB,
+    DTYPES,
     SERVER_MODULE,
     ServeConfig,
     build_argv,
@@ -187,3 +191,29 @@ def test_child_env_is_offline_unbuffered_and_drops_the_legacy_kv_variable():
     assert env["HF_HUB_OFFLINE"] == "0"  # the caller's choice wins
     assert env["PATH"] == "/bin"
     assert base["VLLM_CPU_KVCACHE_SPACE"] == "40"  # not mutated
+
+
+def test_dtype_choices_are_the_schemas():
+    assert DTYPES == tuple(node("serve.dtype")["enum"])
+
+
+def test_serve_run_flags_are_the_fields_with_the_schemas_defaults():
+    from llmbuild.cli import build_parser
+    from llmbuild.serve.cli import _config_from_args
+
+    parser = build_parser("serve")
+    args = parser.parse_args(["serve", "run", "--input", "/m", "--endpoint", "/e"])
+    keys = set(node("serve")["properties"]) - {"stack"}  # stack picks the environment
+    names = {f.name for f in fields(ServeConfig)}
+    assert keys <= names
+    for key in keys:
+        assert getattr(args, key) == default(f"serve.{key}"), key
+    assert args.model == "/m" and args.lora_modules == [] and args.extra_args == []
+    on = parser.parse_args(
+        ["serve", "run", "--input", "/m", "--endpoint", "/e", "--enable-prefix-caching"]
+        + ["--lora-module", "a=/a", "--lora-module", "b=/b", "--vllm-arg=--disable-log-stats"]
+    )
+    cfg = _config_from_args(on)
+    assert cfg.enable_prefix_caching is True and cfg.lora_modules == ("a=/a", "b=/b")
+    assert cfg.extra_args == ("--disable-log-stats",)
+    assert cfg.max_num_seqs == default("serve.max_num_seqs")

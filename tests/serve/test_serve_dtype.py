@@ -17,6 +17,7 @@ import pytest
 
 from llmbuild.errors import UserError
 from llmbuild.serve import dtype as dtypes
+from llmbuild.serve.config import ServeConfig, build_argv, resolve_dtype
 from llmbuild.serve.dtype import (
     CpuFeatures,
     choose_dtype,
@@ -24,7 +25,6 @@ from llmbuild.serve.dtype import (
     model_dtype,
     model_quantization,
 )
-from llmbuild.serve.vllm import ServeConfig, build_argv, resolve_dtype
 
 pytestmark = pytest.mark.unit
 
@@ -450,7 +450,7 @@ def test_boolean_switches_take_no_forms():
     from llmbuild.cli import build_parser
     from llmbuild.serve.cli import _config_from_args
 
-    base = ["serve", "run", "--model", "/m", "--endpoint", "/e"]
+    base = ["serve", "run", "--input", "/m", "--endpoint", "/e"]
     parser = build_parser("serve")
     off = _config_from_args(parser.parse_args(base))
     assert (off.enforce_eager, off.trust_remote_code) == (False, False)

@@ -55,7 +55,7 @@ def test_w8a8_serves_with_the_resolved_dtype(serve_python, w8a8_model, tmp_path)
     expected = choose_dtype("auto", w8a8_model, "cpu", cpu_features())
     endpoint = tmp_path / "endpoint.json"
     log_path = tmp_path / "serve.log"
-    argv = [serve_python, "-m", "llmbuild", "serve", "run", "--model", str(w8a8_model)]
+    argv = [serve_python, "-m", "llmbuild", "serve", "run", "--input", str(w8a8_model)]
     argv += ["--endpoint", str(endpoint), "--served-model-name", "tiny-w8a8"]
     argv += ["--max-model-len", "256", "--max-num-seqs", "2", "--kv-cache-space-gib", "0.25"]
     argv += ["--enforce-eager", "--no-trust-remote-code", "--ready-timeout", "400"]

@@ -67,7 +67,7 @@ def _post(url: str, body: dict, timeout: float = 60) -> bytes:
 def test_tiny_service_chats_streams_and_stops_cleanly(serve_python, tiny_model, tmp_path):
     endpoint = tmp_path / "endpoint.json"
     log_path = tmp_path / "serve.log"
-    argv = [serve_python, "-m", "llmbuild", "serve", "run", "--model", str(tiny_model)]
+    argv = [serve_python, "-m", "llmbuild", "serve", "run", "--input", str(tiny_model)]
     argv += ["--endpoint", str(endpoint), "--served-model-name", "tiny", "--dtype", "float32"]
     argv += ["--max-model-len", "512", "--max-num-seqs", "4", "--kv-cache-space-gib", "0.25"]
     argv += ["--enforce-eager", "--ready-timeout", "400"]

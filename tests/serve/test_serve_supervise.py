@@ -66,7 +66,7 @@ def start(tmp_path, model_dir, mode, *extra, grandchild="", env=None):
     driver.write_text(DRIVER.format(fake=str(FAKE)))
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
     argv = [sys.executable, str(driver), mode, grandchild, "serve", "run"]
-    argv += ["--model", str(model_dir), "--endpoint", str(tmp_path / "ep.json"), *extra]
+    argv += ["--input", str(model_dir), "--endpoint", str(tmp_path / "ep.json"), *extra]
     return subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
@@ -170,7 +170,7 @@ def test_server_dying_after_ready_exits_non_zero(tmp_path, model_dir):
 def test_missing_model_is_a_user_error(tmp_path):
     proc = start(tmp_path, tmp_path / "nope", "ok")
     assert proc.wait(30) == 2
-    assert "is not a directory" in (tmp_path / "serve.log").read_text()
+    assert "does not exist" in (tmp_path / "serve.log").read_text()
     assert not (tmp_path / "ep.json").exists()
 
 

@@ -1,6 +1,6 @@
 """`llmbuild serve run|wait|cpu`: a vLLM service as a Snakemake service() job, its consumers.
 
-    exec llmbuild serve run --model DIR --endpoint FILE [knobs] > LOG 2>&1
+    exec llmbuild serve run --input DIR --endpoint FILE [knobs] > LOG 2>&1
     llmbuild serve wait --endpoint FILE --timeout 600
     llmbuild serve cpu [--json]     # which kernel path (and dtype) this CPU takes
 
@@ -10,46 +10,59 @@ Imports nothing heavy: vLLM runs in a child process of `serve run`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+import typing
+from typing import Any
 
-from llmbuild.serve.vllm import DEVICES, DTYPES
+from llmbuild.schema import default, describe, node
+from llmbuild.serve.config import ServeConfig
 
 
 def _log(msg: str) -> None:
     print(f"[serve {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _config_from_args(args: argparse.Namespace):  # -> ServeConfig
-    from llmbuild.serve.vllm import ServeConfig
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServeConfig field: ``--field-name`` (or the field's own spelling), typed
+    as the field, booleans ``--x/--no-x``, tuples repeatable. A field that is a config key
+    ``serve.<field>`` takes the schema's default, choices and description."""
+    hints = typing.get_type_hints(ServeConfig)
+    for f in dataclasses.fields(ServeConfig):
+        kind = hints[f.name]
+        repeated = typing.get_origin(kind) is tuple
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)  # X | None
+        kw: dict[str, Any] = {"dest": f.name, "help": f.metadata.get("help")}
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
+        try:
+            key = node(f"serve.{f.name}")
+        except KeyError:
+            key = None
+        if key is not None:
+            kw["default"] = default(f"serve.{f.name}")
+            kw["help"] = describe(f"serve.{f.name}") or kw["help"]
+            if "enum" in key:
+                kw["choices"] = key["enum"]
+        elif f.default is not dataclasses.MISSING:
+            kw["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kw["default"] = f.default_factory()
+        else:
+            kw["required"] = True
+        if repeated:
+            kw.update(action="append", default=list(kw["default"]))
+        elif base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = base
+        parser.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), **kw)
 
-    return ServeConfig(
-        model=args.model,
-        device=args.device,
-        served_model_name=args.served_model_name,
-        dtype=args.dtype,
-        max_num_seqs=args.max_num_seqs,
-        max_model_len=args.max_model_len,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        tensor_parallel_size=args.tensor_parallel_size,
-        block_size=args.block_size,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        kv_cache_space_gib=args.kv_cache_space_gib,
-        kv_cache_dtype=args.kv_cache_dtype,
-        quantization=args.quantization,
-        chat_template=args.chat_template,
-        trust_remote_code=args.trust_remote_code,
-        enable_prefix_caching=args.enable_prefix_caching,
-        enforce_eager=args.enforce_eager,
-        seed=args.seed,
-        lora_modules=tuple(args.lora_module),
-        max_lora_rank=args.max_lora_rank,
-        max_loras=args.max_loras,
-        speculative_config=args.speculative_config,
-        cpu_omp_threads_bind=args.cpu_omp_threads_bind,
-        extra_args=tuple(args.vllm_arg),
-    )
+
+def _config_from_args(args: argparse.Namespace) -> ServeConfig:
+    return ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -77,7 +90,6 @@ def _run(args: argparse.Namespace) -> int:
     return run_service(
         cfg,
         args.endpoint,
-        args.ready_timeout,
         sink=sys.stdout.buffer,
         log=_log,
         dtype_choice=choice,
@@ -145,58 +157,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "the endpoint JSON (state starting, then ready), and stop the server on SIGTERM/SIGINT. "
         "Use as `exec llmbuild serve run ...` so the signal reaches this process.",
     )
-    run.add_argument("--model", required=True, help="Hugging Face model directory")
+    add_config_flags(run)
     run.add_argument("--endpoint", required=True, help="endpoint JSON file to write")
-    run.add_argument("--ready-timeout", type=float, default=600.0, help="seconds (600)")
-    run.add_argument("--device", choices=DEVICES, default="cpu")
-    run.add_argument("--served-model-name", default=None, help="default: the --model path")
-    run.add_argument("--max-num-seqs", type=int)
-    run.add_argument("--max-model-len", type=int)
-    run.add_argument("--max-num-batched-tokens", type=int)
-    run.add_argument("--tensor-parallel-size", type=int, default=1)
-    run.add_argument("--block-size", type=int)
-    run.add_argument("--gpu-memory-utilization", type=float)
-    run.add_argument(
-        "--kv-cache-space-gib",
-        type=float,
-        help="KV cache size in GiB (CPU default 1; passed as --kv-cache-memory-bytes)",
-    )
-    run.add_argument("--kv-cache-dtype")
-    run.add_argument("--quantization", help="e.g. compressed-tensors (default: from config)")
-    run.add_argument("--chat-template", help="chat template file (default: the tokenizer's)")
-    run.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="auto",
-        help="auto (default): the dtype the variant's kernels accept on this CPU/device, "
-        "the model's own where possible; vLLM always gets it explicitly",
-    )
-    run.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=False)
-    run.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None)
-    run.add_argument(
-        "--enforce-eager",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="skip torch.compile (on a small CPU box: ~1 min faster start)",
-    )
-    run.add_argument("--seed", type=int)
-    run.add_argument(
-        "--lora-module", action="append", default=[], metavar="NAME=PATH", help="repeatable"
-    )
-    run.add_argument("--max-lora-rank", type=int)
-    run.add_argument("--max-loras", type=int)
-    run.add_argument("--speculative-config", metavar="JSON")
-    run.add_argument(
-        "--cpu-omp-threads-bind",
-        help="VLLM_CPU_OMP_THREADS_BIND for device cpu (auto, nobind, or core ids like 0-3)",
-    )
-    run.add_argument(
-        "--vllm-arg",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="extra server argument, repeatable; write it as --vllm-arg=--flag",
-    )
     run.set_defaults(func=_run)
 
     wait = verbs.add_parser(
