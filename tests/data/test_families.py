@@ -22,6 +22,7 @@ pytest.importorskip("transformers")
 from megatron.core.datasets.indexed_dataset import IndexedDataset  # noqa: E402
 
 from llmbuild.cli import main  # noqa: E402
+from llmbuild.data import handlers  # noqa: E402
 from llmbuild.data import tokenize as tk  # noqa: E402
 from llmbuild.errors import UserError  # noqa: E402
 
@@ -400,8 +401,8 @@ def test_double_bos_from_a_template_is_collapsed(tokdirs, tmp_path):
     cfg["chat_template"] = "{{ bos_token }}" + cfg["chat_template"]
     (d / "tokenizer_config.json").write_text(json.dumps(cfg))
     tok = tk.load_tokenizer(d)
-    tk._Encoder.init(str(d), 128001, tok)
-    ids, labels = tk._Encoder.conversation(CONVERSATIONS["single"])
+    handlers.Encoder.init(str(d), 128001, tok)
+    ids, labels = handlers.Encoder.conversation(CONVERSATIONS["single"])
     assert ids[:2] == [128000, 128006] and len(ids) == len(labels)
 
 

@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
     llmbuild(
         "model",
         "tiny",
-        "--corpus",
+        "--input",
         str(d / "corpus.jsonl"),
         "--output",
         str(d / "hf"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from llmbuild import provenance
 from llmbuild.atomic import atomic_dir, atomic_file
 from llmbuild.errors import UserError
+from llmbuild.schema import default
 
 
 def _synth_corpus(args: argparse.Namespace) -> int:
@@ -48,6 +49,7 @@ def _synth_task(args: argparse.Namespace) -> int:
 def _tokenize(args: argparse.Namespace) -> int:
     from llmbuild.data import formats
     from llmbuild.data import tokenize as tk
+    from llmbuild.data.specials import load_tokenizer, resolve_special_tokens
     from llmbuild.progress import RateLog
 
     started = time.time()
@@ -59,8 +61,8 @@ def _tokenize(args: argparse.Namespace) -> int:
             path=args.tokenizer,
             field="tokenizer",
         )
-    tok = tk.load_tokenizer(args.tokenizer)
-    specials = tk.resolve_special_tokens(args.tokenizer, args.eod_token, tok=tok)
+    tok = load_tokenizer(args.tokenizer)
+    specials = resolve_special_tokens(args.tokenizer, args.eod_token, tok=tok)
     log = RateLog(f"tokenize {args.kind}", unit="docs")
     with atomic_dir(args.output) as tmp:
         progress = lambda docs, toks: log.update(docs, f"{toks} tokens")  # noqa: E731
@@ -105,19 +107,16 @@ def _tokenize(args: argparse.Namespace) -> int:
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("synth-corpus", help="a synthetic pretraining corpus (JSONL)")
     p.add_argument("--output", required=True)
-    p.add_argument("--num-docs", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-docs", type=int, default=default("data.pretrain.num_docs"))
+    p.add_argument("--seed", type=int, default=default("data.pretrain.seed"))
     p.set_defaults(func=_synth_corpus)
 
     p = verbs.add_parser("synth-task", help="an exact-answer instruction task, train + held-out")
     p.add_argument("--output", required=True, help="JSONL file (Alpaca records)")
     p.add_argument("--split", choices=["train", "heldout"], required=True)
-    p.add_argument("--task", default="uppercase")
-    p.add_argument("--num-train", type=int, default=4000)
-    p.add_argument("--num-heldout", type=int, default=200)
-    p.add_argument("--min-len", type=int, default=3)
-    p.add_argument("--max-len", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    for key in ("task", "num_train", "num_heldout", "min_len", "max_len", "seed"):
+        value = default(f"data.sft.{key}")
+        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
     p.set_defaults(func=_synth_task)
 
     p = verbs.add_parser("tokenize", help="text or instructions -> Megatron indexed dataset")
@@ -125,14 +124,28 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True)
     p.add_argument("--tokenizer", required=True, help="HF model/tokenizer directory")
     p.add_argument("--output", required=True, help="shard directory")
-    p.add_argument("--format", default="alpaca", help="sft: alpaca, sharegpt or openai")
-    p.add_argument("--text-key", default="text", help="pretrain: the text field/column")
-    p.add_argument("--seq-length", type=int, required=True)
-    p.add_argument("--overlong", default="drop", help="sft: drop, truncate or error")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--format", default=default("data.sft.format"), help="sft: alpaca, sharegpt or openai"
+    )
+    p.add_argument(
+        "--text-key",
+        default=default("data.pretrain.text_key"),
+        help="pretrain: the text field/column",
+    )
+    p.add_argument(
+        "--seq-length",
+        type=int,
+        required=True,
+        help="length the samples are checked against (data.seq_length, else the training "
+        "phase's seq_length: no one default)",
+    )
+    p.add_argument(
+        "--overlong", default=default("data.overlong"), help="sft: drop, truncate or error"
+    )
+    p.add_argument("--workers", type=int, default=default("data.workers"))
     p.add_argument(
         "--eod-token",
-        default=None,
+        default=default("data.eod_token"),
         help="the end-of-document token (one token of the vocabulary); "
         "default: the tokenizer's eos_token",
     )
