@@ -134,7 +134,7 @@ def _corrupt_distcp(mcore: Path, fqn: str, index: tuple[int, ...], value: float)
     find the element's row by its bytes, then write the new value in place)."""
     import numpy as np
 
-    from llmbuild.convert.torch_dist import TorchDistReader
+    from llmbuild.convert.formats.torch_dist_reader import TorchDistReader
 
     it_dir = mcore / "iter_0000000"
     r = TorchDistReader(it_dir)
@@ -335,7 +335,7 @@ def test_bad_inputs_are_one_line(models, tmp_path):
 
 
 def test_checkpoint_that_does_not_load_is_one_line(models, tmp_path):
-    from llmbuild.convert.torch_dist import TorchDistReader
+    from llmbuild.convert.formats.torch_dist_reader import TorchDistReader
 
     mcore = tmp_path / "mcore"
     shutil.copytree(models / "llama" / "mcore", mcore)

@@ -7,14 +7,105 @@ a failure writes nothing, prints the verdict JSON to stderr and exits 2 with the
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 from llmbuild.gates import verdict as V
+from llmbuild.schema import default
 
 
 def _args(args: argparse.Namespace) -> dict[str, object]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+
+
+def _parity(args: argparse.Namespace) -> int:
+    from llmbuild.gates.parity import gate
+    from llmbuild.mcore.device import quiet_warnings
+
+    started = time.time()
+    quiet_warnings()
+    v = gate(
+        args.hf,
+        args.mcore,
+        args.direction,
+        mode=args.mode,
+        tolerance=args.tolerance,
+        compute_dtype=args.compute_dtype,
+        num_sequences=args.num_sequences,
+        seq_length=args.seq_length,
+        seed=args.seed,
+        threads=args.threads,
+        subject=args.subject,
+        say=lambda line: print(f"parity: {line}", flush=True),
+    )
+    V.finish(
+        v,
+        args.output,
+        command="llmbuild gates parity",
+        args=_args(args),
+        inputs=[args.hf, args.mcore],
+        started=started,
+    )
+    return 0
+
+
+def _tolerance(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or auto: {text!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return v
+
+
+def _register_parity(verbs: argparse._SubParsersAction) -> None:
+    from llmbuild.gates.parity import COMPUTE, DIRECTIONS, MODES
+
+    p = verbs.add_parser(
+        "parity",
+        help="megatron-core's logits on a checkpoint equal the HF model's (within tolerance)",
+        description="See llmbuild/gates/parity.py for the tolerances and the memory rule.",
+    )
+    p.add_argument("--hf", required=True, help="Hugging Face model directory (safetensors)")
+    p.add_argument("--mcore", required=True, help="megatron-core torch_dist checkpoint directory")
+    p.add_argument(
+        "--direction",
+        required=True,
+        choices=DIRECTIONS,
+        help="hf2mg: --hf is the source, --mcore its conversion; mg2hf: --mcore is the "
+        "source, --hf its reconversion",
+    )
+    p.add_argument("--output", required=True, help="verdict JSON")
+    p.add_argument(
+        "--mode",
+        default=default("gates.parity"),
+        choices=MODES,
+        help="auto: run when the model fits in memory twice, else skip; on; off (gates.parity)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=default("gates.parity_tolerance"),
+        help="max |logit diff| allowed, or auto (null in gates.parity_tolerance): by compute "
+        "dtype, float32 1e-5, bfloat16 2^-3, float16 2^-6, each x max(1, max |logit|)",
+    )
+    p.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=COMPUTE,
+        help="float32 (default): both models run in fp32 on the same weights; native: in the "
+        "weights' dtype (half the memory, a coarser check)",
+    )
+    p.add_argument("--num-sequences", type=int, default=4)
+    p.add_argument("--seq-length", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--subject", default=None, help="name in the verdict (default: from --mcore)")
+    p.set_defaults(func=_parity)
 
 
 def _quant(args: argparse.Namespace) -> int:
@@ -58,9 +149,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    from llmbuild.gates import parity
-
-    parity.register(verbs)
+    _register_parity(verbs)
 
     q = verbs.add_parser(
         "quantize", help="a quantized variant's accuracy within max-drop of its source model's"

@@ -46,47 +46,27 @@ is copied into: twice the parameters at the peak; where there is no MemAvailable
 
 from __future__ import annotations
 
-import argparse
-import gc
 import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbuild.errors import UserError
+from llmbuild.gates.parity_inputs import check_inputs, subject_of
+from llmbuild.gates.parity_models import hf_logits, megatron_logits, token_ids
+from llmbuild.schema import node
 
 if TYPE_CHECKING:
     from llmbuild.mcore.model import ModelArgs, ModelDescription
 
 DIRECTIONS = ("hf2mg", "mg2hf")
-MODES = ("auto", "on", "off")
+MODES = tuple(node("gates.parity")["enum"])  # auto, on, off
 COMPUTE = ("float32", "native")
 METRIC = "max |logit diff|"
 # --tolerance auto: max |logit diff| <= factor x max(1, max |source logit|), by compute dtype
 TOLERANCE_FACTORS = {"float32": 1e-5, "bfloat16": 2.0**-3, "float16": 2.0**-6}
 ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
-SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 RUNTIME_BYTES = 1 << 30  # torch + megatron-core + transformers, imported
-# Directory names that say nothing about the model; the subject then uses the parent's name.
-GENERIC_NAMES = ("mcore", "megatron", "mg", "hf", "checkpoint", "model")
-# Architecture fields the HF config and the checkpoint's description must agree on.
-COMPARED = (
-    "architecture",
-    "num_layers",
-    "hidden_size",
-    "ffn_hidden_size",
-    "num_attention_heads",
-    "num_query_groups",
-    "kv_channels",
-    "vocab_size",
-    "add_qkv_bias",
-    "tie_word_embeddings",
-)
-
-
-# --------------------------------------------------------------------------- pure parts
 
 
 def tolerance_for(compute: str, scale: float) -> float:
@@ -138,205 +118,8 @@ def available_bytes(meminfo: str | Path = "/proc/meminfo") -> int | None:
     return None
 
 
-def subject_of(mcore: str | Path, direction: str) -> str:
-    """ "<model dir name> <direction>"; a generic name (results/<model>/base/mcore) gives way
-    to its parent's ("base hf2mg")."""
-    p = Path(os.path.abspath(mcore))
-    name = p.parent.name if p.name in GENERIC_NAMES and p.parent.name else p.name
-    return f"{name} {direction}"
-
-
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The exception behind torch.distributed.checkpoint's CheckpointException, whose message
-    is every rank's traceback (``failures``: rank -> (exception, stack))."""
-    for _ in range(8):
-        failures = getattr(exc, "failures", None)
-        if not isinstance(failures, dict) or not failures:
-            break
-        first = next(iter(failures.values()))
-        inner = first[0] if isinstance(first, tuple) and first else first
-        if not isinstance(inner, BaseException):
-            break
-        exc = inner
-    return exc
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    exc = _root_cause(exc)
-    text = " ".join(str(exc).split()) or "(no message)"
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}"
-
-
-@dataclass
-class Inputs:
-    """Both sides, checked before anything heavy is imported."""
-
-    desc: ModelDescription
-    iteration: int
-    hf_architecture: str
-    hf_dtype: str  # of the safetensors (the most common among the tensors)
-
-
-def check_inputs(hf: str | Path, mcore: str | Path) -> Inputs:
-    """The checkpoint's description and tracker, the HF config and every safetensors header
-    (tensor names and shapes against the config); the two must describe the same model (one
-    UserError naming the field that differs)."""
-    from collections import Counter
-
-    from llmbuild.convert import checkpointer as C
-    from llmbuild.convert.torch_dist import TorchDistReader
-    from llmbuild.mcore import checkpoint as ckpt
-    from llmbuild.mcore import model as M
-
-    for flag, d in (("--hf", hf), ("--mcore", mcore)):
-        if not Path(d).is_dir():
-            raise UserError("not a directory", path=d, field=flag)
-    desc = M.load_description(mcore)
-    iteration, iter_dir = ckpt.latest_dir(mcore)
-    TorchDistReader(iter_dir).close()  # .metadata readable, every file there and whole
-    src = C.open_hf(
-        hf, tp=1, pp=1, make_vocab_size_divisible_by=desc.args.make_vocab_size_divisible_by
-    )
-    dtypes = Counter(i.dtype for i in src.weights.infos.values())
-    src.weights.close()
-    for name in COMPARED:
-        mine, theirs = getattr(src.args, name), getattr(desc.args, name)
-        if mine != theirs:
-            raise UserError(
-                f"{mine!r} here but {theirs!r} in {Path(mcore) / M.DESCRIPTION_FILE}: --hf and "
-                "--mcore are not the same model",
-                path=Path(hf) / "config.json",
-                field=name,
-            )
-    stored = dtypes.most_common(1)[0][0] if dtypes else "F32"
-    if stored not in SAFETENSORS_DTYPES:
-        raise UserError(
-            f"weights stored as {stored}; parity compares float32, bfloat16 or float16 models",
-            path=hf,
-        )
-    return Inputs(desc, iteration, src.spec.name, SAFETENSORS_DTYPES[stored])
-
-
-# --------------------------------------------------------------------------- the two models
-
-
-def _token_ids(vocab_size: int, num_sequences: int, seq_length: int, seed: int):
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab_size, (num_sequences, seq_length), generator=gen)
-
-
-def megatron_logits(
-    mcore: str | Path,
-    desc: ModelDescription,
-    ids: Any,
-    seed: int,
-    *,
-    compute: str = "float32",
-    weights: str | None = None,
-) -> Any:
-    """fp32 logits [n, s, vocab] of megatron-core's GPTModel on the checkpoint (TP=PP=1), the
-    model in ``compute`` dtype; ``weights``: round the loaded weights to this dtype first (the
-    HF side holds them in it)."""
-    import torch
-
-    from llmbuild.mcore import checkpoint as ckpt
-    from llmbuild.mcore import device as dev
-    from llmbuild.mcore import model as M
-
-    dev.init_backend("cpu", tp=1, pp=1, seed=seed)
-    model = None
-    try:
-        try:
-            _, model = M.build_for_this_rank(desc, tp=1, pp=1, device="cpu", dtype=compute)
-            ckpt.load(mcore, model)  # cast to ``compute`` as it loads
-        except UserError:
-            raise
-        except MemoryError as exc:
-            raise UserError(
-                "out of memory loading the checkpoint; use --mode auto or off", path=mcore
-            ) from exc
-        except BaseException as exc:  # DCP's CheckpointException is a BaseException
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            raise UserError(
-                f"the checkpoint does not load into megatron-core ({_one_line(exc)})",
-                path=mcore,
-            ) from exc
-        model.eval()
-        if weights is not None and weights not in (desc.dtype, compute):
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.copy_(p.to(getattr(torch, weights)))
-        seq = ids.shape[1]
-        pos = torch.arange(seq).unsqueeze(0).expand(ids.shape[0], -1)
-        try:
-            with torch.no_grad():
-                out = model(ids, pos, M.causal_attention_mask(seq))
-        except Exception as exc:
-            raise UserError(
-                f"megatron-core's forward pass failed on the checkpoint ({_one_line(exc)})",
-                path=mcore,
-            ) from exc
-        return out[..., : desc.args.vocab_size].float().contiguous()
-    finally:
-        del model
-        dev.shutdown()
-        gc.collect()
-
-
-def hf_logits(
-    hf: str | Path, ids: Any, *, weights: str, compute: str = "float32", stored: str | None = None
-) -> Any:
-    """fp32 logits [n, s, vocab] of the transformers model (safetensors, no remote code), its
-    weights rounded to ``weights`` dtype and run in ``compute``; ``stored``: the dtype of the
-    safetensors (when it is ``weights``, they load straight into ``compute``: no rounding)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    load = compute if stored == weights else weights
-    model = None
-    try:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(hf),
-                dtype=getattr(torch, load),
-                use_safetensors=True,
-                trust_remote_code=False,
-                local_files_only=True,
-            )
-        except MemoryError as exc:
-            raise UserError(
-                "out of memory loading the model; use --mode auto or off", path=hf
-            ) from exc
-        except Exception as exc:
-            raise UserError(
-                f"transformers cannot load the model ({_one_line(exc)})", path=hf
-            ) from exc
-        model.eval()
-        if compute != load:
-            model.to(getattr(torch, compute))
-        try:
-            with torch.no_grad():
-                out = model(input_ids=ids, use_cache=False).logits
-        except Exception as exc:
-            raise UserError(
-                f"the transformers forward pass failed ({_one_line(exc)})", path=hf
-            ) from exc
-        return out.float().contiguous()
-    finally:
-        del model
-        gc.collect()
-
-
-# --------------------------------------------------------------------------- the gate
 
 
 def weights_dtype(checkpoint: str, hf: str) -> str:
@@ -415,7 +198,7 @@ def gate(
 
     if threads:
         torch.set_num_threads(threads)
-    ids = _token_ids(desc.args.vocab_size, num_sequences, seq_length, seed)
+    ids = token_ids(desc.args.vocab_size, num_sequences, seq_length, seed)
     times: dict[str, float] = {}
 
     def run_mcore():
@@ -491,92 +274,3 @@ def gate(
         "available_bytes": avail,
     }
     return Verdict("parity", subject, judge(ok), METRIC, diff, tol, detail, figures)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _tolerance(text: str) -> float | None:
-    if text == "auto":
-        return None
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or auto: {text!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return v
-
-
-def _run(args: argparse.Namespace) -> int:
-    from llmbuild.gates import verdict as V
-    from llmbuild.mcore.device import quiet_warnings
-
-    started = time.time()
-    quiet_warnings()
-    v = gate(
-        args.hf,
-        args.mcore,
-        args.direction,
-        mode=args.mode,
-        tolerance=args.tolerance,
-        compute_dtype=args.compute_dtype,
-        num_sequences=args.num_sequences,
-        seq_length=args.seq_length,
-        seed=args.seed,
-        threads=args.threads,
-        subject=args.subject,
-        say=lambda line: print(f"parity: {line}", flush=True),
-    )
-    V.finish(
-        v,
-        args.output,
-        command="llmbuild gates parity",
-        args={k: x for k, x in vars(args).items() if k != "func"},
-        inputs=[args.hf, args.mcore],
-        started=started,
-    )
-    return 0
-
-
-def register(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser(
-        "parity",
-        help="megatron-core's logits on a checkpoint equal the HF model's (within tolerance)",
-    )
-    p.add_argument("--hf", required=True, help="Hugging Face model directory (safetensors)")
-    p.add_argument("--mcore", required=True, help="megatron-core torch_dist checkpoint directory")
-    p.add_argument(
-        "--direction",
-        required=True,
-        choices=DIRECTIONS,
-        help="hf2mg: --hf is the source, --mcore its conversion; mg2hf: --mcore is the "
-        "source, --hf its reconversion",
-    )
-    p.add_argument("--output", required=True, help="verdict JSON")
-    p.add_argument(
-        "--mode",
-        default="auto",
-        choices=MODES,
-        help="auto: run when the model fits in memory twice, else skip (default); on; off",
-    )
-    p.add_argument(
-        "--tolerance",
-        type=_tolerance,
-        default=None,
-        help="max |logit diff| allowed, or auto (default): by compute dtype, float32 1e-5, "
-        "bfloat16 2^-3, float16 2^-6, each x max(1, max |logit|)",
-    )
-    p.add_argument(
-        "--compute-dtype",
-        default="float32",
-        choices=COMPUTE,
-        help="float32 (default): both models run in fp32 on the same weights; native: in the "
-        "weights' dtype (half the memory, a coarser check)",
-    )
-    p.add_argument("--num-sequences", type=int, default=4)
-    p.add_argument("--seq-length", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--subject", default=None, help="name in the verdict (default: from --mcore)")
-    p.set_defaults(func=_run)
