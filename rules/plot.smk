@@ -68,5 +68,5 @@ rule gate_summary:
     params:
         llmbuild=W.llmbuild("plot"),
     shell:
-        "{params.llmbuild} gates summary --verdict {input.verdicts} --output {output.summary}"
+        "{params.llmbuild} gates summary --input {input.verdicts} --output {output.summary}"
         " --html {output.html} > {log} 2>&1"

@@ -46,6 +46,6 @@ rule gate_quant:
         llmbuild=W.llmbuild("bench"),
         max_drop=lookup("gates/quant_max_drop", within=config),
     shell:
-        "{params.llmbuild} gates quantize --quantized {input.quantized}"
+        "{params.llmbuild} gates quantize --input {input.quantized}"
         " --reference {input.reference} --max-drop {params.max_drop}"
         " --subject {wildcards.phase}-{wildcards.scheme} --output {output} > {log} 2>&1"

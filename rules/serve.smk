@@ -25,5 +25,5 @@ rule serve:
         llmbuild=W.llmbuild(W.serve_stack()),
         flags=W.serve_flags(),
     shell:
-        "exec {params.llmbuild} serve run --model {input.model} --endpoint {output}"
+        "exec {params.llmbuild} serve run --input {input.model} --endpoint {output}"
         " --served-model-name {wildcards.variant} {params.flags} > {log} 2>&1"

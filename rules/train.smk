@@ -29,8 +29,8 @@ rule train:
         tp=lookup("train/tp", within=config),
         pp=lookup("train/pp", within=config),
     shell:
-        "{params.llmbuild} train run --mode {wildcards.phase} --load {input.load}"
-        f" --data {{input.data}} --save {{output.ckpt}} {W.train_log_flag()} {{output.log}}"
+        "{params.llmbuild} train run --mode {wildcards.phase} --input {input.load}"
+        f" --data {{input.data}} --output {{output.ckpt}} --train-log {{output.log}}"
         " {params.flags}"
         f" --device {{params.device}} --tp {{params.tp}} --pp {{params.pp}}{W.pp_layers_flag()}"
         f" --threads {W.train_rank_threads()} > {{log}} 2>&1"
@@ -54,5 +54,5 @@ rule gate_train:
         llmbuild=W.llmbuild("train"),
         iters=W.phase_iters,
     shell:
-        "{params.llmbuild} gates train --log {input.log} --iters {params.iters}"
+        "{params.llmbuild} gates train --input {input.log} --iters {params.iters}"
         " --subject {wildcards.phase} --output {output} > {log} 2>&1"

@@ -103,7 +103,7 @@ def test_summary_table_lists_every_verdict(tmp_path):
 def test_gate_cli_exits_2_with_one_line_and_no_output(tmp_path):
     q = _acc(tmp_path / "q.json", 0.5)
     r = _acc(tmp_path / "r.json", 1.0)
-    cmd = [sys.executable, "-m", "llmbuild", "gates", "quantize", "--quantized", str(q)]
+    cmd = [sys.executable, "-m", "llmbuild", "gates", "quantize", "--input", str(q)]
     cmd += ["--reference", str(r), "--output", str(tmp_path / "v.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2

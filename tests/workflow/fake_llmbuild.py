@@ -15,7 +15,7 @@ FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".png", ".txt", ".html"}
 
 def make(flag: str, value: str) -> None:
     p = Path(value)
-    if flag in ("--save",) or (flag == "--output" and p.suffix not in FILE_SUFFIXES):
+    if flag == "--output" and p.suffix not in FILE_SUFFIXES:
         p.mkdir(parents=True, exist_ok=True)
         (p / "content.txt").write_text(" ".join(sys.argv[1:]))
         return
@@ -31,7 +31,6 @@ def main() -> None:
     for i, a in enumerate(args[:-1]):
         if a in (
             "--output",
-            "--save",
             "--train-log",
             "--records",
             "--endpoint",
@@ -39,8 +38,6 @@ def main() -> None:
             "--verdict",
             "--html",
         ):
-            make(a, args[i + 1])
-        if a == "--log" and args[:2] == ["train", "run"]:  # elsewhere --log names inputs
             make(a, args[i + 1])
     if args[:2] == ["serve", "run"]:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -240,9 +240,9 @@ HF2MG_1 = (
     " --output results/tiny-llama/base/mcore --tp 1 --pp 1 > logs/tiny-llama/hf2mg.log 2>&1"
 )
 TRAIN_SFT_1 = (
-    ".envs/train/bin/llmbuild train run --mode sft --load results/tiny-llama/pretrain/mcore"
-    " --data results/tiny-llama/shards/sft --save results/tiny-llama/sft/mcore"
-    " --log results/tiny-llama/sft/train_log.jsonl --train-iters 400 --lr 0.001"
+    ".envs/train/bin/llmbuild train run --mode sft --input results/tiny-llama/pretrain/mcore"
+    " --data results/tiny-llama/shards/sft --output results/tiny-llama/sft/mcore"
+    " --train-log results/tiny-llama/sft/train_log.jsonl --train-iters 400 --lr 0.001"
     " --min-lr 0.0001 --warmup-iters 20 --micro-batch-size 32 --global-batch-size 32"
     " --seq-length 64 --weight-decay 0.01 --seed 1234 --device cpu --tp 1 --pp 1"
     " --threads 2 > logs/tiny-llama/sft/train.log 2>&1"
@@ -284,7 +284,7 @@ def test_uneven_pipeline_split_reconverts_and_trains_under_torchrun(built):
     assert " --tp 1 --pp 2 --pp-layers 1,3 > " in hf2mg
     assert len(cmds["train"]) == 2
     for cmd in cmds["train"]:
-        # one process per rank; torchrun would take --log for its --log-dir; 2 threads / 2 ranks
+        # one process per rank (the log flag is --train-log: torchrun takes --log itself)
         assert cmd.startswith(
             ".envs/train/bin/torchrun --standalone --nproc_per_node 2 -m llmbuild train run "
         )

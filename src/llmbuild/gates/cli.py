@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from llmbuild.gates import verdict as V
-from llmbuild.schema import default
+from llmbuild.schema import default, describe
 
 
 def _args(args: argparse.Namespace) -> dict[str, object]:
@@ -112,13 +112,13 @@ def _quant(args: argparse.Namespace) -> int:
     from llmbuild.gates.checks import quant_accuracy
 
     started = time.time()
-    v = quant_accuracy(args.quantized, args.reference, args.max_drop, subject=args.subject)
+    v = quant_accuracy(args.input, args.reference, args.max_drop, subject=args.subject)
     V.finish(
         v,
         args.output,
         command="llmbuild gates quantize",
         args=_args(args),
-        inputs=[args.quantized, args.reference],
+        inputs=[args.input, args.reference],
         started=started,
     )
     return 0
@@ -128,13 +128,13 @@ def _train(args: argparse.Namespace) -> int:
     from llmbuild.gates.checks import train_loss
 
     started = time.time()
-    v = train_loss(args.log, args.iters, subject=args.subject)
+    v = train_loss(args.input, args.iters, subject=args.subject)
     V.finish(
         v,
         args.output,
         command="llmbuild gates train",
         args=_args(args),
-        inputs=[args.log],
+        inputs=[args.input],
         started=started,
     )
     return 0
@@ -144,7 +144,7 @@ def _summary(args: argparse.Namespace) -> int:
     from llmbuild.gates.report import write_summary
 
     started = time.time()
-    write_summary(args.verdict, args.output, args.html, started=started, args=_args(args))
+    write_summary(args.input, args.output, args.html, started=started, args=_args(args))
     return 0
 
 
@@ -154,22 +154,27 @@ def register(verbs: argparse._SubParsersAction) -> None:
     q = verbs.add_parser(
         "quantize", help="a quantized variant's accuracy within max-drop of its source model's"
     )
-    q.add_argument("--quantized", required=True, help="accuracy.json of the quantized variant")
+    q.add_argument("--input", required=True, help="accuracy.json of the quantized variant")
     q.add_argument("--reference", required=True, help="accuracy.json of the model it came from")
-    q.add_argument("--max-drop", type=float, default=0.05, help="allowed accuracy drop (0.05)")
+    q.add_argument(
+        "--max-drop",
+        type=float,
+        default=default("gates.quant_max_drop"),
+        help=describe("gates.quant_max_drop") + " (%(default)s)",
+    )
     q.add_argument("--subject", default=None, help="name in the verdict (default: the variant)")
     q.add_argument("--output", required=True, help="verdict JSON")
     q.set_defaults(func=_quant)
 
     t = verbs.add_parser("train", help="every training step logged once with a finite loss")
-    t.add_argument("--log", required=True, help="train_log.jsonl")
+    t.add_argument("--input", required=True, help="train_log.jsonl")
     t.add_argument("--iters", type=int, default=None, help="the step the log must end at")
     t.add_argument("--subject", default=None)
     t.add_argument("--output", required=True, help="verdict JSON")
     t.set_defaults(func=_train)
 
     s = verbs.add_parser("summary", help="every gate's verdict in one JSON and one HTML table")
-    s.add_argument("--verdict", nargs="+", required=True, help="verdict JSON files")
+    s.add_argument("--input", nargs="+", required=True, help="verdict JSON files")
     s.add_argument("--output", required=True, help="summary JSON")
     s.add_argument("--html", required=True, help="HTML table (for the report)")
     s.set_defaults(func=_summary)

@@ -32,11 +32,6 @@ class TrainWiring(Base):
             exe = ".envs/train/bin/torchrun"
         return f"{exe} --standalone --nproc_per_node {self.train_ranks} -m llmbuild"
 
-    def train_log_flag(self) -> str:
-        """torchrun's own parser takes `--log` for its --log-dir, so under it the flag is
-        spelled `--train-log`."""
-        return "--log" if self.train_ranks == 1 else "--train-log"
-
     def train_rank_threads(self) -> str:
         """`--threads` of each rank: the job's threads shared out, at least 1 per rank."""
         if self.train_ranks == 1:
