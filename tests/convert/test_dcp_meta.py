@@ -205,6 +205,7 @@ def test_mg2hf_streams_column_parallel_tensors_as_row_blocks(tmp_path):
     from pathlib import Path
 
     from llmbuild.convert import checkpointer as C
+    from llmbuild.convert import mg2hf
     from llmbuild.convert.formats import safetensors_io as S
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -224,7 +225,7 @@ def test_mg2hf_streams_column_parallel_tensors_as_row_blocks(tmp_path):
         (args.hidden_size, args.hidden_size),
         "float32",
     ) is None  # fmt: skip
-    kinds = [type(t).__name__ for t in C.iter_hf_tensors(src, "float32")]
+    kinds = [type(t).__name__ for t in mg2hf.iter_hf_tensors(src, "float32")]
     assert kinds.count("Rows") >= 2 * args.num_layers + 1  # gate, up per layer; embedding
     _, back = C.megatron_to_hf_tensors(tmp_path / "mg")
     with S.LazyHFWeights(tmp_path / "hf") as orig:

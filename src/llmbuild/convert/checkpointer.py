@@ -14,8 +14,6 @@ from __future__ import annotations
 from llmbuild.convert.hf2mg import ConvertStats, HFSource, hf_to_megatron, open_hf
 from llmbuild.convert.mg2hf import (
     MegatronSource,
-    hf_specs,
-    iter_hf_tensors,
     megatron_to_hf,
     megatron_to_hf_tensors,
     open_megatron,
@@ -26,9 +24,7 @@ __all__ = [
     "ConvertStats",
     "HFSource",
     "MegatronSource",
-    "hf_specs",
     "hf_to_megatron",
-    "iter_hf_tensors",
     "megatron_to_hf",
     "megatron_to_hf_tensors",
     "open_hf",
