@@ -19,7 +19,7 @@ rule hf2mg:
         tp=lookup("train/tp", within=config),
         pp=lookup("train/pp", within=config),
     shell:
-        "{params.llmbuild} convert hf2mg --hf {input.hf} --output {output}"
+        "{params.llmbuild} convert hf2mg --input {input.hf} --output {output}"
         f" --tp {{params.tp}} --pp {{params.pp}}{W.pp_layers_flag()} > {{log}} 2>&1"
 
 
@@ -42,7 +42,7 @@ rule mg2hf:
     params:
         llmbuild=W.llmbuild("train"),
     shell:
-        "{params.llmbuild} convert mg2hf --load {input.load} --hf-source {input.source}"
+        "{params.llmbuild} convert mg2hf --input {input.load} --hf-source {input.source}"
         " --output {output} > {log} 2>&1"
 
 

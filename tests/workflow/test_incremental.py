@@ -236,7 +236,7 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
 # The single-process commands, exactly: tp = pp = 1 must keep them (and their code rerun
 # trigger), so graphs built before parallel training existed do not rerun.
 HF2MG_1 = (
-    ".envs/train/bin/llmbuild convert hf2mg --hf results/tiny-llama/base/hf"
+    ".envs/train/bin/llmbuild convert hf2mg --input results/tiny-llama/base/hf"
     " --output results/tiny-llama/base/mcore --tp 1 --pp 1 > logs/tiny-llama/hf2mg.log 2>&1"
 )
 TRAIN_SFT_1 = (

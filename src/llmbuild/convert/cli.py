@@ -24,7 +24,7 @@ from llmbuild.schema import default
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("hf2mg", help="HF safetensors -> megatron-core torch_dist checkpoint")
-    _input(p, "--hf", "HF", "Hugging Face model directory")
+    _input(p, "HF", "Hugging Face model directory")
     p.add_argument(
         "--output", metavar="MCORE", required=True, help="megatron checkpoint directory to write"
     )
@@ -54,7 +54,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_hf2mg)
 
     p = verbs.add_parser("mg2hf", help="megatron-core checkpoint -> complete HF directory")
-    _input(p, "--load", "MCORE", "megatron checkpoint directory")
+    _input(p, "MCORE", "megatron checkpoint directory")
     p.add_argument(
         "--hf-source",
         required=True,
@@ -82,7 +82,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "lora2hf",
         help="Megatron LoRA adapter -> HF PEFT adapter directory (or, with --merge, a full model)",
     )
-    _input(p, "--lora", "LORA", "Megatron LoRA adapter directory (see convert/lora.py)")
+    _input(p, "LORA", "Megatron LoRA adapter directory (see convert/lora.py)")
     p.add_argument("--base", required=True, help="HF directory of the base model it adapts")
     p.add_argument("--output", required=True, help="directory to write")
     p.add_argument(
@@ -107,15 +107,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lora2hf)
 
 
-def _input(p: argparse.ArgumentParser, old: str, metavar: str, what: str) -> None:
-    p.add_argument(
-        "--input",
-        old,
-        dest="input",
-        metavar=metavar,
-        required=True,
-        help=f"{what} ({old}: old name)",
-    )
+def _input(p: argparse.ArgumentParser, metavar: str, what: str) -> None:
+    p.add_argument("--input", metavar=metavar, required=True, help=what)
 
 
 def _max_shard_size(p: argparse.ArgumentParser) -> None:
