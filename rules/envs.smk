@@ -21,7 +21,7 @@ rule env:
         python=config["envs"]["python"],
         src=SRC_DIR,
     shell:
-        "PYTHONPATH={params.src} {params.python} -m llmbuild env create --spec {input.spec}"
+        "PYTHONPATH={params.src} {params.python} -m llmbuild envs create --spec {input.spec}"
         " --prefix .envs/{wildcards.stack}"
         " --marker {output.marker} --python {params.python} > {log} 2>&1"
 

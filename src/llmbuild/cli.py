@@ -24,7 +24,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "bench": ("llmbuild.bench.cli", "benchmark a service"),
     "plot": ("llmbuild.plot.cli", "plots and report pieces"),
     "gates": ("llmbuild.gates.cli", "prove a stage's output (parity, accuracy, loss) or stop"),
-    "env": ("llmbuild.envs.cli", "per-stage environments"),
+    "envs": ("llmbuild.envs.cli", "per-stage environments"),
     "catalog": ("llmbuild.catalog_cli", "the model catalog: recommendations and support"),
 }
 

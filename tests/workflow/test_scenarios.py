@@ -88,7 +88,7 @@ def test_scenario_plans(workdir, scenario, quick):
         assert "--scheme w4a16" in joined and "--served-model-name sft-w4a16" in joined
         assert "w8a8" not in joined
     if scenario == "external-envs.yaml":
-        assert ".envs/" not in joined and "env create" not in joined
+        assert ".envs/" not in joined and "envs create" not in joined
         assert all(c.split()[0] in ("llmbuild", "exec", "torchrun") for c in cmds if c != "None")
 
 

@@ -1,4 +1,4 @@
-"""`llmbuild env create`: a stack's venv from its pinned spec, marked ready for the graph."""
+"""`llmbuild envs create`: a stack's venv from its pinned spec, marked ready for the graph."""
 
 from __future__ import annotations
 
