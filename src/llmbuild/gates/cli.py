@@ -15,6 +15,19 @@ from llmbuild.gates import verdict as V
 from llmbuild.schema import default, describe
 
 
+def _finish(v: V.Verdict, args: argparse.Namespace, verb: str, inputs: list, started: float) -> int:
+    """Print the verdict; write it (pass/warn/skipped) or raise its line (fail)."""
+    V.finish(
+        v,
+        args.output,
+        command=f"llmbuild gates {verb}",
+        args=_args(args),
+        inputs=inputs,
+        started=started,
+    )
+    return 0
+
+
 def _args(args: argparse.Namespace) -> dict[str, object]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
 
@@ -39,15 +52,7 @@ def _parity(args: argparse.Namespace) -> int:
         subject=args.subject,
         say=lambda line: print(f"parity: {line}", flush=True),
     )
-    V.finish(
-        v,
-        args.output,
-        command="llmbuild gates parity",
-        args=_args(args),
-        inputs=[args.hf, args.mcore],
-        started=started,
-    )
-    return 0
+    return _finish(v, args, "parity", [args.hf, args.mcore], started)
 
 
 def _tolerance(text: str) -> float | None:
@@ -113,15 +118,7 @@ def _quant(args: argparse.Namespace) -> int:
 
     started = time.time()
     v = quant_accuracy(args.input, args.reference, args.max_drop, subject=args.subject)
-    V.finish(
-        v,
-        args.output,
-        command="llmbuild gates quantize",
-        args=_args(args),
-        inputs=[args.input, args.reference],
-        started=started,
-    )
-    return 0
+    return _finish(v, args, "quantize", [args.input, args.reference], started)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -129,15 +126,7 @@ def _train(args: argparse.Namespace) -> int:
 
     started = time.time()
     v = train_loss(args.input, args.iters, subject=args.subject)
-    V.finish(
-        v,
-        args.output,
-        command="llmbuild gates train",
-        args=_args(args),
-        inputs=[args.input],
-        started=started,
-    )
-    return 0
+    return _finish(v, args, "train", [args.input], started)
 
 
 def _summary(args: argparse.Namespace) -> int:
