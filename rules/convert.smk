@@ -16,11 +16,10 @@ rule hf2mg:
         mem_mb=4000,
     params:
         llmbuild=W.llmbuild("train"),
-        tp=lookup("train/tp", within=config),
-        pp=lookup("train/pp", within=config),
+        flags=W.layout_flags(),
     shell:
         "{params.llmbuild} convert hf2mg --input {input.hf} --output {output}"
-        f" --tp {{params.tp}} --pp {{params.pp}}{W.pp_layers_flag()} > {{log}} 2>&1"
+        " {params.flags} > {log} 2>&1"
 
 
 rule mg2hf:

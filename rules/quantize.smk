@@ -44,8 +44,8 @@ rule gate_quant:
         mem_mb=200,
     params:
         llmbuild=W.llmbuild("bench"),
-        max_drop=lookup("gates/quant_max_drop", within=config),
+        flags=W.quant_gate_flags(),
     shell:
         "{params.llmbuild} gates quantize --input {input.quantized}"
-        " --reference {input.reference} --max-drop {params.max_drop}"
+        " --reference {input.reference} {params.flags}"
         " --subject {wildcards.phase}-{wildcards.scheme} --output {output} > {log} 2>&1"

@@ -3,8 +3,6 @@
 # phase starts from a proven checkpoint: the base's parity gate, or the previous phase's
 # training gate (every step logged once with a finite loss).
 
-# With tp = pp = 1 the command is exactly the single-process one.
-
 
 rule train:
     input:
@@ -25,14 +23,13 @@ rule train:
     params:
         llmbuild=W.train_launcher(),
         flags=W.phase_flags,
-        device=lookup("train/device", within=config),
-        tp=lookup("train/tp", within=config),
-        pp=lookup("train/pp", within=config),
+        device=W.train_device_flags(),
+        layout=W.layout_flags(),
     shell:
         "{params.llmbuild} train run --mode {wildcards.phase} --input {input.load}"
         f" --data {{input.data}} --output {{output.ckpt}} --train-log {{output.log}}"
         " {params.flags}"
-        f" --device {{params.device}} --tp {{params.tp}} --pp {{params.pp}}{W.pp_layers_flag()}"
+        " {params.device} {params.layout}"
         f" --threads {W.train_rank_threads()} > {{log}} 2>&1"
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmbuild.wiring.base import Base, cli_flags, csv_list
+from llmbuild.wiring.base import Base, cli_flags
 
 
 class ConvertWiring(Base):
-    def pp_layers_flag(self) -> str:
-        """` --pp-layers a,b,...` when train.pp_layers sets an uneven pipeline split."""
-        layers = self.config["train"]["pp_layers"]
-        return f" --pp-layers {csv_list(layers)}" if layers else ""
+    def layout_flags(self) -> str:
+        """The parallel layout a checkpoint is written in and trained at (train.tp, train.pp,
+        train.pp_layers): hf2mg and training must agree on it."""
+        return cli_flags(self.config["train"], ["tp", "pp", "pp_layers"])
+
+    def quant_gate_flags(self) -> str:
+        return cli_flags(self.config["gates"], ["quant_max_drop"], {"quant_max_drop": "max_drop"})
 
     def parity_flags(self) -> str:
         return cli_flags(

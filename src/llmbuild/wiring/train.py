@@ -58,6 +58,9 @@ class TrainWiring(Base):
             self.config["train"][wildcards.phase], PHASE_KEYS, {"iters": "train_iters"}
         )
 
+    def train_device_flags(self) -> str:
+        return cli_flags(self.config["train"], ["device"])
+
     def phase_iters(self, wildcards: Any) -> int:
         return self.config["train"][wildcards.phase]["iters"]
 
