@@ -2,7 +2,10 @@
 weights, megatron logits equal to HF's (TP=PP=1 here; TP=2 and PP=2 under torchrun), rope and
 norm settings carried, the same greedy generation after the round trip, and the torch_dist
 layout the converter writes equal to the one megatron-core itself writes; each with both
-writing backends (numpy, torch), whose checkpoints are the same but for the records' ids."""
+writing backends (numpy, torch), whose checkpoints are the same but for the records' ids.
+
+Over 400 lines because every case shares this module's model builders and megatron helpers;
+splitting it would only move them into a conftest."""
 
 from __future__ import annotations
 

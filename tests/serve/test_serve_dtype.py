@@ -3,6 +3,9 @@
 Pure (no vLLM): CPUs come as /proc/cpuinfo text, models as config.json files whose
 quantization_config is what llm-compressor 0.14 / compressed-tensors 0.19 wrote for our tiny
 Llama (tests/serve/quant_configs/, made with tests/serve/quant_tiny_model.py).
+
+Over 400 lines because it is the decision table itself: four CPUs x five variants x the dtypes,
+each row with the vLLM kernel fact behind it.
 """
 
 from __future__ import annotations
