@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from llmbuild.errors import UserError
@@ -48,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except UserError as exc:
-        print(f"llmbuild {args.group} {args.verb}: error: {exc}", file=sys.stderr)
+        # one write(2) call: ranks under torchrun share stderr, and print() writes the text and
+        # the newline separately, so two ranks' lines could run together
+        line = f"llmbuild {args.group} {args.verb}: error: {exc}\n"
+        if sys.stderr is sys.__stderr__:
+            sys.stderr.flush()
+            os.write(2, line.encode())
+        else:  # stderr replaced (captured by a caller): write to what the caller gave
+            sys.stderr.write(line)
         return 2
     except KeyboardInterrupt:
         return 130
