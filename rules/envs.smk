@@ -8,6 +8,7 @@
 
 rule env:
     input:
+        src=W.sources("envs"),
         spec="envs/{stack}.txt",
     output:
         marker=".envs/{stack}/ready.json",

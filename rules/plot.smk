@@ -4,6 +4,7 @@
 
 rule plot_bench:
     input:
+        src=W.sources("plot"),
         csvs=W.bench_csvs,
         env=W.env_marker("plot"),
     output:
@@ -28,6 +29,7 @@ rule plot_bench:
 
 rule plot_loss:
     input:
+        src=W.sources("plot"),
         logs=W.train_logs,
         env=W.env_marker("plot"),
     output:
@@ -50,6 +52,7 @@ rule plot_loss:
 
 rule gate_summary:
     input:
+        src=W.sources("gates"),
         verdicts=W.all_gates,
         env=W.env_marker("plot"),
     output:
