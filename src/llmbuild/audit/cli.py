@@ -86,7 +86,7 @@ def audit(argv: list[str]) -> int:
     started = time.perf_counter()
     wf = _wf(args)
     jobs = graph.graph(wf, args.targets)
-    auditor = checks.Auditor(wf.directory, jobs, sample=args.sample, seed=args.seed)
+    auditor = checks.Auditor(wf.directory, jobs, sample=args.sample, seed=args.seed, src=wf.src())
     findings = auditor.run()
     identical: list[str] = []
     if args.rebuild:
@@ -151,11 +151,10 @@ def _report(jobs, counts, findings, identical, seconds) -> list[str]:
 
 def why(argv: list[str]) -> int:
     from llmbuild.audit import why as W
-    from llmbuild.sources import PACKAGE_DIR
 
     args = why_parser().parse_args(argv)
     wf = _wf(args)
-    causes = W.why(wf, args.targets, str(PACKAGE_DIR.parent))
+    causes = W.why(wf, args.targets, str(wf.src()))
     if args.json:
         print(json.dumps([c.as_dict() for c in causes], indent=2))
     else:

@@ -47,6 +47,16 @@ class Workflow:
     config: Sequence[str] = ()
     cores: int = 2  # as the run had them: rules' thread counts reach their commands
 
+    def src(self) -> Path:
+        """The llmbuild source tree the workflow runs (``src/`` beside its Snakefile)."""
+        snakefile = Path(self.snakefile) if self.snakefile else self.directory / "Snakefile"
+        src = snakefile.resolve().parent / "src"
+        if (src / "llmbuild").is_dir():
+            return src
+        from llmbuild.sources import PACKAGE_DIR
+
+        return PACKAGE_DIR.parent
+
     def args(self) -> list[str]:
         out = ["--directory", str(self.directory)]
         if self.snakefile:

@@ -42,7 +42,10 @@ def explain(job: Job, root: Path, planned: dict[str, Job], src: str) -> Cause:
     meta = metadata(root, out)
     reason = job.reason
     for f in _files(reason, "Missing output files"):
-        cause.fields.append(f"output {f} is missing")
+        if job.service:  # an endpoint file lives only while its consumers run
+            cause.upstream.append(f"(a service, started for the consumers that rerun: {f})")
+        else:
+            cause.fields.append(f"output {f} is missing")
     for f in _files(reason, "Input files updated by another job"):
         by = planned.get(f)
         cause.upstream.append(f"{f} (rule {by.rule})" if by else f)
