@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmbuild.atomic import atomic_file
+from llmbuild.provenance import relative
 from llmbuild.errors import UserError
 
 POST = "# post:"
@@ -102,7 +103,7 @@ def create(
         "stack": Path(spec_path).stem,
         "spec": str(spec_path),
         "spec_sha256": spec.digest,
-        "prefix": str(prefix),
+        "prefix": relative(str(prefix)),  # the tree may move
         "python": version,
         "packages": sorted(frozen),
         "builder_python": sys.version.split()[0],
