@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmbuild.atomic import atomic_file
-from llmbuild.provenance import relative
 from llmbuild.errors import UserError
+from llmbuild.provenance import relative
 
 POST = "# post:"
 
