@@ -47,6 +47,13 @@ def test_finished_default_audits_clean(build):
     proc, _ = audit("--lineage", "results/tiny-llama/plots/bench.png")
     text = proc.stdout
     assert "results/tiny-llama/data/corpus.jsonl" in text and "model tiny" in text
+    # a CSV row: its values, and the lineage of the run that wrote it back to the model
+    row = "results/tiny-llama/bench/sft-w8a8/static.csv:1"
+    proc, _ = audit("--row", row)
+    doc = json.loads(proc.stdout)
+    assert doc["rows"][row]["concurrency"] == "1"
+    text = json.dumps(doc["lineage"])
+    assert "results/tiny-llama/sft/quant/w8a8" in text and "serve run" in text
 
 
 def test_flipped_byte_in_a_real_shard_is_named(build):

@@ -50,6 +50,14 @@ def audit_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which files --sample picks")
     p.add_argument("--lineage", action="store_true", help="print each target's lineage tree")
     p.add_argument(
+        "--row",
+        dest="rows",
+        action="append",
+        default=[],
+        metavar="CSV:N",
+        help="a benchmark CSV's row N (1 = first data row): its values and its lineage",
+    )
+    p.add_argument(
         "--rebuild", action="store_true", help="rebuild deterministic steps and compare bytes"
     )
     p.add_argument(
@@ -101,6 +109,9 @@ def audit(argv: list[str]) -> int:
         auditor.counts["rebuild"] = len(identical) + len(more)
     targets = args.targets or _final(jobs)
     trees = [lineage.trace(t, wf.directory) for t in targets] if args.lineage else []
+    rows = {r: _csv_row(wf.directory, r) for r in args.rows}
+    for row in args.rows:
+        trees.append(lineage.trace(row.rsplit(":", 1)[0], wf.directory))
     seconds = time.perf_counter() - started
     if args.json:
         doc = {
@@ -111,14 +122,33 @@ def audit(argv: list[str]) -> int:
             "findings": [f.as_dict() for f in findings],
             "rebuilt_identical": identical,
             "lineage": [t.as_dict() for t in trees],
+            "rows": rows,
         }
         print(json.dumps(doc, indent=2))
     else:
         for line in _report(jobs, auditor.counts, findings, identical, seconds):
             print(line)
+        for row, values in rows.items():
+            print(f"{row}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
         for t in trees:
             print("\n".join(lineage.text(t)))
     return 1 if findings else 0
+
+
+def _csv_row(root: Path, spec: str) -> dict:
+    import csv
+
+    path, _, n = spec.rpartition(":")
+    if not path or not n.isdigit() or int(n) < 1:
+        raise UserError(f"--row {spec}: expected FILE.csv:N with N >= 1")
+    try:
+        with open(root / path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise UserError(f"--row {spec}: {exc.strerror}") from None
+    if int(n) > len(rows):
+        raise UserError(f"--row {spec}: {path} has {len(rows)} data rows")
+    return rows[int(n) - 1]
 
 
 def _final(jobs) -> list[str]:

@@ -32,6 +32,8 @@ DETERMINISTIC = (
     "quantize",
     "dataset_generate",
 )
+# proofs the deterministic steps wait for (rebuilt with them, not compared: they carry figures)
+GATES_ON_THE_WAY = ("gate_parity_hf2mg", "gate_parity_mg2hf", "gate_train")
 NOT_DETERMINISTIC = {
     "serve": "a running service; its endpoint file names a port and a process",
     "eval_accuracy": "answers through a live service (batch composition varies with timing)",
@@ -81,7 +83,10 @@ def rebuild(
         config=wf.config,
     )
     say(f"rebuild: {len(chosen)} deterministic jobs into {scratch}")
-    cmd = [sys.executable, "-m", "snakemake", *other.args(), "--cores", str(cores), *targets]
+    # only these rules may run: the environments are shared (linked), never rebuilt from here
+    allowed = [*DETERMINISTIC, *GATES_ON_THE_WAY]
+    cmd = [sys.executable, "-m", "snakemake", *other.args(), "--cores", str(cores)]
+    cmd += ["--allowed-rules", *allowed, "--", *targets]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     findings: list[Finding] = []
     if proc.returncode:
