@@ -260,7 +260,8 @@ def package_versions() -> dict[str, str]:
     pkgs: dict[str, str] = {}
     for dist in metadata.distributions():
         name = dist.metadata.get("Name")
-        if name:
+        # a package's private copies (setuptools/_vendor/...) are not the environment's
+        if name and "_vendor" not in str(getattr(dist, "_path", "")):
             pkgs[name.lower()] = dist.version
     return dict(sorted(pkgs.items()))
 

@@ -66,6 +66,21 @@ def built(tmp_path_factory):
     return wd
 
 
+class Restored:
+    """Put a file's bytes and dates back, so later tests see the build as it was (the fake
+    environments' markers were not made by Snakemake, which keeps no checksums for them)."""
+
+    def __init__(self, path: Path):
+        self.path, self.data, self.stat = path, path.read_bytes(), path.stat()
+
+    def __enter__(self) -> Restored:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.write_bytes(self.data)
+        os.utime(self.path, ns=(self.stat.st_atime_ns, self.stat.st_mtime_ns))
+
+
 def findings(proc: subprocess.CompletedProcess) -> list[dict]:
     return json.loads(proc.stdout)["findings"]
 
@@ -80,12 +95,9 @@ def test_untouched_build_audits_clean(built):
 
 def test_flipped_byte_in_a_shard_is_named(built):
     shard = built / "results/tiny-llama/shards/sft/content.txt"
-    original = shard.read_bytes()
-    try:
-        shard.write_bytes(bytes([original[0] ^ 1]) + original[1:])
+    with Restored(shard) as r:
+        shard.write_bytes(bytes([r.data[0] ^ 1]) + r.data[1:])
         proc = llmbuild(built, "audit", "--json")
-    finally:
-        shard.write_bytes(original)
     assert proc.returncode == 1
     hits = [(f["check"], f["artifact"], f["field"]) for f in findings(proc)]
     assert ("bytes", "results/tiny-llama/shards/sft", "content.txt") in hits
@@ -95,15 +107,12 @@ def test_flipped_byte_in_a_shard_is_named(built):
 
 def test_edited_record_is_named(built):
     rec_path = built / "results/tiny-llama/sft/quant/w8a8/provenance.json"
-    original = rec_path.read_text()
-    rec = json.loads(original)
+    rec = json.loads(rec_path.read_text())
     inp = "results/tiny-llama/sft/hf"
     rec["inputs"][inp] = "0" * 64  # claims another input than the one it was made from
-    try:
+    with Restored(rec_path):
         rec_path.write_text(json.dumps(rec))
         proc = llmbuild(built, "audit", "--json")
-    finally:
-        rec_path.write_text(original)
     assert proc.returncode == 1
     hits = {(f["check"], f["artifact"], f["field"]) for f in findings(proc)}
     assert ("closure", "results/tiny-llama/sft/quant/w8a8", f"inputs[{inp}]") in hits
@@ -120,12 +129,9 @@ def test_changed_parameter_is_named_with_its_config_key(built):
 
 def test_changed_source_file_is_named(built):
     src = built / "src/llmbuild/provenance.py"  # every recorded step imported it
-    original = src.read_text()
-    try:
-        src.write_text(original + "\n# changed\n")
+    with Restored(src) as r:
+        src.write_bytes(r.data + b"\n# changed\n")
         proc = llmbuild(built, "audit", "--json")
-    finally:
-        src.write_text(original)
     assert proc.returncode == 1
     drift = [f for f in findings(proc) if f["check"] == "drift" and f["field"] == "source"]
     assert drift and all("llmbuild/provenance.py" in f["message"] for f in drift)
@@ -135,12 +141,9 @@ def test_changed_environment_pin_is_named(built):
     spec = built / "envs/quantize.txt"
     original = spec.read_text()
     pin = next(ln for ln in original.splitlines() if ln.startswith("torch=="))
-    try:
+    with Restored(spec):
         spec.write_text(original.replace(pin, "torch==9.9.9"))
         proc = llmbuild(built, "audit", "--json")
-    finally:
-        spec.write_text(original)
-        os.utime(spec, (0, 0))
     assert proc.returncode == 1
     hits = [f for f in findings(proc) if f["artifact"] == ".envs/quantize/ready.json"]
     assert any(
@@ -150,12 +153,9 @@ def test_changed_environment_pin_is_named(built):
 
 def test_failed_gate_verdict_is_named(built):
     verdict = built / "results/tiny-llama/gates/quant/sft-w8a8.json"
-    original = verdict.read_text()
-    try:
+    with Restored(verdict):
         verdict.write_text(json.dumps({"status": "warn", "detail": "accuracy dropped"}))
         proc = llmbuild(built, "audit", "--json")
-    finally:
-        verdict.write_text(original)
     hits = [(f["check"], f["artifact"]) for f in findings(proc)]
     assert ("gates", "results/tiny-llama/gates/quant/sft-w8a8.json") in hits
 
@@ -212,15 +212,11 @@ def test_why_names_the_changed_field(built, case):
 
 def test_why_names_an_environment_spec_change(built):
     spec = built / "envs/quantize.txt"
-    original = spec.read_text()
-    try:
-        spec.write_text(original + "# changed\n")
+    with Restored(spec) as r:
+        spec.write_bytes(r.data + b"# changed\n")
         later = time.time() + 2
         os.utime(spec, (later, later))
         proc = llmbuild(built, "why")
-    finally:
-        spec.write_text(original)
-        os.utime(spec, (0, 0))
     assert "- env -> .envs/quantize/ready.json" in proc.stdout
     assert "envs/quantize.txt changed" in proc.stdout
 
@@ -239,13 +235,10 @@ def planned(wd: Path) -> dict[str, int]:
 
 def test_source_change_reruns_its_stage_and_what_follows_only(built):
     src = built / "src/llmbuild/quantize/smoothquant.py"
-    original = src.read_text()
-    try:
-        src.write_text(original + "\n# changed\n")
+    with Restored(src) as r:
+        src.write_bytes(r.data + b"\n# changed\n")
         jobs = planned(built)
         why = llmbuild(built, "why").stdout
-    finally:
-        src.write_text(original)
     assert jobs.get("quantize") == 1 and "tokenize_sft" not in jobs and "train" not in jobs
     assert "source src/llmbuild/quantize/smoothquant.py" in why, why
 

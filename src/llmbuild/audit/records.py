@@ -117,7 +117,14 @@ def env_packages(prefix: str) -> dict[str, str] | None:
         name = dist.metadata.get("Name")
         if name:
             out[name.lower()] = dist.version
+    # private copies inside packages (setuptools/_vendor): seen by a process only after it
+    # imports their owner, so a record may or may not list them; they are not compared
+    for info in (d for s in sites for d in s.glob("*/_vendor/*.dist-info")):
+        out.setdefault(info.name.split("-")[0].lower(), VENDORED)
     return out
+
+
+VENDORED = "(vendored)"
 
 
 def env_prefix(executable: str | None) -> str | None:
@@ -145,6 +152,8 @@ def packages_diff(recorded: dict[str, str], now: dict[str, str], frozen: bool = 
         if name == "llmbuild" or (frozen and name in _NOT_FROZEN):
             continue
         a, b = recorded.get(name), now.get(name)
+        if b == VENDORED:
+            continue
         if a != b:
             out.append(f"{name} {a or '(absent)'} -> {b or '(absent)'}")
     return out
