@@ -22,7 +22,6 @@ import pytest
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
-STACKS = ["train", "quantize", "serve-cpu", "bench", "plot"]
 
 
 def snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -43,7 +42,7 @@ def llmbuild(wd: Path, *args: str, change: dict | None = None) -> subprocess.Com
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, fake_envs):
     wd = tmp_path_factory.mktemp("audit")
     for name in ("Snakefile", "rules", "src", "report", "config", "envs"):
         src = ROOT / name
@@ -51,17 +50,7 @@ def built(tmp_path_factory):
             shutil.copytree(src, wd / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, wd / name)
-    fake = ROOT / "tests/workflow/fake_llmbuild.py"
-    for stack in STACKS:
-        bin_dir = wd / ".envs" / stack / "bin"
-        bin_dir.mkdir(parents=True)
-        exe = bin_dir / "llmbuild"
-        exe.write_text(f"#!{sys.executable}\n" + fake.read_text())
-        exe.chmod(0o755)
-        spec = f"envs/{stack}.txt"
-        pins = [ln.strip() for ln in (wd / spec).read_text().splitlines() if "==" in ln]
-        marker = {"stack": stack, "spec": spec, "packages": [p.split(";")[0] for p in pins]}
-        (wd / ".envs" / stack / "ready.json").write_text(json.dumps(marker))
+    fake_envs(wd, frozen=True)
     snakemake(wd)
     return wd
 

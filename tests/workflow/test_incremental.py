@@ -18,7 +18,6 @@ import pytest
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
-STACKS = ["train", "quantize", "serve-cpu", "bench", "plot"]
 
 
 def snakemake(workdir, *args, check=True):
@@ -87,19 +86,12 @@ def commands(workdir, *args, change=None):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, fake_envs):
     wd = tmp_path_factory.mktemp("graph")
     shutil.copytree(ROOT / "config", wd / "config")
     shutil.copytree(ROOT / "envs", wd / "envs")
     time.sleep(0.01)
-    fake = ROOT / "tests/workflow/fake_llmbuild.py"
-    for stack in STACKS:
-        bin_dir = wd / ".envs" / stack / "bin"
-        bin_dir.mkdir(parents=True)
-        exe = bin_dir / "llmbuild"
-        exe.write_text(f"#!{sys.executable}\n" + fake.read_text())
-        exe.chmod(0o755)
-        (wd / ".envs" / stack / "ready.json").write_text(json.dumps({"stack": stack}))
+    fake_envs(wd)
     snakemake(wd)
     return wd
 
