@@ -139,3 +139,11 @@ def test_train_run_knobs_default_to_the_schema():
     for key in ("device", "tp", "pp", "pp_layers"):
         assert getattr(args, key) == default(f"train.{key}")
     assert (args.input, args.output, args.train_log) == ("a", "o", "l.jsonl")
+
+
+def test_fingerprint_ignores_the_training_log(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1, "elapsed": 0.5}\n')
+    one = fingerprint(tmp_path)
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1, "elapsed": 0.7}\n')
+    assert fingerprint(tmp_path) == one

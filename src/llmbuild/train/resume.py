@@ -131,12 +131,14 @@ class TrainArgs:
 
 def fingerprint(path: str | Path) -> str:
     """Cheap identity of an input directory: every file's relative path and size, plus the
-    content of the small ones (metadata, indexes, configs)."""
+    content of the small ones (metadata, indexes, configs). A checkpoint's training log is left
+    out: its wall times would make the next phase's identity (and its bytes) differ between two
+    otherwise identical builds."""
     root = Path(path)
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = f.relative_to(root).as_posix()
-        if rel.startswith(".") or rel == "provenance.json":
+        if rel.startswith(".") or rel in ("provenance.json", LOG_NAME):
             continue
         size = f.stat().st_size
         h.update(f"{rel}\0{size}\n".encode())
