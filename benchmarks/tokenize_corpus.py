@@ -26,7 +26,7 @@ def _vocabulary(rng: random.Random, n: int) -> list[str]:
     common = "the of and to a in is it that was for on are as with be at by this from".split()
     words.update(dict.fromkeys(common))
     while len(words) < n:
-        syllables = rng.choices([1, 2, 3, 4], weights=[3, 5, 3, 1])[0]
+        syllables = rng.choices([1, 2, 3, 4], weights=[6, 5, 2, 1])[0]
         w = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables))
         words[w + rng.choice(_CODAS)] = None
     return list(words)
@@ -35,7 +35,7 @@ def _vocabulary(rng: random.Random, n: int) -> list[str]:
 class Words:
     """Sentences and paragraphs of Zipf-distributed pseudo-words, from a seed."""
 
-    def __init__(self, seed: int = 0, vocabulary: int = 60000):
+    def __init__(self, seed: int = 0, vocabulary: int = 200000):
         self.rng = random.Random(seed)
         self.words = _vocabulary(self.rng, vocabulary)
         self.cum = list(accumulate(1.0 / (i + 2.7) for i in range(len(self.words))))

@@ -14,28 +14,23 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 _BLOCK = 1 << 20  # index entries per read/write when finishing the .idx
 
 
-def megatron_dtypes() -> Any:
-    """megatron.core's DType (the dtype codes of the .idx)."""
-    import warnings
-
-    with warnings.catch_warnings():  # writing shards needs neither (stderr stays for errors)
-        warnings.filterwarnings("ignore", "Transformer Engine and Apex are not installed")
-        from megatron.core.datasets.indexed_dataset import DType
-
-    return DType
+# megatron.core.datasets.indexed_dataset.DType's codes and optimal_dtype, kept here because
+# importing megatron.core costs seconds of start-up (tests/data/test_fast_tokenize.py checks
+# them against megatron.core).
+DTYPE_CODES = {np.dtype(np.uint16): 8, np.dtype(np.int32): 4, np.dtype(np.int64): 5}
+UINT16_BELOW = 65500
 
 
 def optimal_dtype(vocab_size: int) -> type[np.number]:
-    """The token dtype Megatron-LM's preprocess_data.py writes for this vocabulary:
-    ``DType.optimal_dtype(len(tokenizer))``, uint16 below 65,500 ids, else int32."""
-    return megatron_dtypes().optimal_dtype(vocab_size)
+    """The token dtype Megatron-LM's preprocess_data.py writes for this vocabulary
+    (``DType.optimal_dtype(len(tokenizer))``): uint16 below 65,500 ids, else int32."""
+    return np.uint16 if vocab_size is not None and vocab_size < UINT16_BELOW else np.int32
 
 
 class ShardWriter:
@@ -44,7 +39,7 @@ class ShardWriter:
     def __init__(self, prefix: str | Path, dtype: type[np.number]) -> None:
         self.prefix = str(prefix)
         self.dtype = np.dtype(dtype)
-        self.code = megatron_dtypes().code_from_dtype(np.dtype(dtype).type)
+        self.code = DTYPE_CODES[self.dtype]
         self.bin = open(self.prefix + ".bin", "wb")  # noqa: SIM115 (closed in finalize)
         self.spill_path = self.prefix + ".lengths.tmp"
         self.spill = open(self.spill_path, "wb")  # noqa: SIM115
