@@ -184,8 +184,12 @@ def main() -> int:
             f"{cpu[name]:7.2f} CPU s {per_cpu[name]:>11,.0f} tokens/CPU s | "
             f"peak RSS {rss[name] / 2**20:5.0f} MiB | wall {[round(w, 1) for w in walls[name]]}"
         )
+    paired = statistics.median(
+        p / o for p, o in zip(walls["megatron"], walls["llmbuild"], strict=True)
+    )
     print(
-        f"  ratio llmbuild / megatron: {rate['llmbuild'] / rate['megatron']:.2f}x tokens/s, "
+        f"  ratio llmbuild / megatron: {rate['llmbuild'] / rate['megatron']:.2f}x tokens/s "
+        f"(of the medians; {paired:.2f}x median of the rounds' ratios), "
         f"{per_cpu['llmbuild'] / per_cpu['megatron']:.2f}x tokens per CPU second"
     )
     print(f"  outputs byte-identical (.bin and .idx): {'yes' if same else 'NO'}")

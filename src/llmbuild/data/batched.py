@@ -1,14 +1,15 @@
-"""Batched encoding: many documents per call into the fast tokenizer, in three overlapped stages.
+"""Batched encoding: many documents per call into the fast tokenizer's Rust ``encode_batch``.
 
 Megatron-LM's preprocess_data.py (and data/handlers.py's per-document path) calls the
-tokenizer once per document in worker processes and pickles every id back. Here one process
-runs three stages at once, each a bounded queue apart so memory stays a few batches however
-large the input:
+tokenizer once per document and pickles every id back as a Python list. Here:
 
-1. reading and parsing the input into batches of about ``BATCH_CHARS`` characters (a thread);
-2. ``tokenizers.Tokenizer.encode_batch`` on each batch, which releases the GIL and spreads the
-   documents over ``workers`` Rust threads (a thread);
-3. ids -> one numpy block per batch -> the shard files (the calling thread).
+- pretraining text (``id_blocks``): batches of about ``BATCH_CHARS`` characters go to
+  ``workers`` single-threaded processes that hold only the backend tokenizer and send back one
+  numpy block of ids per batch; the caller reads the input and writes the blocks, with at most
+  two batches per worker in flight, so memory stays a few batches however large the input;
+- conversations (``Background`` + ``encoded``): rendering the chat template is Python, so it
+  runs in a thread while ``encode_batch`` (which releases the GIL) spreads each batch over
+  ``workers`` Rust threads in another, and the caller computes the labels.
 
 The ids are exactly those of ``tok(text)``: the backend is the tokenizer's own, with no
 truncation or padding, and ``fast_backend`` refuses a tokenizer whose backend disagrees with it
@@ -17,12 +18,17 @@ on probe texts (the caller then keeps the per-document path).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 BATCH_CHARS = 1 << 20  # characters of text per encode_batch call
@@ -117,7 +123,12 @@ class Background:
     def __iter__(self) -> Iterator[Any]:
         try:
             while True:
-                item = self.q.get()
+                try:
+                    item = self.q.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set():  # closed (by a consumer that gave up)
+                        return
+                    continue
                 if item is _END:
                     return
                 if isinstance(item, _Failed):
@@ -149,6 +160,66 @@ def encoded(
     for group in groups:
         texts = group if text is None else [text(item) for item in group]
         yield group, encode(texts, add_special_tokens=add_special_tokens)
+
+
+def ids_block(
+    backend: Any, texts: list[str], add_special_tokens: bool, eod: int, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the documents' ids concatenated, their lengths): each document's ids with the
+    tokenizer's special tokens, then the EOD unless the post-processor ended it with it."""
+    lists = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    for ids in lists:
+        if not ids or ids[-1] != eod:
+            ids.append(eod)
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    return np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_json: str, add_special_tokens: bool, eod: int, dtype: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
+    from tokenizers import Tokenizer
+
+    _WORKER.update(
+        backend=Tokenizer.from_str(tokenizer_json),
+        special=add_special_tokens,
+        eod=eod,
+        dtype=np.dtype(dtype),
+    )
+
+
+def _worker_block(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    w = _WORKER
+    return ids_block(w["backend"], texts, w["special"], w["eod"], w["dtype"])
+
+
+def id_blocks(
+    backend: Any,
+    text_batches: Iterable[list[str]],
+    add_special_tokens: bool,
+    eod: int,
+    dtype: Any,
+    workers: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``ids_block`` of each batch, in order. With several workers the batches go to that
+    many single-threaded processes (spawned; each holds only the backend tokenizer, so they
+    start in a fraction of a second), at most two each in flight; the GIL is never shared."""
+    if workers <= 1:
+        for texts in text_batches:
+            yield ids_block(backend, texts, add_special_tokens, eod, dtype)
+        return
+    args = (backend.to_str(), add_special_tokens, eod, np.dtype(dtype).str)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+        pending: deque[Any] = deque()
+        for texts in text_batches:
+            pending.append(pool.apply_async(_worker_block, (texts,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 class Rate:

@@ -70,27 +70,22 @@ def _per_document(
     return batched.batches(encode_stream(fn, items, tokenizer_dir, workers, eod), lambda _: 256)
 
 
-def _pretrain_batches(
-    docs: Iterable[str], tokenizer_dir: str, tok: Any, eod: int, workers: int
-) -> Iterator[list[list[int]]]:
-    """Documents -> ids with the tokenizer's own special tokens, then the EOD unless the
-    post-processor appended it (as handlers.Encoder.pretrain, whose ids these are)."""
+def _pretrain_blocks(
+    docs: Iterable[str], tokenizer_dir: str, tok: Any, eod: int, workers: int, dtype: Any
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids concatenated, lengths) per batch of documents: each document's ids with the
+    tokenizer's own special tokens, then the EOD unless the post-processor appended it (as
+    handlers.Encoder.pretrain)."""
     docs = iter(docs)
     head = list(islice(docs, 4))
     backend = batched.fast_backend(tok, add_special_tokens=True, samples=head)
     docs = chain(head, docs)
     if backend is None:
-        yield from _per_document(Encoder.pretrain, docs, tokenizer_dir, workers, eod)
+        for lists in _per_document(Encoder.pretrain, docs, tokenizer_dir, workers, eod):
+            lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+            yield np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
         return
-    batched.set_threads(workers)
-    with batched.Background(batched.batches(docs, len)) as texts:
-        with batched.Background(batched.encoded(backend, texts, True, offsets=False)) as encs:
-            for _, encodings in encs:
-                lists = [e.ids for e in encodings]
-                for ids in lists:
-                    if not ids or ids[-1] != eod:
-                        ids.append(eod)
-                yield lists
+    yield from batched.id_blocks(backend, batched.batches(docs, len), True, eod, dtype, workers)
 
 
 def tokenize_pretrain(
@@ -108,14 +103,14 @@ def tokenize_pretrain(
     specials, tok = _specials(tokenizer_dir, specials, tok)
     stats = TokenizeStats("pretrain")
     writer = ShardWriter(out_dir / PRETRAIN_PREFIX, optimal_dtype(specials.vocab_size))
+    eod, bos = specials.eod_id, specials.bos_id
     try:
-        for lists in _pretrain_batches(docs, tokenizer_dir, tok, specials.eod_id, workers):
-            lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-            flat = np.fromiter(chain.from_iterable(lists), writer.dtype, int(lengths.sum()))
+        for flat, lengths in _pretrain_blocks(docs, tokenizer_dir, tok, eod, workers, writer.dtype):
             writer.add_flat(flat, lengths)
-            stats.documents += len(lists)
-            if specials.bos_id is not None:
-                stats.bos_documents += sum(ids[0] == specials.bos_id for ids in lists)
+            if bos is not None:
+                starts = np.cumsum(lengths) - lengths
+                stats.bos_documents += int((flat[starts] == bos).sum())
+            stats.documents += len(lengths)
             stats.tokens += int(lengths.sum())
             stats.max_length = max(stats.max_length, int(lengths.max()))
             stats.over_seq_length += int((lengths > seq_length + 1).sum())
