@@ -124,6 +124,21 @@ def test_sft_batched_equals_per_conversation(tiny):
         assert ids.tolist() == want_ids and labels.tolist() == want_labels
 
 
+def test_without_a_fast_backend_the_per_document_path_writes_the_same(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(batched, "fast_backend", lambda *a, **k: None)
+    tok = tk.load_tokenizer(tiny)
+    docs = _docs(50)
+    (tmp_path / "ours").mkdir()
+    tk.tokenize_pretrain(docs, str(tiny), tmp_path / "ours", 64, tok=tok)
+    _reference(docs, tok, tok.eos_token_id, tmp_path / "ref")
+    assert _same_bytes(tmp_path / "ours" / "text_document", tmp_path / "ref")
+    conv = [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "A B"}]
+    (ids, labels), *_ = [
+        p for block in tk._sft_batches([conv], str(tiny), tok, 4, 1) for p in block
+    ]
+    assert (ids.tolist(), labels.tolist()) == Encoder.conversation(conv)
+
+
 def test_memory_is_bounded_by_the_batch_not_the_corpus(tiny, tmp_path, monkeypatch):
     """Python's peak for 3 MB and for 12 MB of text (made as it is read) is the same few
     batches (64 kB of text each here), far below the corpus."""

@@ -64,10 +64,16 @@ def _specials(tokenizer_dir: str, specials: SpecialTokens | None, tok: Any):
 
 
 def _per_document(
-    fn: Callable[[Any], Any], items: Iterable[Any], tokenizer_dir: str, workers: int, eod: int
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    tokenizer_dir: str,
+    workers: int,
+    eod: int,
+    tok: Any,
 ) -> Iterator[list[Any]]:
     """The per-document path (a tokenizer without a fast backend), in batches."""
-    return batched.batches(encode_stream(fn, items, tokenizer_dir, workers, eod), lambda _: 256)
+    stream = encode_stream(fn, items, tokenizer_dir, workers, eod, tok)
+    return batched.batches(stream, lambda _: 256)
 
 
 def _pretrain_blocks(
@@ -81,7 +87,7 @@ def _pretrain_blocks(
     backend = batched.fast_backend(tok, add_special_tokens=True, samples=head)
     docs = chain(head, docs)
     if backend is None:
-        for lists in _per_document(Encoder.pretrain, docs, tokenizer_dir, workers, eod):
+        for lists in _per_document(Encoder.pretrain, docs, tokenizer_dir, workers, eod, tok):
             lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
             yield np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
         return
@@ -131,7 +137,7 @@ def _sft_batches(
     Encoder.init(tokenizer_dir, eod, tok)
     backend = batched.fast_backend(tok, add_special_tokens=False)
     if backend is None:
-        for block in _per_document(Encoder.conversation, convs, tokenizer_dir, workers, eod):
+        for block in _per_document(Encoder.conversation, convs, tokenizer_dir, workers, eod, tok):
             yield [(np.asarray(ids), np.asarray(labels)) for ids, labels in block]
         return
     batched.set_threads(workers)
