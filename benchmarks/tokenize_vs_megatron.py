@@ -5,7 +5,8 @@ tokenize_corpus.py) with the same 32k byte-level BPE tokenizer (HF, trained on i
 the peer with ``--append-eod``; they run alternately ``--runs`` times. Prints the median wall
 times, tokens/s, the ratio, the peak RSS of each (summed over the process tree, sampled), and
 whether the two outputs are byte-identical; then times the instruction (SFT) path on an
-Alpaca set from the same words against the pretraining path, in the same rounds.
+Alpaca set from the same words (as large as the corpus unless ``--sft-mb``: start-up is a fixed
+cost) against the pretraining path, in the same rounds.
 
 The peer is Megatron-LM at tag core_v0.16.1 (the version the train stack pins), run from a
 checkout with the train environment's Python. It imports its own megatron/training package,
@@ -14,7 +15,7 @@ they are installed with pip into WORK/peer-site, on the peer's PYTHONPATH only. 
 
     git clone --depth 1 --branch core_v0.16.1 https://github.com/NVIDIA/Megatron-LM /tmp/megatron-lm
     nice -n 5 .envs/train/bin/python benchmarks/tokenize_vs_megatron.py \\
-        --megatron /tmp/megatron-lm [--mb 50] [--sft-mb 10] [--runs 3] [--workers 2]
+        --megatron /tmp/megatron-lm [--mb 50] [--sft-mb MB] [--runs 3] [--workers 2]
 
 Compare figures only as ratios from one run (medians): the machine may be shared.
 """
@@ -112,7 +113,7 @@ def main() -> int:
     ap.add_argument("--megatron", required=True, help="Megatron-LM checkout at core_v0.16.1")
     ap.add_argument("--work", default="/tmp/llmbuild-tokenize-bench")
     ap.add_argument("--mb", type=float, default=50)
-    ap.add_argument("--sft-mb", type=float, default=10)
+    ap.add_argument("--sft-mb", type=float, default=None, help="default: --mb")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
@@ -120,7 +121,7 @@ def main() -> int:
     tool = Path(a.megatron).resolve() / "tools" / "preprocess_data.py"
     if not tool.is_file():
         sys.exit(f"{tool}: not found; pass --megatron a Megatron-LM checkout (core_v0.16.1)")
-    corpus, tok, sft = prepare(work, a.mb, a.sft_mb)
+    corpus, tok, sft = prepare(work, a.mb, a.sft_mb or a.mb)
     env = peer_env(work)
     llmbuild = [sys.executable, "-m", "llmbuild", "data", "tokenize", "--tokenizer", str(tok)]
     llmbuild += ["--workers", str(a.workers), "--seq-length", "16384"]
