@@ -219,3 +219,22 @@ def test_bytes_equal_the_peer_tool(tiny, tmp_path):
     tk.tokenize_pretrain(docs, str(tiny), tmp_path / "ours", 64, workers=2, tok=tok)
     assert _same_bytes(tmp_path / "ours" / "text_document", tmp_path / "p_text_document")
     assert np.fromfile(tmp_path / "p_text_document.bin", np.uint16).size > 0
+
+
+def test_uint16_shards_train_as_before(tiny, tmp_path):
+    """`llmbuild train`'s reader (megatron.core's GPTDataset) takes the uint16 shards."""
+    from llmbuild.train.data import PretrainSource, read_meta
+
+    tok = tk.load_tokenizer(tiny)
+    docs = _docs(100)
+    out = tmp_path / "shards"
+    out.mkdir()
+    stats = tk.tokenize_pretrain(docs, str(tiny), out, 32, tok=tok)
+    tk.write_meta(out, stats, str(tiny), 32, tok=tok)
+    meta = read_meta(out)
+    source = PretrainSource(meta, seq_length=32, seed=0, num_samples=8, cache_dir=tmp_path / "c")
+    batch = source.batch(0, 4)
+    stream = set(np.fromfile(out / "text_document.bin", dtype=np.uint16).tolist())
+    assert batch["tokens"].shape == (4, 32) and str(batch["tokens"].dtype) == "torch.int64"
+    assert set(batch["tokens"].flatten().tolist()) <= stream
+    assert (batch["tokens"][:, 1:] == batch["labels"][:, :-1]).all()
