@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,18 +51,6 @@ class ShardWriter:
         self.bin.write(memoryview(np.ascontiguousarray(flat)).cast("B"))
         self.spill.write(np.asarray(lengths, dtype=np.int32).tobytes())
         self.documents += len(lengths)
-
-    def add_batch(self, docs: Sequence[Sequence[int]]) -> None:
-        """Documents given as lists of ids."""
-        if not docs:
-            return
-        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
-        flat = np.empty(int(lengths.sum()), dtype=self.dtype)
-        pos = 0
-        for ids, n in zip(docs, lengths.tolist(), strict=True):
-            flat[pos : pos + n] = ids
-            pos += n
-        self.add_flat(flat, lengths)
 
     def finalize(self) -> None:
         """The .idx: header, lengths (int32), byte offsets (int64), document indices (int64)."""
