@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -47,12 +48,12 @@ def _synth_task(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from llmbuild.data import formats
+    from llmbuild.data import batched, formats
     from llmbuild.data import tokenize as tk
     from llmbuild.data.specials import load_tokenizer, resolve_special_tokens
-    from llmbuild.progress import RateLog
 
     started = time.time()
+    batched.set_threads(args.workers)  # before the tokenizer first runs
     if args.seq_length < 8:
         raise UserError("must be >= 8", field="--seq-length")
     if not (Path(args.tokenizer) / "tokenizer.json").is_file():
@@ -63,15 +64,17 @@ def _tokenize(args: argparse.Namespace) -> int:
         )
     tok = load_tokenizer(args.tokenizer)
     specials = resolve_special_tokens(args.tokenizer, args.eod_token, tok=tok)
-    log = RateLog(f"tokenize {args.kind}", unit="docs")
+    what = f"tokenize {args.kind}"
+    rate = batched.Rate(lambda line: print(f"{what}: {line}", file=sys.stderr, flush=True))
+    tally = formats.Tally()
     with atomic_dir(args.output) as tmp:
-        progress = lambda docs, toks: log.update(docs, f"{toks} tokens")  # noqa: E731
+        progress = lambda docs, toks: rate.update(docs, toks, tally.fraction)  # noqa: E731
         common = dict(workers=args.workers, progress=progress, specials=specials, tok=tok)
         if args.kind == "pretrain":
-            docs = formats.read_pretrain(args.input, args.text_key)
+            docs = formats.read_pretrain(args.input, args.text_key, tally)
             stats = tk.tokenize_pretrain(docs, args.tokenizer, tmp, args.seq_length, **common)
         else:
-            convs = formats.read_instructions(args.input, args.format)
+            convs = formats.read_instructions(args.input, args.format, tally)
             stats = tk.tokenize_instructions(
                 convs, args.tokenizer, tmp, args.seq_length, args.overlong, **common
             )
@@ -85,7 +88,8 @@ def _tokenize(args: argparse.Namespace) -> int:
                     "data.overlong: truncate"
                 )
             raise UserError(f"no usable documents: {why}", path=args.input)
-        log.close()
+        done = rate.line(stats.documents, stats.tokens, tally.fraction)
+        print(f"{what}: {done}", file=sys.stderr, flush=True)
         tk.write_meta(tmp, stats, args.tokenizer, args.seq_length, specials=specials, tok=tok)
         provenance.write(
             tmp,

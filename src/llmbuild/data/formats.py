@@ -30,6 +30,18 @@ _SHAREGPT_ROLES = {
 _FIX_ENCODING = "re-encode the file as UTF-8"
 
 
+class Tally:
+    """How much of an input a reader has consumed (bytes, or parquet rows), for ETAs."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.total = 0
+
+    @property
+    def fraction(self) -> float | None:
+        return min(self.done / self.total, 1.0) if self.total else None
+
+
 def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
     """One line of a text file as str; a byte that is not UTF-8 is a ``file:line`` error."""
     try:
@@ -42,10 +54,13 @@ def _decode_line(raw: bytes, path: Path, lineno: int) -> str:
     return line[1:] if lineno == 1 and line.startswith("\ufeff") else line
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def _lines(path: Path, tally: Tally | None = None) -> Iterator[tuple[int, str]]:
     """(line number, line without its newline) of a UTF-8 text file."""
+    tally = tally or Tally()
+    tally.total = path.stat().st_size
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, 1):
+            tally.done += len(raw)
             yield lineno, _decode_line(raw, path, lineno).rstrip("\r\n")
 
 
@@ -65,7 +80,7 @@ def _read_text(path: Path) -> str:
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def _records(path: Path) -> Iterator[tuple[str, Any]]:
+def _records(path: Path, tally: Tally | None = None) -> Iterator[tuple[str, Any]]:
     """(location, record) pairs from a .jsonl/.json file."""
     if not path.is_file():
         raise UserError("file not found; check the path in the config", path=path)
@@ -83,7 +98,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, rec in enumerate(data):
             yield f"record {i}", rec
         return
-    for lineno, line in _lines(path):
+    for lineno, line in _lines(path, tally):
         if not line.strip():
             continue
         try:
@@ -111,23 +126,31 @@ def _field(rec: Any, key: str, path: Path, where: str, kind: type = str) -> Any:
     return val
 
 
-def read_pretrain(path: str | Path, text_key: str = "text") -> Iterator[str]:
-    """Documents from parquet, json/jsonl (``text_key`` field) or plain text (paragraphs)."""
+def read_pretrain(
+    path: str | Path, text_key: str = "text", tally: Tally | None = None
+) -> Iterator[str]:
+    """Documents from parquet, json/jsonl (``text_key`` field) or plain text (paragraphs),
+    streamed: parquet a batch of rows at a time, the others a line at a time (a .json list is
+    one JSON value, so it is read whole). ``tally`` follows how much has been read."""
     path = Path(path)
+    tally = tally or Tally()
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
         if not path.is_file():
             raise UserError("file not found; check the path in the config", path=path)
-        table = pq.read_table(path)
-        if text_key not in table.column_names:
+        pf = pq.ParquetFile(path)
+        columns = pf.schema_arrow.names
+        if text_key not in columns:
             raise UserError(
-                f"no column {text_key!r}; columns are {table.column_names}; set text_key",
+                f"no column {text_key!r}; columns are {columns}; set text_key",
                 path=path,
                 field=text_key,
             )
-        for batch in table.to_batches():
-            for value in batch.column(text_key).to_pylist():
+        tally.total = pf.metadata.num_rows
+        for batch in pf.iter_batches(batch_size=1024, columns=[text_key]):
+            tally.done += batch.num_rows
+            for value in batch.column(0).to_pylist():
                 if value:
                     yield value
         return
@@ -135,7 +158,7 @@ def read_pretrain(path: str | Path, text_key: str = "text") -> Iterator[str]:
         if not path.is_file():
             raise UserError("file not found; check the path in the config", path=path)
         para: list[str] = []
-        for _, line in _lines(path):
+        for _, line in _lines(path, tally):
             if line.strip():
                 para.append(line)
             elif para:
@@ -148,7 +171,7 @@ def read_pretrain(path: str | Path, text_key: str = "text") -> Iterator[str]:
         raise UserError(
             "unknown pretraining format; use .parquet, .json, .jsonl or .txt", path=path
         )
-    for where, rec in _records(path):
+    for where, rec in _records(path, tally):
         text = _field(rec, text_key, path, where)
         if text:
             yield text
@@ -227,7 +250,9 @@ def _openai_messages(rec: Any, path: Path, where: str) -> list[Message]:
 _READERS = {"alpaca": alpaca_messages, "sharegpt": _sharegpt_messages, "openai": _openai_messages}
 
 
-def read_instructions(path: str | Path, fmt: str) -> Iterator[list[Message]]:
+def read_instructions(
+    path: str | Path, fmt: str, tally: Tally | None = None
+) -> Iterator[list[Message]]:
     """Conversations (lists of role/content messages) from an instruction dataset."""
     path = Path(path)
     if fmt not in _READERS:
@@ -236,7 +261,7 @@ def read_instructions(path: str | Path, fmt: str) -> Iterator[list[Message]]:
             field="format",
         )
     read = _READERS[fmt]
-    for where, rec in _records(path):
+    for where, rec in _records(path, tally):
         msgs = read(rec, path, where)
         if not any(m["role"] == "assistant" for m in msgs):
             raise UserError("no assistant turn to train on", path=f"{path}:{where}")

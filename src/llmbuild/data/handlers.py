@@ -14,6 +14,8 @@ import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from llmbuild.data.specials import load_tokenizer
 from llmbuild.errors import UserError
 
@@ -32,6 +34,17 @@ def conversation_labels(
         trained = any(s <= start < e for s, e in spans)
         labels.append(tok if trained else IGNORE_INDEX)
     return labels
+
+
+def span_labels(
+    ids: np.ndarray, offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """``conversation_labels`` on arrays: ``ids`` where the token starts inside a span."""
+    starts = np.fromiter((start for start, _ in offsets), dtype=np.int64, count=len(ids))
+    trained = np.zeros(len(ids), dtype=bool)
+    for s, e in spans:
+        trained |= (starts >= s) & (starts < e)
+    return np.where(trained, ids, IGNORE_INDEX)
 
 
 def assistant_spans(
@@ -89,7 +102,8 @@ class Encoder:
         return ids
 
     @classmethod
-    def conversation(cls, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    def render_spans(cls, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+        """The conversation rendered with the chat template, and its assistant spans."""
         tok = cls.tokenizer
 
         def render(msgs: list[dict[str, str]], add_generation_prompt: bool) -> str:
@@ -99,7 +113,12 @@ class Encoder:
                 msgs, tokenize=False, add_generation_prompt=add_generation_prompt
             )
 
-        text, spans = assistant_spans(render, messages)
+        return assistant_spans(render, messages)
+
+    @classmethod
+    def conversation(cls, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+        tok = cls.tokenizer
+        text, spans = cls.render_spans(messages)
         # The template writes BOS itself: no special tokens added here.
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])

@@ -10,12 +10,17 @@ handlers (data/handlers.py), the special ids from the tokenizer directory
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from llmbuild.data.handlers import IGNORE_INDEX, Encoder, encode_stream
+import numpy as np
+
+from llmbuild.data import batched
+from llmbuild.data.handlers import IGNORE_INDEX, Encoder, encode_stream, span_labels
+from llmbuild.data.shards import ShardWriter, optimal_dtype
 from llmbuild.data.specials import SpecialTokens, load_tokenizer, resolve_special_tokens
 from llmbuild.errors import UserError
 
@@ -53,22 +58,40 @@ class TokenizeStats:
         }
 
 
-def _builder(prefix: Path):
-    import warnings
-
-    import numpy as np
-
-    with warnings.catch_warnings():  # writing shards needs neither (stderr stays for errors)
-        warnings.filterwarnings("ignore", "Transformer Engine and Apex are not installed")
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    return IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.int32)
+def _specials(tokenizer_dir: str, specials: SpecialTokens | None, tok: Any):
+    tok = tok if tok is not None else load_tokenizer(tokenizer_dir)
+    return (specials or resolve_special_tokens(tokenizer_dir, tok=tok)), tok
 
 
-def _add(builder: Any, ids: Sequence[int]) -> None:
-    import torch
+def _per_document(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    tokenizer_dir: str,
+    workers: int,
+    eod: int,
+    tok: Any,
+) -> Iterator[list[Any]]:
+    """The per-document path (a tokenizer without a fast backend), in batches."""
+    stream = encode_stream(fn, items, tokenizer_dir, workers, eod, tok)
+    return batched.batches(stream, lambda _: 256)
 
-    builder.add_document(torch.tensor(ids, dtype=torch.int32), [len(ids)])
+
+def _pretrain_blocks(
+    docs: Iterable[str], tokenizer_dir: str, tok: Any, eod: int, workers: int, dtype: Any
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids concatenated, lengths) per batch of documents: each document's ids with the
+    tokenizer's own special tokens, then the EOD unless the post-processor appended it (as
+    handlers.Encoder.pretrain)."""
+    docs = iter(docs)
+    head = list(islice(docs, 4))
+    backend = batched.fast_backend(tok, add_special_tokens=True, samples=head)
+    docs = chain(head, docs)
+    if backend is None:
+        for lists in _per_document(Encoder.pretrain, docs, tokenizer_dir, workers, eod, tok):
+            lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+            yield np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
+        return
+    yield from batched.id_blocks(backend, batched.batches(docs, len), True, eod, dtype, workers)
 
 
 def tokenize_pretrain(
@@ -81,26 +104,57 @@ def tokenize_pretrain(
     specials: SpecialTokens | None = None,
     tok: Any = None,
 ) -> TokenizeStats:
-    """Documents, each ending with the EOD, into ``out_dir/text_document.{bin,idx}``."""
-    if specials is None:
-        tok = tok if tok is not None else load_tokenizer(tokenizer_dir)
-        specials = resolve_special_tokens(tokenizer_dir, tok=tok)
+    """Documents, each ending with the EOD, into ``out_dir/text_document.{bin,idx}``, in the
+    dtype Megatron-LM's preprocess_data.py picks for the vocabulary (uint16 below 65,500)."""
+    specials, tok = _specials(tokenizer_dir, specials, tok)
     stats = TokenizeStats("pretrain")
-    prefix = out_dir / PRETRAIN_PREFIX
-    builder = _builder(prefix)
-    stream = encode_stream(Encoder.pretrain, docs, tokenizer_dir, workers, specials.eod_id, tok)
-    for ids in stream:
-        _add(builder, ids)
-        stats.documents += 1
-        stats.bos_documents += specials.bos_id is not None and ids[0] == specials.bos_id
-        stats.tokens += len(ids)
-        stats.trained_tokens += len(ids)
-        stats.max_length = max(stats.max_length, len(ids))
-        stats.over_seq_length += len(ids) > seq_length + 1
-        if progress:
-            progress(stats.documents, stats.tokens)
-    builder.finalize(str(prefix) + ".idx")
+    writer = ShardWriter(out_dir / PRETRAIN_PREFIX, optimal_dtype(specials.vocab_size))
+    eod, bos = specials.eod_id, specials.bos_id
+    try:
+        for flat, lengths in _pretrain_blocks(docs, tokenizer_dir, tok, eod, workers, writer.dtype):
+            writer.add_flat(flat, lengths)
+            if bos is not None:
+                starts = np.cumsum(lengths) - lengths
+                stats.bos_documents += int((flat[starts] == bos).sum())
+            stats.documents += len(lengths)
+            stats.tokens += int(lengths.sum())
+            stats.max_length = max(stats.max_length, int(lengths.max()))
+            stats.over_seq_length += int((lengths > seq_length + 1).sum())
+            if progress:
+                progress(stats.documents, stats.tokens)
+    except BaseException:
+        writer.abort()
+        raise
+    stats.trained_tokens = stats.tokens
+    writer.finalize()
     return stats
+
+
+def _sft_batches(
+    convs: Iterable[list[dict[str, str]]], tokenizer_dir: str, tok: Any, eod: int, workers: int
+) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """Conversations -> (ids, labels) as handlers.Encoder.conversation makes them."""
+    Encoder.init(tokenizer_dir, eod, tok)
+    backend = batched.fast_backend(tok, add_special_tokens=False)
+    if backend is None:
+        for block in _per_document(Encoder.conversation, convs, tokenizer_dir, workers, eod, tok):
+            yield [(np.asarray(ids), np.asarray(labels)) for ids, labels in block]
+        return
+    batched.set_threads(workers)
+    bos = tok.bos_token_id
+    rendered = map(Encoder.render_spans, convs)
+    with batched.Background(batched.batches(rendered, lambda r: len(r[0]))) as groups:
+        encoding = batched.encoded(backend, groups, False, offsets=True, text=lambda r: r[0])
+        with batched.Background(encoding) as encs:
+            for group, encodings in encs:
+                block = []
+                for (_, spans), enc in zip(group, encodings, strict=True):
+                    ids = np.asarray(enc.ids, dtype=np.int64)
+                    labels = span_labels(ids, enc.offsets, spans)
+                    while bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+                        ids, labels = ids[1:], labels[1:]  # a template that writes BOS twice
+                    block.append((ids, labels))
+                yield block
 
 
 def tokenize_instructions(
@@ -114,49 +168,59 @@ def tokenize_instructions(
     specials: SpecialTokens | None = None,
     tok: Any = None,
 ) -> TokenizeStats:
-    """One document per conversation: input ids and labels (-100 outside assistant turns)."""
+    """One document per conversation: input ids and labels (-100 outside assistant turns),
+    both int32 (the labels are signed)."""
     if overlong not in ("drop", "truncate", "error"):
         raise UserError(
             f"unknown overlong policy {overlong!r}; use drop, truncate or error", field="overlong"
         )
-    if specials is None:
-        tok = tok if tok is not None else load_tokenizer(tokenizer_dir)
-        specials = resolve_special_tokens(tokenizer_dir, tok=tok)
-    bos = tok.bos_token_id if tok is not None else specials.bos_id
+    specials, tok = _specials(tokenizer_dir, specials, tok)
+    bos = tok.bos_token_id
     stats = TokenizeStats("sft")
-    ids_b = _builder(out_dir / SFT_PREFIXES["input_ids"])
-    lab_b = _builder(out_dir / SFT_PREFIXES["labels"])
-    stream = encode_stream(
-        Encoder.conversation, convs, tokenizer_dir, workers, specials.eod_id, tok
-    )
-    for n, (ids, labels) in enumerate(stream):
-        if len(ids) > seq_length:
-            stats.over_seq_length += 1
-            if overlong == "error":
-                raise UserError(
-                    f"conversation {n} has {len(ids)} tokens > seq_length "
-                    f"{seq_length}; raise seq_length or use overlong: drop",
-                    field="seq_length",
-                )
-            if overlong == "drop":
-                stats.dropped += 1
-                continue
-            ids, labels = ids[:seq_length], labels[:seq_length]
-            stats.truncated += 1
-        if all(x == IGNORE_INDEX for x in labels):
-            stats.dropped += 1
-            continue
-        _add(ids_b, ids)
-        _add(lab_b, labels)
-        stats.documents += 1
-        stats.bos_documents += bos is not None and ids[0] == bos
-        stats.tokens += len(ids)
-        stats.trained_tokens += sum(x != IGNORE_INDEX for x in labels)
-        stats.max_length = max(stats.max_length, len(ids))
-        if progress:
-            progress(stats.documents, stats.tokens)
-    ids_b.finalize(str(out_dir / SFT_PREFIXES["input_ids"]) + ".idx")
-    lab_b.finalize(str(out_dir / SFT_PREFIXES["labels"]) + ".idx")
+    ids_w = ShardWriter(out_dir / SFT_PREFIXES["input_ids"], np.int32)
+    lab_w = ShardWriter(out_dir / SFT_PREFIXES["labels"], np.int32)
+    n = -1
+    try:
+        for block in _sft_batches(convs, tokenizer_dir, tok, specials.eod_id, workers):
+            keep_ids, keep_labels = [], []
+            for ids, labels in block:
+                n += 1
+                if len(ids) > seq_length:
+                    stats.over_seq_length += 1
+                    if overlong == "error":
+                        raise UserError(
+                            f"conversation {n} has {len(ids)} tokens > seq_length "
+                            f"{seq_length}; raise seq_length or use overlong: drop",
+                            field="seq_length",
+                        )
+                    if overlong == "drop":
+                        stats.dropped += 1
+                        continue
+                    ids, labels = ids[:seq_length], labels[:seq_length]
+                    stats.truncated += 1
+                trained = int((labels != IGNORE_INDEX).sum())
+                if trained == 0:
+                    stats.dropped += 1
+                    continue
+                keep_ids.append(ids)
+                keep_labels.append(labels)
+                stats.documents += 1
+                stats.bos_documents += bos is not None and int(ids[0]) == bos
+                stats.tokens += len(ids)
+                stats.trained_tokens += trained
+                stats.max_length = max(stats.max_length, len(ids))
+            if keep_ids:
+                lengths = np.fromiter(map(len, keep_ids), dtype=np.int64, count=len(keep_ids))
+                ids_w.add_flat(np.concatenate(keep_ids), lengths)
+                lab_w.add_flat(np.concatenate(keep_labels), lengths)
+            if progress:
+                progress(stats.documents, stats.tokens)
+    except BaseException:
+        ids_w.abort()
+        lab_w.abort()
+        raise
+    ids_w.finalize()
+    lab_w.finalize()
     return stats
 
 

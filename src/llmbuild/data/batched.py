@@ -1,0 +1,244 @@
+"""Batched encoding: many documents per call into the fast tokenizer's Rust ``encode_batch``.
+
+Megatron-LM's preprocess_data.py (and data/handlers.py's per-document path) calls the
+tokenizer once per document and pickles every id back as a Python list. Here:
+
+- pretraining text (``id_blocks``): batches of about ``BATCH_CHARS`` characters go to
+  ``workers`` single-threaded processes that hold only the backend tokenizer and send back one
+  numpy block of ids per batch; the caller reads the input and writes the blocks, with at most
+  two batches per worker in flight, so memory stays a few batches however large the input;
+- conversations (``Background`` + ``encoded``): rendering the chat template is Python, so it
+  runs in a thread while ``encode_batch`` (which releases the GIL) spreads each batch over
+  ``workers`` Rust threads in another, and the caller computes the labels.
+
+The ids are exactly those of ``tok(text)``: the backend is the tokenizer's own, with no
+truncation or padding, and ``fast_backend`` refuses a tokenizer whose backend disagrees with it
+on probe texts (the caller then keeps the per-document path).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+BATCH_CHARS = 1 << 20  # characters of text per encode_batch call
+BATCH_DOCS = 4096  # and at most this many documents
+DEPTH = 2  # batches waiting between two stages
+PROBES = ("Hello world", " leading space", "a\n\nb\tc  ", "Zahl 12345, ünïcödé ✓ 日本語", "")
+
+
+def set_threads(workers: int) -> None:
+    """The Rust thread pool's size (read when tokenizers first runs in parallel): the worker
+    count, unless the caller set RAYON_NUM_THREADS; one worker turns parallelism off."""
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(workers, 1)))
+    if workers <= 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    else:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+
+def fast_backend(tok: Any, add_special_tokens: bool, samples: Iterable[str] = ()) -> Any:
+    """The tokenizers.Tokenizer behind ``tok`` when it encodes ``PROBES`` and ``samples``
+    exactly as ``tok(text, add_special_tokens=...)``; None otherwise (a slow tokenizer)."""
+    backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
+    if backend is None:
+        return None
+    if backend.truncation is not None or backend.padding is not None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+    for text in (*PROBES, *samples):
+        ours = backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if ours != list(tok(text, add_special_tokens=add_special_tokens)["input_ids"]):
+            return None
+    return backend
+
+
+def batches(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
+    """``items`` grouped into lists of about BATCH_CHARS (by ``size``), BATCH_DOCS at most."""
+    batch: list[T] = []
+    chars = 0
+    for item in items:
+        batch.append(item)
+        chars += size(item)
+        if chars >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+class Background:
+    """Iterate ``source`` in a thread, at most ``depth`` items ahead of the consumer.
+
+    An exception in the thread is raised in the consumer; closing the consumer (or leaving a
+    ``with`` block) stops the thread.
+    """
+
+    def __init__(self, source: Iterable[T], depth: int = DEPTH) -> None:
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(source,), daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, source: Iterable[Any]) -> None:
+        try:
+            for item in source:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put(_Failed(exc))
+            return
+        self._put(_END)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    item = self.q.get(timeout=0.1)
+                except queue.Empty:
+                    if self.stop.is_set():  # closed (by a consumer that gave up)
+                        return
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.exc
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def encoded(
+    backend: Any,
+    groups: Iterable[list[T]],
+    add_special_tokens: bool,
+    offsets: bool,
+    text: Callable[[T], str] | None = None,
+) -> Iterator[tuple[list[T], list[Any]]]:
+    """(group, the encodings of its texts) per group; ``text`` picks an item's text (default:
+    the item); ``offsets=False`` skips computing character offsets."""
+    encode = backend.encode_batch if offsets else backend.encode_batch_fast
+    for group in groups:
+        texts = group if text is None else [text(item) for item in group]
+        yield group, encode(texts, add_special_tokens=add_special_tokens)
+
+
+def ids_block(
+    backend: Any, texts: list[str], add_special_tokens: bool, eod: int, dtype: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the documents' ids concatenated, their lengths): each document's ids with the
+    tokenizer's special tokens, then the EOD unless the post-processor ended it with it."""
+    lists = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    for ids in lists:
+        if not ids or ids[-1] != eod:
+            ids.append(eod)
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    return np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer_json: str, add_special_tokens: bool, eod: int, dtype: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
+    from tokenizers import Tokenizer
+
+    _WORKER.update(
+        backend=Tokenizer.from_str(tokenizer_json),
+        special=add_special_tokens,
+        eod=eod,
+        dtype=np.dtype(dtype),
+    )
+
+
+def _worker_block(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    w = _WORKER
+    return ids_block(w["backend"], texts, w["special"], w["eod"], w["dtype"])
+
+
+def id_blocks(
+    backend: Any,
+    text_batches: Iterable[list[str]],
+    add_special_tokens: bool,
+    eod: int,
+    dtype: Any,
+    workers: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``ids_block`` of each batch, in order. With several workers the batches go to that
+    many single-threaded processes (spawned; each holds only the backend tokenizer, so they
+    start in a fraction of a second), at most two each in flight; the GIL is never shared."""
+    if workers <= 1:
+        for texts in text_batches:
+            yield ids_block(backend, texts, add_special_tokens, eod, dtype)
+        return
+    args = (backend.to_str(), add_special_tokens, eod, np.dtype(dtype).str)
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+        pending: deque[Any] = deque()
+        for texts in text_batches:
+            pending.append(pool.apply_async(_worker_block, (texts,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+class Rate:
+    """The progress line: documents, tokens, tokens/s, share of the input read, ETA."""
+
+    def __init__(self, log: Callable[[str], None], every: float = 5.0) -> None:
+        self.log, self.every = log, every
+        self.start = self.last = time.monotonic()
+
+    def line(self, docs: int, tokens: int, fraction: float | None) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        msg = f"{docs} docs, {tokens} tokens ({tokens / elapsed:,.0f} tokens/s, {elapsed:.0f}s)"
+        if fraction:
+            eta = elapsed * (1 - fraction) / fraction
+            msg += f", {100 * fraction:.1f}% of the input, ETA {eta:.0f}s"
+        return msg
+
+    def update(self, docs: int, tokens: int, fraction: float | None = None) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.log(self.line(docs, tokens, fraction))
