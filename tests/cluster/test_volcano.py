@@ -96,6 +96,8 @@ def test_a_service_and_its_consumers_share_one_pod(npu):
     cmd = c["args"][0]
     assert cmd.index("llmbuild serve run") < cmd.index("llmbuild bench static")
     assert "llmbuild bench dynamic" in cmd and "kill $svc" in cmd
+    # the device plugin gives the pod its NPU: no server-side lease, no venv paths
+    assert "lease" not in cmd and ".envs/" not in cmd
     assert c["resources"]["limits"]["huawei.com/ascend-1980"] == "1"
     assert job["spec"]["minAvailable"] == 1
 

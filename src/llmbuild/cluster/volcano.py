@@ -31,6 +31,8 @@ VISIBLE = {"npu": "ASCEND_RT_VISIBLE_DEVICES", "cuda": "CUDA_VISIBLE_DEVICES"}
 SCRIPT_STACK = {"eval_summary": "bench"}
 RANK_TABLE_DIR = "/user/config"
 _STACK = re.compile(r"\.envs/([a-z0-9-]+)/bin/")
+# a server's device lease (profiles/gpu, npu): in a pod the device plugin assigns the devices
+_LEASE = re.compile(r"python -m llmbuild\.cluster\.lease .*? -- ")
 
 
 def load_settings(profile: str | Path) -> dict[str, Any]:
@@ -72,7 +74,7 @@ def command_of(job: graph.Job, nodes: int = 1, ranks: int = 1) -> str:
             f"snakemake --cores {max(job.threads, 1)} --nolock --config envs='{{mode: external}}'"
             f" --allowed-rules {job.rule} {outs}"
         )
-    cmd = _STACK.sub("", job.shell)
+    cmd = _LEASE.sub("", _STACK.sub("", job.shell))
     if job.rule == "train" and nodes > 1:
         args = cmd[cmd.index(" -m llmbuild ") + len(" -m llmbuild ") :]
         cmd = f"{launch.volcano_torchrun('torchrun', nodes, ranks)} {args}"
