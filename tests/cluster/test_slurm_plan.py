@@ -82,6 +82,18 @@ def test_the_train_job_asks_slurm_for_two_nodes(two_nodes):
     assert re.search(r"--threads \$\(\( \d+ > 2 \? \d+ / 2 : 1 \)\)", shell)
 
 
+@pytest.mark.parametrize("device,gres", [("cuda", "gpu:4"), ("npu", "npu:4")])
+def test_multi_node_devices_are_asked_per_node(tmp_path, scratch, device, gres):
+    sinfo(tmp_path / "bin", {"llmbuild": 2})
+    overlay = {"train": {"nodes": 2, "tp": 4, "pp": 2, "device": device}}
+    proc = plan(scratch, overlay, *PROFILE, path_first=tmp_path / "bin")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = graph.parse_plan(proc.stdout)
+    for job in (j for j in jobs if j.rule == "train"):
+        assert job.resources["gres"] == gres and "gpu" not in job.resources
+        assert "--nproc_per_node 4" in job.shell and "lease" not in job.shell
+
+
 @pytest.mark.parametrize("nodelist_env", [True, False])
 def test_the_launch_command_on_a_two_node_allocation(tmp_path, two_nodes, nodelist_env):
     """Run the job's launcher as the job's shell would, inside a described 2-node allocation

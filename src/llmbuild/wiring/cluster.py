@@ -41,11 +41,17 @@ class ClusterWiring(Base):
 
     def device_resources(self, stage: str) -> dict[str, int]:
         """`gpu` (cuda) or `npu` resources of a device job: profiles/gpu and profiles/npu cap
-        them at the server's device count; Slurm's executor turns `gpu` into --gpus."""
+        them at the server's device count; Slurm's executor turns `gpu` into --gpus and
+        `gres` into --gres (per node: multi-node training)."""
         n = self.device_count(stage)
         if not n:
             return {}
-        return {"gpu" if self.device(stage) == "cuda" else "npu": n}
+        kind = "gpu" if self.device(stage) == "cuda" else "npu"
+        if stage == "train" and self.config["train"]["nodes"] > 1:
+            return {"gres": f"{kind}:{n}"}  # per node (Slurm's --gpus would be per job)
+        if kind == "npu":  # Ascend Slurm clusters name the NPUs as a gres too
+            return {"npu": n, "gres": f"npu:{n}"}
+        return {"gpu": n}
 
     def device_lease(self, stage: str, stack: str) -> str:
         """The prefix that gives a device job its own devices on a shared server
