@@ -49,3 +49,14 @@ def plan(workdir: Path, overlay: dict, *args: str, path_first: Path | None = Non
 
 def error_lines(proc) -> list[str]:
     return [ln for ln in (proc.stdout + proc.stderr).splitlines() if "error:" in ln]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Slurm end-to-end run (a real Slurm, the whole graph, minutes) runs only when asked
+    for with `-m slurm`, as `make test-slurm` does."""
+    if "slurm" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="needs a real Slurm: make test-slurm (-m slurm)")
+    for item in items:
+        if "slurm" in item.keywords:
+            item.add_marker(skip)
