@@ -131,7 +131,7 @@ def test_same_results_as_the_local_run(build):
     for phase in ("pretrain", "sft"):
         here = [json.loads(x)["loss"] for x in (model / phase / "train_log.jsonl").open()]
         there = [json.loads(x)["loss"] for x in (LOCAL / phase / "train_log.jsonl").open()]
-        assert here == pytest.approx(there, rel=1e-4, abs=1e-5), phase
+        assert here == there, phase  # the same threads, the same CPU: the same losses
     for variant in ("base", "sft", "sft-w8a8"):
         a = json.loads((model / "eval" / variant / "accuracy.json").read_text())
         b = json.loads((LOCAL / "eval" / variant / "accuracy.json").read_text())
