@@ -121,7 +121,12 @@ def plan(snakemake: str, configfiles: list[str], targets: list[str], extra: list
     if configfiles:
         cmd += ["--configfile", *configfiles]
     cmd += [*extra, *targets]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError(
+            f"{cmd[0]!r} not found; pass --snakemake (e.g. .venv/bin/snakemake)"
+        ) from None
     if proc.returncode:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "error" in ln.lower()]
         raise UserError(f"planning the graph failed: {(lines or ['see snakemake -n'])[-1]}")
