@@ -7,6 +7,7 @@
 
 rule bench_static:
     input:
+        src=W.sources("bench"),
         endpoint=W.endpoint("bench"),
         tokenizer=W.serve_model,
         env=W.env_marker("bench"),
@@ -34,6 +35,7 @@ rule bench_static:
 
 rule dataset_generate:
     input:
+        src=W.sources("bench"),
         tokenizer=W.base_hf,
         env=W.env_marker("bench"),
     output:
@@ -56,6 +58,7 @@ rule dataset_generate:
 # `llmbuild bench` holds a per-service lock while measuring, so they take turns.
 rule bench_dynamic:
     input:
+        src=W.sources("bench"),
         endpoint=W.endpoint("bench"),
         tokenizer=W.serve_model,
         dataset=W.bench_dataset,

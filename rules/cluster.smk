@@ -2,16 +2,18 @@
 # npu-smi, or the CPU's ISA flags, cores and memory), as JSON. Every device job (train, serve)
 # lists the check of its device among its inputs, so a job placed on a node without that
 # device stops here with one line, in seconds. `ancient`: a check redone on another node does
-# not rerun the work that depends on it.
+# not rerun the work that depends on it. The check describes where jobs run, not a model, so
+# it lives beside the environments (.envs/checks/; results/checks/ with external ones).
 
 
 rule device_check:
     input:
+        src=W.sources("cluster"),
         env=W.env_marker("train"),
     output:
-        "results/{model}/checks/{device}.json",
+        W.device_checks(),
     log:
-        "logs/{model}/checks/{device}.log",
+        "logs/checks/{device}.log",
     wildcard_constraints:
         device="cpu|cuda|npu",
     conda:

@@ -31,7 +31,7 @@ try:
 except UserError as exc:
     sys.exit(f"llmbuild: error: {exc}")
 
-W = Wiring(config)
+W = Wiring(config, src_dir=SRC_DIR)
 MODEL = W.model
 SERVED = W.served
 

@@ -4,6 +4,7 @@
 
 rule hf2mg:
     input:
+        src=W.sources("convert"),
         hf=W.base_hf,
         env=W.env_marker("train"),
     output:
@@ -24,6 +25,7 @@ rule hf2mg:
 
 rule mg2hf:
     input:
+        src=W.sources("convert"),
         load="results/{model}/{phase}/mcore",
         trained="results/{model}/gates/train/{phase}.json",
         source=W.base_hf,
@@ -47,6 +49,7 @@ rule mg2hf:
 
 rule gate_parity_hf2mg:
     input:
+        src=W.sources("gates"),
         hf=W.base_hf,
         mcore="results/{model}/base/mcore",
         env=W.env_marker("train"),
@@ -69,6 +72,7 @@ rule gate_parity_hf2mg:
 
 rule gate_parity_mg2hf:
     input:
+        src=W.sources("gates"),
         mcore="results/{model}/{phase}/mcore",
         hf="results/{model}/{phase}/hf",
         env=W.env_marker("train"),

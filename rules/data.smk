@@ -3,6 +3,7 @@
 
 rule synth_corpus:
     input:
+        src=W.sources("data"),
         env=W.env_marker("train"),
     output:
         "results/{model}/data/corpus.jsonl",
@@ -21,6 +22,7 @@ rule synth_corpus:
 
 rule synth_task:
     input:
+        src=W.sources("data"),
         env=W.env_marker("train"),
     output:
         "results/{model}/data/task/{split}.jsonl",
@@ -40,6 +42,7 @@ rule synth_task:
 
 rule tokenize_pretrain:
     input:
+        src=W.sources("data"),
         data=W.corpus,
         tokenizer=W.base_hf,
         env=W.env_marker("train"),
@@ -61,6 +64,7 @@ rule tokenize_pretrain:
 
 rule tokenize_sft:
     input:
+        src=W.sources("data"),
         data=W.sft_train,
         tokenizer=W.base_hf,
         env=W.env_marker("train"),

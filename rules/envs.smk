@@ -14,6 +14,7 @@ localrules:
 
 rule env:
     input:
+        src=W.sources("envs"),
         spec="envs/{stack}.txt",
     output:
         marker=".envs/{stack}/ready.json",

@@ -4,6 +4,7 @@
 
 rule eval_accuracy:
     input:
+        src=W.sources("eval"),
         endpoint=W.endpoint("eval"),
         data=W.sft_heldout,
         env=W.env_marker("bench"),
@@ -31,7 +32,9 @@ rule eval_accuracy:
 
 rule eval_summary:
     input:
-        W.eval_results,
+        src=W.sources("eval"),
+        results=W.eval_results,
+        env=W.env_marker("bench"),
     output:
         report(
             "results/{model}/eval/summary.json",
@@ -44,5 +47,7 @@ rule eval_summary:
         "../envs/bench.yaml"
     resources:
         mem_mb=200,
-    script:
-        "../scripts/eval_summary.py"
+    params:
+        llmbuild=W.llmbuild("bench"),
+    shell:
+        "{params.llmbuild} eval summary --input {input.results} --output {output} > {log} 2>&1"

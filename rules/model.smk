@@ -4,6 +4,7 @@
 
 rule tiny_model:
     input:
+        src=W.sources("model"),
         corpus=W.corpus,
         env=W.env_marker("train"),
     output:

@@ -4,6 +4,7 @@
 
 rule plot_bench:
     input:
+        src=W.sources("plot"),
         csvs=W.bench_csvs,
         env=W.env_marker("plot"),
     output:
@@ -28,6 +29,7 @@ rule plot_bench:
 
 rule plot_loss:
     input:
+        src=W.sources("plot"),
         logs=W.train_logs,
         env=W.env_marker("plot"),
     output:
@@ -50,6 +52,7 @@ rule plot_loss:
 
 rule gate_summary:
     input:
+        src=W.sources("gates"),
         verdicts=W.all_gates,
         env=W.env_marker("plot"),
     output:
@@ -70,3 +73,28 @@ rule gate_summary:
     shell:
         "{params.llmbuild} gates summary --input {input.verdicts} --output {output.summary}"
         " --html {output.html} > {log} 2>&1"
+
+
+rule audit_page:
+    input:
+        src=W.sources("plot"),
+        plots=["results/{model}/plots/bench.png", "results/{model}/plots/loss.png"],
+        gates="results/{model}/gates/summary.json",
+        env=W.env_marker("plot"),
+    output:
+        report(
+            "results/{model}/audit/index.html",
+            caption="../report/audit.rst",
+            category="Audit",
+        ),
+    log:
+        "logs/{model}/audit/page.log",
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=200,
+    params:
+        llmbuild=W.llmbuild("plot"),
+    shell:
+        "{params.llmbuild} plot audit --input {input.plots} --gates {input.gates}"
+        " --output {output} > {log} 2>&1"

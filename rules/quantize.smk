@@ -6,6 +6,7 @@
 
 rule quantize:
     input:
+        src=W.sources("quantize"),
         model="results/{model}/{phase}/hf",
         proof="results/{model}/gates/parity/{phase}-mg2hf.json",
         calib=W.sft_train,
@@ -29,6 +30,7 @@ rule quantize:
 
 rule gate_quant:
     input:
+        src=W.sources("gates"),
         quantized="results/{model}/eval/{phase}-{scheme}/accuracy.json",
         reference="results/{model}/eval/{phase}/accuracy.json",
         env=W.env_marker("bench"),

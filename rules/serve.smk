@@ -10,6 +10,7 @@
 rule serve:
     input:
         unpack(W.serve_inputs),
+        src=W.sources("serve"),
         env=W.env_marker(W.serve_stack()),
         check=ancient(W.device_check("serve")),
     output:

@@ -7,6 +7,7 @@
 rule train:
     input:
         unpack(W.train_inputs),
+        src=W.sources("train"),
         env=W.env_marker("train"),
         check=ancient(W.device_check("train")),
     output:
@@ -37,6 +38,7 @@ rule train:
 
 rule gate_train:
     input:
+        src=W.sources("gates"),
         log="results/{model}/{phase}/train_log.jsonl",
         env=W.env_marker("train"),
     output:

@@ -33,7 +33,12 @@ GROUPS: dict[str, tuple[str, str]] = {
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The parser; only the ``selected`` group's module is imported (all when None)."""
-    parser = argparse.ArgumentParser(prog="llmbuild", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="llmbuild",
+        description=__doc__.splitlines()[0],
+        epilog="Whole-build commands: `llmbuild audit [TARGET...]` (records, bytes, drift, gates, "
+        "lineage, --rebuild) and `llmbuild why TARGET` (the field that makes it rerun).",
+    )
     groups = parser.add_subparsers(dest="group", metavar="<group>", required=True)
     for name, (module, help_text) in GROUPS.items():
         gp = groups.add_parser(name, help=help_text)
@@ -43,8 +48,15 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# whole-build commands, not a stage's verbs: `llmbuild audit [TARGET...]`, `llmbuild why TARGET`
+COMMANDS = {"audit", "why"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        # by name, like the groups: a stage's rules do not depend on the audit's source
+        return importlib.import_module("llmbuild.audit.cli").main(argv[0], argv[1:])
     parser = build_parser(argv[0] if argv and argv[0] in GROUPS else "")
     args = parser.parse_args(argv)
     try:

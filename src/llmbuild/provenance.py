@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -42,6 +43,26 @@ def _content_files(p: Path) -> list[tuple[str, Path]]:
             continue
         out.append((rel, f))
     return out
+
+
+def file_digests(
+    path: str | os.PathLike[str], known: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Relative path -> sha256 of every content file of a directory (``{"": d}`` for a file)."""
+    p = Path(path)
+    if p.is_file():
+        return {"": (known or {}).get("") or file_digest(p)}
+    return {rel: (known or {}).get(rel) or file_digest(f) for rel, f in _content_files(p)}
+
+
+def combine(files: Mapping[str, str]) -> str:
+    """A directory's digest from its files' digests (what ``path_digest`` gives)."""
+    if set(files) == {""}:
+        return files[""]
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + files[rel].encode() + b"\n")
+    return h.hexdigest()
 
 
 def path_digest(path: str | os.PathLike[str], known: Mapping[str, str] | None = None) -> str:
@@ -152,14 +173,67 @@ def provenance_path(artifact: str | os.PathLike[str]) -> Path:
     return a / PROVENANCE if a.is_dir() else a.with_name(a.name + "." + PROVENANCE)
 
 
+# credentials in a URL (user:secret@host) and secret-looking query parameters
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_URL_SECRET_QUERY = re.compile(
+    r"(?i)([?&](?:[a-z_]*(?:token|secret|password|api_?key|key|sig|signature)[a-z_]*)=)[^&#\s]+"
+)
+
+
+def scrub(value: object) -> object:
+    """``value`` with URL credentials and secret query parameters masked, and absolute paths
+    inside the working directory made relative (a record must survive the tree moving)."""
+    if isinstance(value, str):
+        text = _URL_SECRET_QUERY.sub(r"\1<redacted>", _URL_CREDENTIALS.sub("<redacted>@", value))
+        return relative(text)
+    if isinstance(value, Mapping):
+        return {str(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return relative(os.fspath(value))
+    return value
+
+
+def relative(path: str) -> str:
+    """``path`` relative to the working directory when it is an absolute path inside it."""
+    if not path.startswith("/"):
+        return path
+    cwd = os.getcwd()
+    if path == cwd:
+        return "."
+    if path.startswith(cwd.rstrip("/") + "/"):
+        return os.path.relpath(path, cwd)
+    return path
+
+
 def redact(args: Mapping[str, object]) -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in args.items():
+        if k == "func":
+            continue
         if any(w in k.lower() for w in _SECRET_WORDS):
             out[k] = "<redacted>" if v else v
+        elif isinstance(v, (str, int, float, bool, type(None), list, tuple, os.PathLike)):
+            out[k] = scrub(v)
         else:
-            out[k] = v if isinstance(v, (str, int, float, bool, type(None), list)) else str(v)
+            out[k] = str(v)
     return out
+
+
+def source_digests() -> dict[str, str]:
+    """sha256 of each llmbuild source file this process imported, by its path in the
+    package (``llmbuild/quantize/cli.py``): the code that made the artifact."""
+    root = Path(__file__).resolve().parent.parent
+    out = {}
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None)
+        if not (name == "llmbuild" or name.startswith("llmbuild.")) or not f:
+            continue
+        path = Path(f).resolve()
+        if path.suffix == ".py" and path.is_relative_to(root) and path.is_file():
+            out[path.relative_to(root).as_posix()] = file_digest(path)
+    return dict(sorted(out.items()))
 
 
 def git_revision() -> dict[str, object]:
@@ -186,7 +260,8 @@ def package_versions() -> dict[str, str]:
     pkgs: dict[str, str] = {}
     for dist in metadata.distributions():
         name = dist.metadata.get("Name")
-        if name:
+        # a package's private copies (setuptools/_vendor/...) are not the environment's
+        if name and "_vendor" not in str(getattr(dist, "_path", "")):
             pkgs[name.lower()] = dist.version
     return dict(sorted(pkgs.items()))
 
@@ -205,17 +280,20 @@ def record(
         "command": command,
         "arguments": redact(args),
         "inputs": {
-            str(p): known.get(str(p)) or path_digest(p) for p in inputs if p and Path(p).exists()
+            relative(os.fspath(p)): known.get(str(p)) or path_digest(p)
+            for p in inputs
+            if p and Path(p).exists()
         },
         "code": git_revision(),
+        "source": source_digests(),
         "python": sys.version.split()[0],
-        "executable": sys.executable,
+        "executable": relative(sys.executable),
         "packages": package_versions(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
         "wall_seconds": round(time.time() - started, 3),
-        **(dict(extra) if extra else {}),
+        **(scrub(dict(extra)) if extra else {}),  # type: ignore[dict-item]
     }
 
 
@@ -244,7 +322,10 @@ def write(
         input_digests=input_digests,
     )
     if digest_output:
-        rec["output_digest"] = path_digest(artifact, known)
+        files = file_digests(artifact, known)
+        rec["output_digest"] = combine(files)
+        if Path(artifact).is_dir():
+            rec["output_files"] = files
     dest = provenance_path(artifact)
     with atomic_file(dest) as fh:
         json.dump(rec, fh, indent=2, sort_keys=False)

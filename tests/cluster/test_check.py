@@ -123,12 +123,12 @@ def test_every_device_job_waits_for_its_check(scratch):
     train = [j for j in jobs if j.rule == "train"]
     serve = [j for j in jobs if j.rule == "serve"]
     assert len(train) == 2 and len(serve) == 6
-    assert all("results/tiny-llama/checks/cuda.json" in j.inputs for j in train)
-    assert all("results/tiny-llama/checks/npu.json" in j.inputs for j in serve)
+    assert all(".envs/checks/cuda.json" in j.inputs for j in train)
+    assert all(".envs/checks/npu.json" in j.inputs for j in serve)
     checks = [j.outputs[0] for j in jobs if j.rule == "device_check"]
     assert sorted(checks) == [
-        "results/tiny-llama/checks/cuda.json",
-        "results/tiny-llama/checks/npu.json",
+        ".envs/checks/cuda.json",
+        ".envs/checks/npu.json",
     ]
     assert "--key serve.device" in proc.stdout and "--key train.device" in proc.stdout
 
@@ -150,16 +150,16 @@ def test_the_graph_stops_at_the_check_on_a_node_without_the_device(scratch):
         str(scratch),
         "--cores",
         "1",
-        "results/tiny-llama/checks/cuda.json",
+        "results/checks/cuda.json",  # external environments: no .envs/
         "--configfile",
         "config/config.yaml",
         "overlay.yaml",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=scratch, timeout=300)
     assert proc.returncode != 0
-    log = (scratch / "logs/tiny-llama/checks/cuda.log").read_text().splitlines()
+    log = (scratch / "logs/checks/cuda.log").read_text().splitlines()
     assert len(log) == 1 and log[0].startswith(
         "llmbuild cluster check: error: train.device: no cuda device"
     )
     assert "Error in rule device_check" in proc.stdout + proc.stderr
-    assert not (scratch / "results/tiny-llama/checks/cuda.json").exists()
+    assert not (scratch / "results/checks/cuda.json").exists()

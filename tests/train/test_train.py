@@ -158,6 +158,32 @@ def test_trained_checkpoint_converts_to_hf(work):
     assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
 
 
+def test_the_same_run_writes_the_same_bytes(work):
+    """A checkpoint is reproducible bit for bit: no wall time in its common state, no random
+    ids (DCP's save id, torch.save's serialization id) in its files."""
+    import hashlib
+    import shutil
+
+    def digests(root: Path) -> dict[str, str]:
+        return {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in ("provenance.json", "train_log.jsonl")
+        }
+
+    args = _train_args(work, "sft", "same", 4)
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = digests(work / "same")
+    shutil.rmtree(work / "same")
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert digests(work / "same") == first
+    assert any(k.endswith("common.pt") for k in first) and any(
+        k.endswith(".metadata") for k in first
+    )
+
+
 def test_killed_run_resumes_to_identical_weights(work):
     iters, interval = 16, 2
     r = _cli(*_train_args(work, "pretrain", "whole", iters, save_interval=str(interval)))

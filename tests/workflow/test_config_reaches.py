@@ -164,9 +164,9 @@ STRUCTURE: dict[str, tuple] = {
         {"data": {"sft": {"path": "in/sft.jsonl", "heldout": "in/heldout.jsonl"}}},
     ),
     "data.sft.heldout": ("in/heldout.jsonl", {"eval_accuracy"}, {"synth_task"}),
-    "quantize.schemes": ([], {"gate_summary", "plot_bench"}, "*"),
+    "quantize.schemes": ([], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
     "serve.stack": ("serve-vllm", {"serve"}, {"env"}),
-    "eval.variants": (["sft"], {"gate_summary", "plot_bench"}, "*"),
+    "eval.variants": (["sft"], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
     "bench.dataset.type": (
         "sharegpt",
         {"bench_dynamic"},

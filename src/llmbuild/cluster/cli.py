@@ -8,13 +8,18 @@ import json
 
 
 def _check(args: argparse.Namespace) -> int:
+    import time
+
+    from llmbuild import provenance
     from llmbuild.atomic import atomic_file
     from llmbuild.cluster.check import check
 
+    started = time.time()
     facts = check(args.device, args.key)
     with atomic_file(args.output) as fh:
         json.dump(facts, fh, indent=2)
         fh.write("\n")
+    provenance.write(args.output, command="cluster check", args=vars(args), started=started)
     found = facts.get("devices")
     cpu = facts["cpu"]
     what = f"{len(found)} {args.device} device(s)" if found else f"{cpu['cores']} cores"

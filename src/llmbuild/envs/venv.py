@@ -102,7 +102,7 @@ def create(
         "stack": Path(spec_path).stem,
         "spec": str(spec_path),
         "spec_sha256": spec.digest,
-        "prefix": str(prefix),
+        "prefix": _relative(prefix),  # the tree may move
         "python": version,
         "packages": sorted(frozen),
         "builder_python": sys.version.split()[0],
@@ -111,3 +111,10 @@ def create(
         json.dump(rec, fh, indent=2)
         fh.write("\n")
     return rec
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when inside it (a record survives a move)."""
+    here = Path.cwd()
+    p = Path(path).absolute()
+    return str(p.relative_to(here)) if p.is_relative_to(here) else str(p)

@@ -106,7 +106,36 @@ def _accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+SUMMARY_FIELDS = ("accuracy", "n", "correct", "failed_requests", "model", "served_dtype")
+
+
+def _summary(args: argparse.Namespace) -> int:
+    """One row per variant (the result file's directory name) of the accuracy results."""
+    from llmbuild.atomic import atomic_file
+
+    started = time.time()
+    rows = {}
+    for path in args.input:
+        try:
+            rec = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not an accuracy result ({exc})") from None
+        rows[Path(path).parent.name] = {k: rec.get(k) for k in SUMMARY_FIELDS}
+    with atomic_file(args.output) as fh:
+        json.dump(rows, fh, indent=2)
+        fh.write("\n")
+    provenance.write(
+        args.output, command="eval summary", args=vars(args), inputs=args.input, started=started
+    )
+    print(f"wrote {args.output}: " + ", ".join(f"{k} {v['accuracy']}" for k, v in rows.items()))
+    return 0
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
+    s = verbs.add_parser("summary", help="every variant's accuracy in one JSON")
+    s.add_argument("--input", nargs="+", required=True, help="accuracy.json files, one a variant")
+    s.add_argument("--output", required=True, help="summary JSON")
+    s.set_defaults(func=_summary)
     p = verbs.add_parser("accuracy", help="exact-match accuracy on Alpaca JSONL via chat API")
     p.add_argument("--input", required=True, help="held-out Alpaca JSONL (e.g. heldout.jsonl)")
     p.add_argument("--endpoint", required=True, help="service endpoint file (JSON)")

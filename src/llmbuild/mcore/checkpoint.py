@@ -153,3 +153,36 @@ def load(
     return iteration, {
         k: v for k, v in common.items() if k not in ("model", "optimizer", "opt_param_scheduler")
     }
+
+
+def make_reproducible(target: str | Path) -> None:
+    """Replace what torch draws at random in a saved ``iter_*`` directory, so the same training
+    run writes the same bytes: DCP's ``storage_meta.save_id`` in ``.metadata`` (a uuid4; now one
+    derived from the rest of the file, the same length, so the pickle stays valid) and
+    ``torch.save``'s serialization id in ``common.pt`` (rewritten as ``torch.save`` writes it,
+    the id derived from its name). Call on one rank, after the save."""
+    import hashlib
+    import uuid
+
+    import torch
+
+    from llmbuild.atomic import atomic_file
+    from llmbuild.convert.formats import dcp_meta, torch_record
+
+    target = Path(target)
+    meta = target / ".metadata"
+    if meta.is_file():
+        save_id = getattr(dcp_meta.load(meta).storage_meta, "save_id", None)
+        data = meta.read_bytes()
+        old = save_id.encode() if isinstance(save_id, str) else b""
+        if old and data.count(old) == 1:
+            digest = hashlib.sha256(data.replace(old, b"")).hexdigest()
+            new = str(uuid.uuid5(uuid.NAMESPACE_OID, digest)).encode()
+            if len(new) == len(old):
+                with atomic_file(meta, "wb") as fh:
+                    fh.write(data.replace(old, new))
+    common = target / "common.pt"
+    if common.is_file():
+        state = torch.load(common, map_location="cpu", weights_only=True)
+        with atomic_file(common, "wb") as fh:
+            torch_record.write_object(fh, state, name=f"{target.name}/common")

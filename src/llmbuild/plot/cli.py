@@ -58,6 +58,25 @@ def _loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from llmbuild.audit.page import render
+
+    started = time.time()
+    out = Path(args.output)
+    text = render(args.input, args.gates)
+    with atomic_file(out) as fh:
+        fh.write(text)
+    provenance.write(
+        out,
+        command="plot audit",
+        args=vars(args),
+        inputs=[*args.input, args.gates],
+        started=started,
+    )
+    print(f"wrote {out}: lineage of {len(args.input)} plot(s) and the gate table")
+    return 0
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("bench", help="p90 TTFT/TPOT vs concurrency with SLO lines, throughput")
     p.add_argument("--input", nargs="+", required=True, help="static benchmark CSV(s), one a run")
@@ -79,3 +98,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--title", default=None)
     p.add_argument("--output", required=True, help="PNG")
     p.set_defaults(func=_loss)
+
+    p = verbs.add_parser("audit", help="the report's audit page: plots' lineage, gate table")
+    p.add_argument("--input", nargs="+", required=True, help="plots (PNG) whose lineage to draw")
+    p.add_argument("--gates", required=True, help="gates/summary.json")
+    p.add_argument("--output", required=True, help="HTML page")
+    p.set_defaults(func=_audit)

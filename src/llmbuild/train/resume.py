@@ -247,14 +247,15 @@ def publish(
     M.save_description(work, trained)
     with atomic_file(a.train_log) as fh, open(work / LOG_NAME) as src:
         shutil.copyfileobj(src, fh)
-    provenance.write(
-        work,
-        command="llmbuild train run",
-        args=provenance_args,
-        inputs=[a.input, a.data],
-        started=started,
-        extra={"elapsed_training_s": round(elapsed, 3)},
-    )
+    for artifact in (work, a.train_log):
+        provenance.write(
+            artifact,
+            command="llmbuild train run",
+            args=provenance_args,
+            inputs=[a.input, a.data],
+            started=started,
+            extra={"elapsed_training_s": round(elapsed, 3)},
+        )
     out = Path(a.output)
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()

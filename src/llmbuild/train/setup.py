@@ -187,9 +187,12 @@ def save(
         t.ddp.module,
         optimizer=None if final else t.optimizer,
         scheduler=None if final else t.scheduler,
-        common={"llmbuild": {"tokens": tokens, "elapsed": elapsed}},
+        # the final checkpoint keeps no wall time: the same run writes the same bytes
+        common={"llmbuild": {"tokens": tokens, **({} if final else {"elapsed": elapsed})}},
     )
     if rank() == 0:
+        if final:
+            ckpt.make_reproducible(work / ckpt.iter_name(step))
         prune(work, step)
 
 

@@ -46,6 +46,7 @@ class Wiring(
             f"results/{m}/plots/loss.png",
             f"results/{m}/eval/summary.json",
             f"results/{m}/gates/summary.json",
+            f"results/{m}/audit/index.html",
         ]
         if self.config["bench"]["dynamic"]["enabled"]:
             targets += [f"results/{m}/bench/{v}/dynamic.csv" for v in self.served]

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmbuild import plan
+from llmbuild.sources import group_sources
 
 
 def csv_list(values: Iterable[Any]) -> str:
@@ -48,11 +49,16 @@ def join(*parts: str) -> str:
 class Base:
     """The config, the served variants, and where each stack's `llmbuild` is."""
 
-    def __init__(self, config: Mapping[str, Any]):
+    def __init__(self, config: Mapping[str, Any], src_dir: str = "src"):
         self.config = config
+        self.src_dir = src_dir
         self.model = config["model"]["name"]
         self.served = plan.served_variants(dict(config))
         self.train_ranks = config["train"]["tp"] * config["train"]["pp"]
+
+    def sources(self, group: str) -> list[str]:
+        """llmbuild's source files that ``llmbuild <group>`` runs (inputs of its rules)."""
+        return [f"{self.src_dir}/{rel}" for rel in group_sources(group)]
 
     def env_marker(self, stack: str) -> list[str] | str:
         """The graph node a rule depends on for its environment (none in external mode)."""

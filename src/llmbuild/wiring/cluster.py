@@ -12,11 +12,18 @@ DEVICE_KEYS = {"train": "train.device", "serve": "serve.device"}
 
 
 class ClusterWiring(Base):
+    def device_checks(self) -> str:
+        """Where the checks are: beside the environments (.envs/checks/, shared as they are:
+        by every model's graph and by the audit's rebuild tree), or results/checks/ when the
+        environments are external (envs.mode: external has no .envs/)."""
+        if self.config["envs"]["mode"] == "external":
+            return "results/checks/{device}.json"
+        return ".envs/checks/{device}.json"
+
     def device_check(self, stage: str) -> str:
-        """The check a device job of ``stage`` waits for: results/<model>/checks/<device>.json
-        (made on a node of the kind the job runs on; a node without the device stops there)."""
-        section, _ = DEVICE_KEYS[stage].split(".")
-        return f"results/{self.model}/checks/{self.config[section]['device']}.json"
+        """The check a device job of ``stage`` waits for (made on a node of the kind the job
+        runs on; a node without the device stops there)."""
+        return self.device_checks().format(device=self.device(stage))
 
     def device_key(self, wildcards: Any) -> str:
         """The config key the check names in its error line (train.device or serve.device)."""
