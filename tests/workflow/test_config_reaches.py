@@ -181,7 +181,8 @@ STRUCTURE: dict[str, tuple] = {
         {"bench": {"dataset": {"type": "sharegpt", "path": "in/sharegpt.json"}}},
     ),
     "bench.dynamic.enabled": (False, {"gate_summary"}, "*"),
-    "envs.mode": ("external", "*", {"env"}),
+    # external environments: no env jobs, and the device checks move to results/checks/
+    "envs.mode": ("external", "*", {"env", "device_check"}),
     # a device adds its environment check (results/<model>/checks/<device>.json), which
     # names the key that asked for it
     "train.device": ("cuda", {"train", "device_check"}, {"device_check"}),
