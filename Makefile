@@ -11,7 +11,7 @@ TESTS_quantize := tests/quantize
 TESTS_bench := tests/bench tests/eval
 TESTS_plot := tests/plot
 
-.PHONY: setup envs demo report test test-fast lint clean
+.PHONY: setup envs demo report test test-fast test-slurm lint clean
 
 # The driver: Snakemake, pytest and linters, plus this package (for planning the graph).
 $(VENV)/.ready: envs/driver.txt pyproject.toml
@@ -41,11 +41,19 @@ lint: setup
 	$(VENV)/bin/snakemake --lint
 
 # unit + workflow tests in the driver, then each stack's tests in its own environment, then
-# the whole graph end to end on the embedded default.
+# the whole graph end to end on the embedded default, then once more through a real Slurm.
 test: envs lint
-	$(VENV)/bin/python -m pytest -q -m "not gpu" tests/unit tests/workflow tests/serve
+	$(VENV)/bin/python -m pytest -q -m "not gpu and not slurm" tests/unit tests/workflow tests/serve tests/cluster
 	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q -m "not gpu" $(TESTS_$(s)) && ) true
 	$(VENV)/bin/python -m pytest -q -m e2e tests/e2e
+	$(MAKE) test-slurm
+
+# A single-node Slurm on this machine (installed and started by scripts/slurm-up.sh, as root),
+# then the default graph through profiles/slurm in results/slurm/, compared with the local
+# build; the environments in .envs/ are made once and shared by every job.
+test-slurm: envs
+	scripts/slurm-up.sh
+	$(VENV)/bin/python -m pytest -q -s -m slurm tests/cluster
 
 clean:
 	rm -rf results logs .snakemake

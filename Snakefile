@@ -11,6 +11,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/envs.smk"
+include: "rules/cluster.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/convert.smk"

@@ -25,6 +25,9 @@ try:
     plan.check_config(config, yaml.safe_load(SCHEMA.read_text()), CONFIG_SOURCE)
     validate(config, str(SCHEMA), set_default=True)
     plan.check_plan(config, CATALOG, CONFIG_SOURCE)
+    # the cluster the profile names (Slurm's partition, its nodes): once, not in each job
+    if workflow.is_main_process:
+        plan.check_cluster(config, workflow.resource_settings, CONFIG_SOURCE)
 except UserError as exc:
     sys.exit(f"llmbuild: error: {exc}")
 

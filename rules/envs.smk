@@ -3,7 +3,13 @@
 # environment and reruns exactly the rules that use it. In envs.mode: external this rule is
 # never needed: llmbuild comes from the active environment (conda:, container: or your own).
 # The builder itself needs only the standard library, so it runs from src/ with the same
-# interpreter the environments are made from.
+# interpreter the environments are made from. On a cluster the environments are built once,
+# on the submitting host, into the shared filesystem: never once per job.
+
+
+localrules:
+    env,
+    envs,
 
 
 rule env:

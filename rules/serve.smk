@@ -12,6 +12,7 @@ rule serve:
         unpack(W.serve_inputs),
         src=W.sources("serve"),
         env=W.env_marker(W.serve_stack()),
+        check=ancient(W.device_check("serve")),
     output:
         service("results/{model}/serve/{variant}/{consumer}.json"),
     log:
@@ -20,10 +21,11 @@ rule serve:
         "../envs/serve-cpu.yaml"
     threads: 0
     resources:
+        **W.device_resources("serve"),
         mem_mb=4000,
         serve_slots=1,
     params:
-        llmbuild=W.llmbuild(W.serve_stack()),
+        llmbuild=W.serve_launcher(),
         flags=W.serve_flags(),
     shell:
         "exec {params.llmbuild} serve run --input {input.model} --endpoint {output}"

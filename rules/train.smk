@@ -9,6 +9,7 @@ rule train:
         unpack(W.train_inputs),
         src=W.sources("train"),
         env=W.env_marker("train"),
+        check=ancient(W.device_check("train")),
     output:
         ckpt=directory("results/{model}/{phase}/mcore"),
         log="results/{model}/{phase}/train_log.jsonl",
@@ -20,6 +21,7 @@ rule train:
         "../envs/train.yaml"
     threads: max(2, W.train_ranks)
     resources:
+        **W.train_cluster_resources(),
         mem_mb=6000 * W.train_ranks,
     params:
         llmbuild=W.train_launcher(),

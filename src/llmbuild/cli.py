@@ -27,6 +27,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "gates": ("llmbuild.gates.cli", "prove a stage's output (parity, accuracy, loss) or stop"),
     "envs": ("llmbuild.envs.cli", "per-stage environments"),
     "catalog": ("llmbuild.catalog_cli", "the model catalog: recommendations and support"),
+    "cluster": ("llmbuild.cluster.cli", "clusters: device checks, Volcano manifests"),
 }
 
 

@@ -63,7 +63,7 @@ FLAGS: dict[str, tuple] = {
     "data.overlong": ("truncate", {"tokenize_sft"}),
     "data.workers": (2, TOKENIZE),
     "data.eod_token": ("<|end|>", TOKENIZE),
-    "train.device": ("cuda", {"train"}),
+    "train.nodes": (2, {"train"}, {"train": {"tp": 2}}),
     "train.tp": (2, {"hf2mg", "train"}),
     "train.pp": (2, {"hf2mg", "train"}),
     "train.pp_layers": ([1, 3], {"hf2mg", "train"}, {"train": {"pp": 2}}),
@@ -71,7 +71,6 @@ FLAGS: dict[str, tuple] = {
     "quantize.num_samples": (8, {"quantize"}),
     "quantize.seq_length": (64, {"quantize"}),
     "quantize.seed": (1, {"quantize"}),
-    "serve.device": ("cuda", {"serve"}),
     "serve.max_num_seqs": (4, {"serve"}),
     "serve.max_model_len": (256, {"serve"}),
     "serve.max_num_batched_tokens": (1024, {"serve"}),
@@ -182,7 +181,12 @@ STRUCTURE: dict[str, tuple] = {
         {"bench": {"dataset": {"type": "sharegpt", "path": "in/sharegpt.json"}}},
     ),
     "bench.dynamic.enabled": (False, {"gate_summary"}, "*"),
-    "envs.mode": ("external", "*", {"env"}),
+    # external environments: no env jobs, and the device checks move to results/checks/
+    "envs.mode": ("external", "*", {"env", "device_check"}),
+    # a device adds its environment check (results/<model>/checks/<device>.json), which
+    # names the key that asked for it
+    "train.device": ("cuda", {"train", "device_check"}, {"device_check"}),
+    "serve.device": ("cuda", {"serve"}, {"device_check"}),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from llmbuild.wiring.base import cli_flags, csv_list
 from llmbuild.wiring.bench import BenchWiring
+from llmbuild.wiring.cluster import ClusterWiring
 from llmbuild.wiring.convert import ConvertWiring
 from llmbuild.wiring.data import DataWiring
 from llmbuild.wiring.eval import EvalWiring
@@ -34,6 +35,7 @@ class Wiring(
     EvalWiring,
     BenchWiring,
     PlotWiring,
+    ClusterWiring,
 ):
     """Every stage's wiring over one (validated) config."""
 

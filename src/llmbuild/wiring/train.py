@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmbuild.cluster import launch
 from llmbuild.wiring.base import Base, cli_flags
 
 PHASE_KEYS = (
@@ -24,19 +25,24 @@ PHASE_KEYS = (
 class TrainWiring(Base):
     def train_launcher(self) -> str:
         """The train stack's `llmbuild`, or with tp * pp > 1 torchrun starting one `llmbuild`
-        per tensor/pipeline rank."""
-        if self.train_ranks == 1:
-            return self.llmbuild("train")
+        per tensor/pipeline rank; with train.nodes > 1, srun starting torchrun on each node of
+        the Slurm allocation (llmbuild.cluster.launch)."""
+        nodes = self.config["train"]["nodes"]
+        lease = self.device_lease("train", "train")  # type: ignore[attr-defined]
+        if self.train_ranks == 1 and nodes == 1:
+            return lease + self.llmbuild("train")
         exe = "torchrun"
         if self.config["envs"]["mode"] != "external":
             exe = ".envs/train/bin/torchrun"
-        return f"{exe} --standalone --nproc_per_node {self.train_ranks} -m llmbuild"
+        if nodes > 1:
+            return launch.slurm_torchrun(exe, nodes, self.train_ranks)
+        return f"{lease}{exe} --standalone --nproc_per_node {self.train_ranks} -m llmbuild"
 
     def train_rank_threads(self) -> str:
         """`--threads` of each rank: the job's threads shared out, at least 1 per rank."""
-        if self.train_ranks == 1:
+        n = self.train_ranks // self.config["train"]["nodes"]
+        if n <= 1:
             return "{threads}"
-        n = self.train_ranks
         return f"$(( {{threads}} > {n} ? {{threads}} / {n} : 1 ))"
 
     def train_inputs(self, wildcards: Any) -> dict[str, str]:
