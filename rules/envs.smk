@@ -26,7 +26,8 @@ rule env:
         mem_mb=2000,
     params:
         python=config["envs"]["python"],
-        src=SRC_DIR,
+        # the directory holding the llmbuild package, from its source files among the inputs
+        src=lambda wildcards, input: os.path.dirname(os.path.dirname(input.src[0])),
     shell:
         "PYTHONPATH={params.src} {params.python} -m llmbuild envs create --spec {input.spec}"
         " --prefix .envs/{wildcards.stack}"
