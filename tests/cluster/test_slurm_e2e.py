@@ -41,6 +41,8 @@ def build():
     if shutil.which("sbatch") is None or subprocess.run(["sinfo"]).returncode:
         pytest.fail("no Slurm here: run `make test-slurm` (it starts one with scripts/slurm-up.sh)")
     work = fresh_workdir()
+    # the device checks live beside the shared environments: redo them, as Slurm jobs
+    shutil.rmtree(ROOT / ".envs" / "checks", ignore_errors=True)
     # one vLLM at a time on this 2-core machine, as the local profile does
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm"]
     cmd += ["--resources", "serve_slots=1"]
