@@ -51,6 +51,7 @@ def copy(built, tmp_path):
     for rel in ("config", "envs", "results", ".snakemake/metadata"):
         shutil.copytree(built / rel, wd / rel, symlinks=True)
     (wd / ".envs").symlink_to(built / ".envs")
+    (wd / "src").symlink_to(built / "src")  # the rules' source inputs read as in the build
     proc = snakemake(wd, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
     return wd
