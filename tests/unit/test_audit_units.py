@@ -91,3 +91,21 @@ def test_pins_met_by_local_builds_and_env_packages_read(tmp_path):
     assert R.spec_pins(spec) == {"torch": "2.13.0", "pyyaml": "6.0.3"}
     here = R.env_packages(os.path.dirname(os.path.dirname(sys.executable)))
     assert here is None or "pytest" in here
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["audit", "--sample", "2"], "--sample 2.0: must be in (0, 1]"),
+        (["audit", "--directory", "/nonexistent/build"], "no such build directory (--directory)"),
+        (["why", "--directory", "/nonexistent/build"], "no such build directory (--directory)"),
+    ],
+)
+def test_bad_audit_input_is_one_line(args, text):
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmbuild", *args], capture_output=True, text=True, timeout=60
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr
