@@ -33,13 +33,7 @@ class Node:
 
 def trace(artifact: str, root: Path, digest: str | None = None, seen: set | None = None) -> Node:
     seen = set() if seen is None else seen
-    rec = R.load(artifact, root)
-    if rec is None:
-        service = root / (artifact + "." + provenance.PROVENANCE)
-        if service.is_file():  # a service's endpoint file: the record outlives the file
-            import json
-
-            rec = json.loads(service.read_text())
+    rec = R.load_any(artifact, root)
     if rec is None or "_unreadable" in (rec or {}):
         p = root / artifact
         now = digest or (provenance.path_digest(p) if p.exists() else None)

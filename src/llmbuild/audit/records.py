@@ -30,6 +30,18 @@ def load(artifact: str | Path, root: Path) -> dict | None:
         return {"_unreadable": str(rec_path)}
 
 
+def load_any(artifact: str | Path, root: Path) -> dict | None:
+    """``load``, or a service's record, which outlives its endpoint file beside it."""
+    rec = load(artifact, root)
+    if rec is None and not (root / artifact).exists():
+        sibling = root / (str(artifact) + "." + provenance.PROVENANCE)
+        try:
+            return json.loads(sibling.read_text())
+        except (OSError, ValueError):
+            return None
+    return rec
+
+
 def record_file(artifact: str | Path, root: Path) -> str:
     return str(provenance.provenance_path(root / artifact).relative_to(root))
 
