@@ -12,7 +12,10 @@ from snakemake.utils import validate
 # The package's source, as the rules name it (their src= inputs): `src` when the working
 # directory has it (a copy or a scratch tree linking it), so the inputs read the same there.
 SRC_DIR = os.path.relpath(Path(workflow.basedir) / "src")
-if Path("src/llmbuild").resolve() == (Path(workflow.basedir) / "src/llmbuild").resolve():
+if (
+    Path("src/llmbuild").resolve()
+    == (Path(workflow.basedir) / "src/llmbuild").resolve()
+):
     SRC_DIR = "src"
 sys.path.insert(0, SRC_DIR)
 from llmbuild.errors import UserError  # noqa: E402
