@@ -1,5 +1,7 @@
-# Training on megatron-core: pretrain from the converted base, then SFT from the pretrained.
-# With train.tp * train.pp > 1 the command runs under torchrun, one process per rank. Each
+# Training on megatron-core: the chain train.phases (default pretrain then SFT), the first phase
+# from the converted base, each next one from the previous phase's checkpoint. A killed job
+# rerun by the graph resumes from its last save (train.save_interval) in <output>.partial/.
+# With train.tp * pp * dp > 1 the command runs under torchrun, one process per rank. Each
 # phase starts from a proven checkpoint: the base's parity gate, or the previous phase's
 # training gate (every step logged once with a finite loss).
 
@@ -26,13 +28,13 @@ rule train:
     params:
         llmbuild=W.train_launcher(),
         flags=W.phase_flags,
-        device=W.train_device_flags(),
+        run=W.train_run_flags(),
         layout=W.layout_flags(),
     shell:
         "{params.llmbuild} train run --mode {wildcards.phase} --input {input.load}"
         f" --data {{input.data}} --output {{output.ckpt}} --train-log {{output.log}}"
         " {params.flags}"
-        " {params.device} {params.layout}"
+        " {params.run} {params.layout}"
         f" --threads {W.train_rank_threads()} > {{log}} 2>&1"
 
 

@@ -47,29 +47,76 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], source: str) ->
     raise UserError(err.message, path=source, field=where)
 
 
+def phases(config: dict[str, Any]) -> list[str]:
+    """The training chain (train.phases), each phase from the previous one's checkpoint."""
+    return list(config["train"]["phases"])
+
+
+def previous_phase(config: dict[str, Any], phase: str) -> str:
+    """The checkpoint ``phase`` starts from: the phase before it in the chain, or the base."""
+    chain = phases(config)
+    i = chain.index(phase)
+    return chain[i - 1] if i else "base"
+
+
+def final_phase(config: dict[str, Any]) -> str:
+    """The chain's last phase: the model quantized variants are made from."""
+    return phases(config)[-1]
+
+
 def served_variants(config: dict[str, Any]) -> list[str]:
-    """Served models: the evaluated ones plus one per quantization scheme of the SFT model."""
+    """Served models: the evaluated ones plus one per quantization scheme of the last phase's
+    model."""
     out = list(config["eval"]["variants"])
-    out += [f"sft-{s}" for s in config["quantize"]["schemes"]]
+    out += [f"{final_phase(config)}-{s}" for s in config["quantize"]["schemes"]]
     return list(dict.fromkeys(out))
 
 
-def variant_model_dir(model: str, variant: str) -> str:
+def _unknown_variant(config: dict[str, Any], variant: str) -> str:
+    chain = phases(config)
+    return (
+        f"{variant!r} is not a served variant of this chain (train.phases: "
+        f"{', '.join(chain)}); use base, {', '.join(chain)} or {chain[-1]}-<scheme>"
+    )
+
+
+def variant_model_dir(config: dict[str, Any], model: str, variant: str) -> str:
     """results/<model>/<phase>/hf or .../<phase>/quant/<scheme> for a served variant."""
     phase, _, scheme = variant.partition("-")
-    if phase not in ("base", "pretrain", "sft"):
-        raise UserError(
-            f"unknown served variant {variant!r}; use base, pretrain, sft or sft-<scheme>",
-            field="eval.variants",
-        )
+    if phase not in ("base", *phases(config)):
+        raise UserError(_unknown_variant(config, variant), field="eval.variants")
     if scheme:
         return f"results/{model}/{phase}/quant/{scheme}"
     return f"results/{model}/{phase}/hf"
 
 
+def fill_layout(config: dict[str, Any], models: dict[str, Any]) -> None:
+    """train.tp, train.pp and each phase's micro_batch_size left unset (null) take the
+    catalog's recommended layout for the model (the seeds' table: full training at the
+    longest phase's sequence length); on device cpu only a single-device recommendation
+    applies (the seeds' are for NPU servers). Otherwise tp = pp = 1 and one micro-batch per
+    step. The config is filled in place, so every rule sees the same concrete layout."""
+    train = config["train"]
+    chain = [train[p] for p in phases(config)]
+    if train["tp"] is not None and train["pp"] is not None:
+        if all(p["micro_batch_size"] is not None for p in chain):
+            return
+    seq = max(p["seq_length"] for p in chain)
+    rec = catalog.recommend(models, config["model"]["name"], "full", seq)
+    if rec is not None and train["device"] == "cpu" and rec["npus_per_node"] * rec["nodes"] > 1:
+        rec = None
+    for key in ("tp", "pp"):
+        if train[key] is None:
+            train[key] = int(rec[key]) if rec else 1
+    for p in chain:
+        if p["micro_batch_size"] is None:
+            p["micro_batch_size"] = int(rec["mbs"]) if rec else p["global_batch_size"]
+
+
 def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) -> None:
     """Refuse, at planning time, what the catalog or the config's own logic rules out."""
     models = catalog.load(catalog_path)
+    fill_layout(config, models)
     name = config["model"]["name"]
     schemes = config["quantize"]["schemes"]
     if config["model"]["source"] == "hf" and not config["model"]["path"]:
@@ -110,11 +157,13 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
     if sft["min_len"] > sft["max_len"]:
         raise UserError("min_len must be <= max_len", path=source, field="data.sft.min_len")
     check_pipeline_split(config, source)
-    for phase in ("pretrain", "sft"):
+    dp = config["train"]["dp"]
+    for phase in phases(config):
         p = config["train"][phase]
-        if p["global_batch_size"] % p["micro_batch_size"]:
+        if p["global_batch_size"] % (p["micro_batch_size"] * dp):
             raise UserError(
-                "global_batch_size must be a multiple of micro_batch_size",
+                f"{p['global_batch_size']} is not a multiple of micro_batch_size "
+                f"{p['micro_batch_size']} x train.dp {dp}; make it one",
                 path=source,
                 field=f"train.{phase}.global_batch_size",
             )
@@ -127,12 +176,43 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
             )
     check_cross_fields(config, source)
     check_paths(config, source)
+    check_resume_layout(config, source)
+
+
+LAYOUT_KEYS = ("tp", "pp", "dp")
+
+
+def check_resume_layout(config: dict[str, Any], source: str) -> None:
+    """A training job killed midway resumes from ``<output>.partial/`` in the same parallel
+    layout it started with (the seeds' rule: TP/PP unchanged on resume). A layout changed
+    since then is refused here, naming the way out, instead of silently starting over."""
+    import json
+
+    train = config["train"]
+    for phase in phases(config):
+        work = Path(f"results/{config['model']['name']}/{phase}/mcore.partial")
+        try:
+            old = json.loads((work / "llmbuild_train.json").read_text())["args"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not list(work.glob("iter_*")):
+            continue  # nothing saved yet: nothing to resume
+        was = {k: old.get(k, 1) for k in LAYOUT_KEYS}
+        now = {k: train[k] for k in LAYOUT_KEYS}
+        if was != now:
+            said = " ".join(f"{k}={v}" for k, v in was.items())
+            raise UserError(
+                f"{work} holds a killed run saved at {said}; a resume keeps its parallel "
+                f"layout: set train.tp/pp/dp back to {said}, or delete {work} to start over",
+                path=source,
+                field="train.tp",
+            )
 
 
 def check_cross_fields(config: dict[str, Any], source: str) -> None:
     """Rules between keys that the schema cannot say."""
     data_len, sft_len = config["data"]["seq_length"], config["train"]["sft"]["seq_length"]
-    if data_len is not None and data_len > sft_len:
+    if data_len is not None and "sft" in phases(config) and data_len > sft_len:
         raise UserError(
             f"{data_len} is above train.sft.seq_length {sft_len}: SFT examples between "
             f"{sft_len + 1} and {data_len} tokens would be cut at training without a word; "
@@ -161,13 +241,10 @@ def check_cross_fields(config: dict[str, Any], source: str) -> None:
                 path=source,
                 field=f"bench.dataset.avg_{side}",
             )
+    known = ("base", *phases(config))
     for variant in config["eval"]["variants"]:
-        if variant.partition("-")[0] not in ("base", "pretrain", "sft"):
-            raise UserError(
-                f"unknown served variant {variant!r}; use base, pretrain, sft or sft-<scheme>",
-                path=source,
-                field="eval.variants",
-            )
+        if variant.partition("-")[0] not in known:
+            raise UserError(_unknown_variant(config, variant), path=source, field="eval.variants")
 
 
 PRETRAIN_SUFFIXES = (".parquet", ".json", ".jsonl", ".txt", ".text", ".md")
@@ -263,7 +340,7 @@ def check_cluster(config: dict[str, Any], resource_settings: Any, source: str) -
 
     train = config["train"]
     try:
-        launch.ranks_per_node(train["tp"] * train["pp"], train["nodes"])
+        launch.ranks_per_node(train["tp"] * train["pp"] * train["dp"], train["nodes"])
     except UserError as exc:
         raise UserError(str(exc).split(": ", 1)[1], path=source, field="train.nodes") from None
     defaults = getattr(resource_settings.default_resources, "args", None) or []

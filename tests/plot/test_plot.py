@@ -120,6 +120,10 @@ def test_train_log_phases_and_malformed_line(tmp_path):
     series = read_train_log(write_log(tmp_path / "t.jsonl", ("pretrain", "sft")), "run")
     assert [(s.phase, len(s.step)) for s in series] == [("pretrain", 20), ("sft", 20)]
     assert series[1].step[0] == 21 and series[0].tokens_per_s[0] == 5000
+    # a log with ranks: the plot's throughput is per device
+    rec = {"step": 1, "loss": 2.0, "tokens_per_s": 800.0, "tokens_per_s_per_device": 200.0}
+    (tmp_path / "ranks.jsonl").write_text(json.dumps(rec) + "\n")
+    assert read_train_log(tmp_path / "ranks.jsonl", "run")[0].tokens_per_s == [200.0]
     with pytest.raises(UserError, match=r"t2.jsonl: line 4: needs numeric 'step' and 'loss'"):
         read_train_log(write_log(tmp_path / "t2.jsonl", bad_line=4), "run")
     (tmp_path / "t3.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2,\n')

@@ -136,8 +136,10 @@ def test_train_run_knobs_default_to_the_schema():
         dest = "train_iters" if key == "iters" else key
         expected = default(f"train.sft.{key}")
         assert getattr(args, dest) == expected == default(f"train.pretrain.{key}"), key
-    for key in ("device", "tp", "pp", "pp_layers"):
+    for key in ("device", "dp", "pp_layers", "save_interval"):
         assert getattr(args, key) == default(f"train.{key}")
+    # unset in the schema = planned from the catalog; the command alone runs one process
+    assert default("train.tp") is None and (args.tp, args.pp) == (1, 1)
     assert (args.input, args.output, args.train_log) == ("a", "o", "l.jsonl")
 
 

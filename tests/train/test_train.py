@@ -25,7 +25,18 @@ import tiny  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
-LOG_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens", "elapsed", "tokens_per_s", "phase"}
+LOG_FIELDS = {
+    "step",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens",
+    "elapsed",
+    "tokens_per_s",
+    "tokens_per_s_per_device",
+    "devices",
+    "phase",
+}
 
 
 def _cmd(*args: str) -> list[str]:

@@ -102,10 +102,43 @@ def test_bench_pairs_must_match():
 
 
 def test_variant_dirs():
-    assert plan.variant_model_dir("m", "sft") == "results/m/sft/hf"
-    assert plan.variant_model_dir("m", "sft-w8a8") == "results/m/sft/quant/w8a8"
-    with pytest.raises(UserError):
-        plan.variant_model_dir("m", "final")
+    cfg = filled()
+    assert plan.variant_model_dir(cfg, "m", "sft") == "results/m/sft/hf"
+    assert plan.variant_model_dir(cfg, "m", "sft-w8a8") == "results/m/sft/quant/w8a8"
+    with pytest.raises(UserError, match="train.phases: pretrain, sft"):
+        plan.variant_model_dir(cfg, "m", "final")
+
+
+def test_phase_chain():
+    cfg = filled({"train": {"phases": ["sft"]}})
+    plan.check_plan(cfg, CATALOG, "c.yaml")
+    assert plan.previous_phase(cfg, "sft") == "base"
+    assert plan.served_variants(cfg) == ["base", "sft", "sft-w8a8"]
+    cfg = filled({"train": {"phases": ["pretrain"]}, "eval": {"variants": ["base", "pretrain"]}})
+    plan.check_plan(cfg, CATALOG, "c.yaml")
+    assert plan.served_variants(cfg) == ["base", "pretrain", "pretrain-w8a8"]
+    assert plan.previous_phase(filled(), "sft") == "pretrain"
+
+
+def test_a_variant_of_a_phase_not_in_the_chain_is_one_line():
+    cfg = filled({"train": {"phases": ["pretrain"]}})  # eval.variants still names sft
+    with pytest.raises(UserError) as err:
+        plan.check_plan(cfg, CATALOG, "c.yaml")
+    assert "eval.variants" in str(err.value) and "train.phases: pretrain" in str(err.value)
+
+
+def test_schema_refuses_a_repeated_or_unknown_phase():
+    for phases in (["sft", "sft"], ["rlhf"], []):
+        cfg = filled({})
+        cfg["train"]["phases"] = phases
+        with pytest.raises(UserError, match="train.phases"):
+            plan.check_config(cfg, SCHEMA, "c.yaml")
+
+
+def test_data_parallel_needs_a_divisible_global_batch():
+    cfg = filled({"train": {"dp": 2}})  # global 16 = micro 16: not a multiple of 16 x 2
+    with pytest.raises(UserError, match="train.pretrain.global_batch_size"):
+        plan.check_plan(cfg, CATALOG, "c.yaml")
 
 
 def test_pipeline_split_fits_the_tiny_model():
@@ -166,3 +199,46 @@ def test_pipeline_split_of_a_local_hf_model_uses_its_config(tmp_path):
     )
     with pytest.raises(UserError, match="model.path: .*nowhere does not exist"):
         plan.check_plan(gone, CATALOG, "c.yaml")
+
+
+def test_a_killed_run_resumes_only_in_its_own_layout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "results/tiny-llama/pretrain/mcore.partial"
+    (work / "iter_0000050").mkdir(parents=True)
+    (work / "llmbuild_train.json").write_text('{"args": {"tp": 1, "pp": 1}}')
+    models = catalog.load(CATALOG)
+    same, cfg = filled(), filled({"train": {"pp": 2}})
+    plan.fill_layout(same, models)
+    plan.fill_layout(cfg, models)
+    plan.check_resume_layout(same, "c.yaml")  # the same layout: resumes
+    with pytest.raises(UserError) as err:
+        plan.check_resume_layout(cfg, "c.yaml")
+    msg = str(err.value)
+    assert msg.startswith("c.yaml: train.tp:") and "tp=1 pp=1 dp=1" in msg and "delete" in msg
+    for d in work.glob("iter_*"):
+        d.rmdir()
+    plan.check_resume_layout(cfg, "c.yaml")  # nothing saved yet: starts over, no error
+
+
+def test_unset_layout_comes_from_the_catalog():
+    cfg = filled({"train": {"sft": {"micro_batch_size": 8, "global_batch_size": 32}}})
+    plan.check_plan(cfg, CATALOG, "c.yaml")
+    # tiny-llama's catalog row: tp 1, pp 1, micro batch 16; a set value is kept
+    assert (cfg["train"]["tp"], cfg["train"]["pp"]) == (1, 1)
+    assert cfg["train"]["pretrain"]["micro_batch_size"] == 16
+    assert cfg["train"]["sft"]["micro_batch_size"] == 8
+    models = catalog.load(CATALOG)
+    npu = filled({"model": {"name": "llama2-13b"}, "train": {"device": "npu"}})
+    plan.fill_layout(npu, models)
+    rec = catalog.recommend(models, "llama2-13b", "full", 128)
+    assert (npu["train"]["tp"], npu["train"]["pp"]) == (rec["tp"], rec["pp"]) != (1, 1)
+    assert npu["train"]["pretrain"]["micro_batch_size"] == rec["mbs"]
+    # on a CPU an 8-NPU recommendation does not apply: one process, one micro-batch a step
+    cpu = filled({"model": {"name": "llama2-13b"}, "train": {"pretrain": {}}})
+    cpu["train"]["pretrain"]["micro_batch_size"] = None
+    plan.fill_layout(cpu, models)
+    assert (cpu["train"]["tp"], cpu["train"]["pp"]) == (1, 1)
+    assert (
+        cpu["train"]["pretrain"]["micro_batch_size"]
+        == cpu["train"]["pretrain"]["global_batch_size"]
+    )

@@ -67,6 +67,12 @@ FLAGS: dict[str, tuple] = {
     "train.tp": (2, {"hf2mg", "train"}),
     "train.pp": (2, {"hf2mg", "train"}),
     "train.pp_layers": ([1, 3], {"hf2mg", "train"}, {"train": {"pp": 2}}),
+    "train.dp": (
+        2,
+        {"train"},
+        {"train": {"pretrain": {"micro_batch_size": 8}, "sft": {"micro_batch_size": 16}}},
+    ),
+    "train.save_interval": (10, {"train"}),
     "quantize.smoothing_strength": (0.7, {"quantize"}),
     "quantize.num_samples": (8, {"quantize"}),
     "quantize.seq_length": (64, {"quantize"}),
@@ -186,6 +192,8 @@ STRUCTURE: dict[str, tuple] = {
     # a device adds its environment check (results/<model>/checks/<device>.json), which
     # names the key that asked for it
     "train.device": ("cuda", {"train", "device_check"}, {"device_check"}),
+    # SFT straight from the base: pretraining's jobs go, SFT starts from the base checkpoint
+    "train.phases": (["sft"], {"train", "plot_loss"}, {"tokenize_pretrain", "train", "gate_train"}),
     "serve.device": ("cuda", {"serve"}, {"device_check"}),
 }
 
@@ -369,3 +377,36 @@ def test_booleans_reach_their_commands_both_ways(workdir):
         jobs = dry_run(workdir, {"serve": {"enable_prefix_caching": value}})
         serve = [a for k, a in jobs.items() if k.startswith("serve ")]
         assert serve and all(a["enable_prefix_caching"] is value for a in serve)
+
+
+def _train_jobs(jobs: dict[str, dict]) -> dict[str, dict]:
+    return {a["mode"]: a for k, a in jobs.items() if k.startswith("train ")}
+
+
+def test_a_phase_chain_trains_each_phase_from_the_previous_one(workdir):
+    default = _train_jobs(baseline(workdir, {}))
+    assert default["pretrain"]["input"] == "results/tiny-llama/base/mcore"
+    assert default["sft"]["input"] == "results/tiny-llama/pretrain/mcore"
+    assert default["sft"]["save_interval"] == 50  # train.save_interval reaches training
+
+    sft_only = dry_run(workdir, {"train": {"phases": ["sft"]}})
+    assert set(_train_jobs(sft_only)) == {"sft"}
+    assert _train_jobs(sft_only)["sft"]["input"] == "results/tiny-llama/base/mcore"
+    assert not [k for k in sft_only if "pretrain" in k]
+
+    # pretraining alone: its model is the one quantized, served and evaluated
+    only = {"train": {"phases": ["pretrain"]}, "eval": {"variants": ["base", "pretrain"]}}
+    jobs = dry_run(workdir, only)
+    assert set(_train_jobs(jobs)) == {"pretrain"}
+    quant = [a for k, a in jobs.items() if k.startswith("quantize ")]
+    assert [a["input"] for a in quant] == ["results/tiny-llama/pretrain/hf"]
+    served = {a["served_model_name"] for k, a in jobs.items() if k.startswith("serve ")}
+    assert served == {"base", "pretrain", "pretrain-w8a8"}
+
+
+def test_data_parallel_training_starts_a_rank_per_device(workdir):
+    ctx = {"train": {"pretrain": {"micro_batch_size": 8}, "sft": {"micro_batch_size": 16}}}
+    jobs = _train_jobs(dry_run(workdir, merge(ctx, {"train": {"dp": 2}})))
+    exe = " ".join(jobs["pretrain"]["exe"])
+    assert "torchrun" in exe and "--nproc_per_node 2" in exe
+    assert jobs["pretrain"]["dp"] == 2

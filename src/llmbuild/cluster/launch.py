@@ -26,7 +26,7 @@ SLURM_MASTER = (
 def ranks_per_node(ranks: int, nodes: int, field: str = "train.nodes") -> int:
     if nodes < 1 or ranks % nodes:
         raise UserError(
-            f"{ranks} ranks (tp * pp) do not split over {nodes} nodes; make tp * pp a "
+            f"{ranks} ranks (tp * pp * dp) do not split over {nodes} nodes; make tp * pp * dp a "
             "multiple of train.nodes",
             field=field,
         )

@@ -28,8 +28,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--output", metavar="MCORE", required=True, help="megatron checkpoint directory to write"
     )
-    p.add_argument("--tp", type=int, default=default("train.tp"), help="tensor-parallel size")
-    p.add_argument("--pp", type=int, default=default("train.pp"), help="pipeline-parallel size")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
     p.add_argument(
         "--pp-layers",
         type=positive_int_list,

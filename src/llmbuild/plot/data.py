@@ -119,11 +119,11 @@ class LossSeries:
     phase: str
     step: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
-    tokens_per_s: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)  # per device
 
 
 def read_train_log(path: str | Path, label: str) -> list[LossSeries]:
-    """Training log JSONL ({"step", "loss", "tokens_per_s", "phase", ...} per line), one
+    """Training log JSONL ({"step", "loss", "tokens_per_s_per_device", "phase", ...} per line), one
     series per phase; a malformed line is a UserError naming the file and line."""
     p = Path(path)
     if not p.is_file():
@@ -148,9 +148,9 @@ def read_train_log(path: str | Path, label: str) -> list[LossSeries]:
             s = by_phase.setdefault(phase, LossSeries(label, phase))
             s.step.append(step)
             s.loss.append(loss)
-            s.tokens_per_s.append(
-                _float(None if rec.get("tokens_per_s") is None else str(rec["tokens_per_s"]))
-            )
+            # per device (a log from before that field: the total, one device's worth)
+            rate = rec.get("tokens_per_s_per_device", rec.get("tokens_per_s"))
+            s.tokens_per_s.append(_float(None if rate is None else str(rate)))
     if not by_phase:
         raise UserError("no log lines", path=p)
     return list(by_phase.values())

@@ -125,7 +125,8 @@ def bench_figure(
 
 
 def loss_figure(series: Sequence[LossSeries], title: str | None = None) -> Any:
-    """Loss vs step and training throughput (tokens/s) vs step, one line per log and phase."""
+    """Loss vs step and training throughput (tokens/s per device) vs step, one line per log
+    and phase."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = {s.label for s in series}
@@ -139,8 +140,8 @@ def loss_figure(series: Sequence[LossSeries], title: str | None = None) -> Any:
     ax1.set_ylabel("loss")
     ax1.set_title("training loss")
     ax2.set_xlabel("step")
-    ax2.set_ylabel("tokens/s")
-    ax2.set_title("training throughput")
+    ax2.set_ylabel("tokens/s per device")
+    ax2.set_title("training throughput per device")
     ax2.set_ylim(bottom=0)
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)

@@ -3,9 +3,9 @@
     llmbuild train run --mode pretrain|sft --input MCORE --data SHARDS --output MCORE
         --train-log LOG [knobs]
 
-The same flags in one process and under torchrun (one process per tensor/pipeline rank).
-Every knob a config key sets (train.<phase>.*, train.device/tp/pp/pp_layers) defaults to the
-schema's value; pretrain and SFT share their defaults ($defs/phase).
+The same flags in one process and under torchrun (one process per rank: tp * pp * dp).
+Every knob a config key sets (train.<phase>.*, train.device/tp/pp/dp/pp_layers/save_interval)
+defaults to the schema's value; pretrain and SFT share their defaults ($defs/phase).
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=_phase("lr"))
     p.add_argument("--min-lr", type=float, default=_phase("min_lr"))
     p.add_argument("--warmup-iters", type=int, default=_phase("warmup_iters"))
-    p.add_argument("--micro-batch-size", type=int, default=_phase("micro_batch_size"))
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=_phase("micro_batch_size"),
+        help="default: the global batch (one micro-batch per step)",
+    )
     p.add_argument("--global-batch-size", type=int, default=_phase("global_batch_size"))
     p.add_argument("--seq-length", type=int, default=_phase("seq_length"))
     p.add_argument("--weight-decay", type=float, default=_phase("weight_decay"))
@@ -45,11 +50,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--save-interval",
         type=int,
-        default=0,
-        help="checkpoint every K steps into <output>.partial (0: only at the end)",
+        default=default("train.save_interval"),
+        help=describe("train.save_interval"),
     )
-    p.add_argument("--tp", type=int, default=default("train.tp"), help=describe("train.tp"))
-    p.add_argument("--pp", type=int, default=default("train.pp"), help=describe("train.pp"))
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
+    p.add_argument("--dp", type=int, default=default("train.dp"), help=describe("train.dp"))
     p.add_argument(
         "--pp-layers",
         type=int_list,
@@ -74,6 +80,8 @@ def _run(args: argparse.Namespace) -> int:
     started = time.time()
     quiet_warnings()
     fields = {k: v for k, v in vars(args).items() if k not in ("func", "group", "verb")}
+    if fields["micro_batch_size"] is None:
+        fields["micro_batch_size"] = fields["global_batch_size"]
     targs = TrainArgs(**fields)
 
     def say(line: str) -> None:

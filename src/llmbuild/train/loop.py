@@ -51,6 +51,8 @@ class StepRecord:
     tokens: int
     elapsed: float
     tokens_per_s: float
+    tokens_per_s_per_device: float
+    devices: int
     phase: str
 
 
@@ -108,6 +110,13 @@ def run(
     if int(os.environ.get("RANK", "0")) == 0:
         resume = prepare_work(a, identity, say)
     backend = dev.init_backend(a.device, tp=a.tp, pp=a.pp, seed=a.seed, threads=a.threads or None)
+    if backend.dp != a.dp:
+        dev.shutdown()
+        raise UserError(
+            f"{backend.world_size} ranks make data-parallel size {backend.dp}, not --dp {a.dp}; "
+            f"start tp * pp * dp = {a.tp * a.pp * a.dp} ranks (torchrun --nproc_per_node)",
+            field="--dp",
+        )
     box = [resume]
     if backend.world_size > 1:
         torch.distributed.broadcast_object_list(box, src=0)
@@ -228,6 +237,8 @@ def _train(
             tokens=tokens_done,
             elapsed=round(elapsed_before + now - run_start, 4),
             tokens_per_s=round(int(stats[2]) / max(dt, 1e-9), 2),
+            tokens_per_s_per_device=round(int(stats[2]) / max(dt, 1e-9) / backend.world_size, 2),
+            devices=backend.world_size,
             phase=a.mode,
         )
         if rank0:
@@ -240,7 +251,8 @@ def _train(
             gn = "n/a" if grad_norm is None else f"{grad_norm:.3f}"
             say(
                 f"step {step + 1}/{a.train_iters} loss {loss:.4f} lr {rec.lr:.3g} "
-                f"grad_norm {gn} | {rec.tokens_per_s:.0f} tok/s, {1 / rate:.2f} s/step, "
+                f"grad_norm {gn} | {rec.tokens_per_s:.0f} tok/s "
+                f"({rec.tokens_per_s_per_device:.0f} per device), {1 / rate:.2f} s/step, "
                 f"ETA {eta:.0f}s" + ("" if ok else " (step skipped: inf/nan)")
             )
         if a.save_interval and (step + 1) % a.save_interval == 0 and step + 1 < a.train_iters:

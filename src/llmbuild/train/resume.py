@@ -66,6 +66,7 @@ class TrainArgs:
     save_interval: int = 0
     tp: int = 1
     pp: int = 1
+    dp: int = 1
     pp_layers: tuple[int, ...] | None = None  # uneven pipeline split: layers per stage
     weight_decay: float = 0.01
     clip_grad: float = 1.0
@@ -87,6 +88,7 @@ class TrainArgs:
             ("--global-batch-size", self.global_batch_size),
             ("--tp", self.tp),
             ("--pp", self.pp),
+            ("--dp", self.dp),
             ("--log-interval", self.log_interval),
         ):
             if v < 1:

@@ -54,7 +54,8 @@ class Base:
         self.src_dir = src_dir
         self.model = config["model"]["name"]
         self.served = plan.served_variants(dict(config))
-        self.train_ranks = config["train"]["tp"] * config["train"]["pp"]
+        train = config["train"]
+        self.train_ranks = train["tp"] * train["pp"] * train["dp"]
 
     def sources(self, group: str) -> list[str]:
         """llmbuild's source files that ``llmbuild <group>`` runs (inputs of its rules)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmbuild import plan
 from llmbuild.wiring.base import Base
 
 
@@ -33,7 +34,7 @@ class GatesWiring(Base):
         model = wildcards.model
         phases = {"base"} | {v.partition("-")[0] for v in self.served}
         out = [self.parity_gate(model, p) for p in sorted(phases)]
-        out += [self.gate_path(model, "train", p) for p in ("pretrain", "sft")]
+        out += [self.gate_path(model, "train", p) for p in plan.phases(self.config)]
         out += [self.gate_path(model, "quant", v) for v in self.served if v.partition("-")[2]]
         out += [self.gate_path(model, "requests", f"{v}-eval") for v in self.served]
         kinds = ["static"] + (["dynamic"] if self.config["bench"]["dynamic"]["enabled"] else [])

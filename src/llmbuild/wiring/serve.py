@@ -33,7 +33,7 @@ class ServeWiring(Base):
     def serve_model(self, wildcards: Any) -> str:
         if wildcards.variant == "base" and self.config["model"]["source"] == "hf":
             return self.config["model"]["path"]
-        return plan.variant_model_dir(wildcards.model, wildcards.variant)
+        return plan.variant_model_dir(self.config, wildcards.model, wildcards.variant)
 
     def serve_inputs(self, wildcards: Any) -> dict[str, Any]:
         inputs: dict[str, Any] = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmbuild import plan
 from llmbuild.cluster import launch
 from llmbuild.wiring.base import Base, cli_flags
 
@@ -24,8 +25,8 @@ PHASE_KEYS = (
 
 class TrainWiring(Base):
     def train_launcher(self) -> str:
-        """The train stack's `llmbuild`, or with tp * pp > 1 torchrun starting one `llmbuild`
-        per tensor/pipeline rank; with train.nodes > 1, srun starting torchrun on each node of
+        """The train stack's `llmbuild`, or with tp * pp * dp > 1 torchrun starting one
+        `llmbuild` per rank; with train.nodes > 1, srun starting torchrun on each node of
         the Slurm allocation (llmbuild.cluster.launch)."""
         nodes = self.config["train"]["nodes"]
         lease = self.device_lease("train", "train")  # type: ignore[attr-defined]
@@ -47,7 +48,7 @@ class TrainWiring(Base):
 
     def train_inputs(self, wildcards: Any) -> dict[str, str]:
         """The checkpoint a phase starts from, the proof of that checkpoint, its shards."""
-        prev = {"pretrain": "base", "sft": "pretrain"}[wildcards.phase]
+        prev = plan.previous_phase(self.config, wildcards.phase)
         if prev == "base":
             proof = self.parity_gate(wildcards.model, "base")
         else:
@@ -64,11 +65,13 @@ class TrainWiring(Base):
             self.config["train"][wildcards.phase], PHASE_KEYS, {"iters": "train_iters"}
         )
 
-    def train_device_flags(self) -> str:
-        return cli_flags(self.config["train"], ["device"])
+    def train_run_flags(self) -> str:
+        """The device, the data-parallel size (tp and pp are the layout's, shared with
+        hf2mg) and the checkpoint cadence (what a killed job resumes from)."""
+        return cli_flags(self.config["train"], ["device", "dp", "save_interval"])
 
     def phase_iters(self, wildcards: Any) -> int:
         return self.config["train"][wildcards.phase]["iters"]
 
     def train_logs(self, wildcards: Any) -> list[str]:
-        return [f"results/{wildcards.model}/{p}/train_log.jsonl" for p in ("pretrain", "sft")]
+        return [f"results/{wildcards.model}/{p}/train_log.jsonl" for p in plan.phases(self.config)]
