@@ -45,9 +45,9 @@ SERVED = W.served
 
 wildcard_constraints:
     model=r"[a-z0-9._-]+",
-    phase=r"base|pretrain|sft",
+    phase=r"base|pretrain|sft|dpo",
     variant=r"[a-z0-9._-]+",
     consumer=r"eval|bench",
     scheme=r"[a-z0-9_]+",
     stack=r"[a-z0-9-]+",
-    split=r"train|heldout",
+    split=r"train|heldout|preference",

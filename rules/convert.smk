@@ -35,7 +35,7 @@ rule mg2hf:
     log:
         "logs/{model}/{phase}/mg2hf.log",
     wildcard_constraints:
-        phase="pretrain|sft",
+        phase="pretrain|sft|dpo",
     conda:
         "../envs/train.yaml"
     resources:
@@ -81,7 +81,7 @@ rule gate_parity_mg2hf:
     log:
         "logs/{model}/gates/parity-{phase}-mg2hf.log",
     wildcard_constraints:
-        phase="pretrain|sft",
+        phase="pretrain|sft|dpo",
     conda:
         "../envs/train.yaml"
     threads: 2

@@ -82,3 +82,27 @@ rule tokenize_sft:
     shell:
         "{params.llmbuild} data tokenize --kind sft --input {input.data}"
         " --tokenizer {input.tokenizer} --output {output} {params.flags} > {log} 2>&1"
+
+
+# DPO's preference pairs: both answers after the same prompt, each as the instruction handler
+# encodes a conversation.
+rule tokenize_dpo:
+    input:
+        src=W.sources("data"),
+        data=W.dpo_train,
+        tokenizer=W.base_hf,
+        env=W.env_marker("train"),
+    output:
+        directory("results/{model}/shards/dpo"),
+    log:
+        "logs/{model}/tokenize_dpo.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        llmbuild=W.llmbuild("train"),
+        flags=W.tokenize_flags("dpo"),
+    shell:
+        "{params.llmbuild} data tokenize --kind dpo --input {input.data}"
+        " --tokenizer {input.tokenizer} --output {output} {params.flags} > {log} 2>&1"

@@ -39,7 +39,7 @@ rule gate_quant:
     log:
         "logs/{model}/gates/quant-{phase}-{scheme}.log",
     wildcard_constraints:
-        phase="pretrain|sft",
+        phase="pretrain|sft|dpo",
     conda:
         "../envs/bench.yaml"
     resources:

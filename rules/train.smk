@@ -18,7 +18,7 @@ rule train:
     log:
         "logs/{model}/{phase}/train.log",
     wildcard_constraints:
-        phase="pretrain|sft",
+        phase="pretrain|sft|dpo",
     conda:
         "../envs/train.yaml"
     threads: max(2, W.train_ranks)
@@ -48,7 +48,7 @@ rule gate_train:
     log:
         "logs/{model}/gates/train-{phase}.log",
     wildcard_constraints:
-        phase="pretrain|sft",
+        phase="pretrain|sft|dpo",
     conda:
         "../envs/train.yaml"
     resources:

@@ -157,6 +157,13 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
     if sft["min_len"] > sft["max_len"]:
         raise UserError("min_len must be <= max_len", path=source, field="data.sft.min_len")
     check_pipeline_split(config, source)
+    if "dpo" in phases(config) and config["train"]["pp"] > 1:
+        raise UserError(
+            "a dpo phase trains with pp 1 (its frozen reference runs beside the policy); set "
+            "train.pp: 1 (tp and dp work)",
+            path=source,
+            field="train.pp",
+        )
     dp = config["train"]["dp"]
     for phase in phases(config):
         p = config["train"][phase]
@@ -282,6 +289,7 @@ def check_paths(config: dict[str, Any], source: str) -> None:
     _file(data["pretrain"]["path"], source, "data.pretrain.path", PRETRAIN_SUFFIXES)
     _file(data["sft"]["path"], source, "data.sft.path", INSTRUCTION_SUFFIXES)
     _file(data["sft"]["heldout"], source, "data.sft.heldout", (".jsonl",))
+    _file(data["dpo"]["path"], source, "data.dpo.path", INSTRUCTION_SUFFIXES)
     ds = config["bench"]["dataset"]
     if ds["type"] != "generated":
         if not ds["path"]:

@@ -471,3 +471,39 @@ def test_families_cli_writes_a_tokenizer_directory(tmp_path, capsys):
     assert names == {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
     with pytest.raises(SystemExit):
         families.main(["--family", "gpt2", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dpo_pairs_share_the_prompt_and_train_only_each_answer(name, tokdirs, tmp_path):
+    recs = [
+        {"instruction": "Convert the letters to capitals.", "input": "a b c", "chosen": "A B C"},
+        {"instruction": "Reverse the letters.", "input": "x y", "chosen": "y x"},
+    ]
+    data = tmp_path / "pref.jsonl"
+    data.write_text("".join(json.dumps({**r, "rejected": r["input"]}) + "\n" for r in recs))
+    out = tmp_path / "out"
+    args = ["--kind", "dpo", "--input", str(data), "--tokenizer", str(tokdirs[name])]
+    assert run(*args, "--output", str(out), "--seq-length", "256") == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "dpo" and meta["stats"]["documents"] == len(recs)
+    tok = tk.load_tokenizer(tokdirs[name])
+    ds = {k: IndexedDataset(str(out / v)) for k, v in meta["prefixes"].items()}
+    for n, rec in enumerate(recs):
+        c_ids, c_lab = ds["chosen_ids"][n].tolist(), ds["chosen_labels"][n].tolist()
+        r_ids, r_lab = ds["rejected_ids"][n].tolist(), ds["rejected_labels"][n].tolist()
+        start = c_lab.index(next(x for x in c_lab if x != -100))
+        assert c_ids[:start] == r_ids[:start]  # the same prompt tokens, masked in both
+        assert set(c_lab[:start]) == set(r_lab[:start]) == {-100}
+        reply = REPLY[name]
+        assert [tok.decode(r) for r in _runs(c_ids, c_lab)] == [reply.format(rec["chosen"])]
+        assert [tok.decode(r) for r in _runs(r_ids, r_lab)] == [reply.format(rec["input"])]
+
+
+def test_dpo_record_with_equal_answers_is_one_line(tokdirs, tmp_path, capsys):
+    data = tmp_path / "pref.jsonl"
+    data.write_text(json.dumps({"instruction": "x", "chosen": "a", "rejected": "a"}) + "\n")
+    args = ["--kind", "dpo", "--input", str(data), "--tokenizer", str(tokdirs["llama3"])]
+    assert run(*args, "--output", str(tmp_path / "out"), "--seq-length", "64") != 0
+    err = capsys.readouterr().err
+    assert f"{data}:1: rejected: chosen and rejected are the same answer" in err
+    assert not (tmp_path / "out").exists()

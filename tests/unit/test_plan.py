@@ -242,3 +242,9 @@ def test_unset_layout_comes_from_the_catalog():
         cpu["train"]["pretrain"]["micro_batch_size"]
         == cpu["train"]["pretrain"]["global_batch_size"]
     )
+
+
+def test_a_dpo_phase_with_a_pipeline_is_refused():
+    cfg = filled({"train": {"phases": ["sft", "dpo"], "pp": 2}})
+    with pytest.raises(UserError, match="train.pp: a dpo phase trains with pp 1"):
+        plan.check_plan(cfg, CATALOG, "c.yaml")

@@ -151,6 +151,21 @@ for _phase, _tok in (("pretrain", "tokenize_pretrain"), ("sft", "tokenize_sft"))
     FLAGS[f"train.{_phase}.global_batch_size"] = (64, {"train"})
     FLAGS[f"train.{_phase}.seq_length"] = (96, {"train", _tok})
 
+DPO = {"train": {"phases": ["pretrain", "sft", "dpo"]}}  # a chain with preference training
+for _key, _value in {
+    "lr": 0.003,
+    "min_lr": 0.00002,
+    "warmup_iters": 6,
+    "micro_batch_size": 8,
+    "weight_decay": 0.1,
+    "seed": 7,
+    "global_batch_size": 64,
+    "beta": 0.2,
+}.items():
+    FLAGS[f"train.dpo.{_key}"] = (_value, {"train"}, DPO)
+FLAGS["train.dpo.iters"] = (50, {"train", "gate_train"}, DPO)
+FLAGS["train.dpo.seq_length"] = (96, {"train", "tokenize_dpo"}, DPO)
+
 # key -> (new value, rules whose arguments change, rules whose jobs appear or disappear[,
 # context]): keys that choose what the graph builds.
 STRUCTURE: dict[str, tuple] = {
@@ -170,6 +185,7 @@ STRUCTURE: dict[str, tuple] = {
         {"data": {"sft": {"path": "in/sft.jsonl", "heldout": "in/heldout.jsonl"}}},
     ),
     "data.sft.heldout": ("in/heldout.jsonl", {"eval_accuracy"}, {"synth_task"}),
+    "data.dpo.path": ("in/pref.jsonl", {"tokenize_dpo"}, {"synth_task"}, DPO),
     "quantize.schemes": ([], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
     "serve.stack": ("serve-vllm", {"serve"}, {"env"}),
     "eval.variants": (["sft"], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
@@ -242,7 +258,7 @@ def workdir(tmp_path_factory):
         (hf / "tokenizer.json").write_text("{}")
         (hf / "model.safetensors").write_text("")
     (inputs / "corpus.txt").write_text("text\n")
-    for name in ("sft.jsonl", "sft2.jsonl", "heldout.jsonl"):
+    for name in ("sft.jsonl", "sft2.jsonl", "heldout.jsonl", "pref.jsonl"):
         (inputs / name).write_text('{"instruction": "a", "output": "b"}\n')
     for name in ("sharegpt.json", "sharegpt2.json"):
         (inputs / name).write_text("[]")
@@ -410,3 +426,19 @@ def test_data_parallel_training_starts_a_rank_per_device(workdir):
     exe = " ".join(jobs["pretrain"]["exe"])
     assert "torchrun" in exe and "--nproc_per_node 2" in exe
     assert jobs["pretrain"]["dp"] == 2
+
+
+def test_a_dpo_phase_trains_from_the_sft_checkpoint_on_preference_shards(workdir):
+    jobs = dry_run(workdir, DPO)
+    dpo = _train_jobs(jobs)["dpo"]
+    assert (dpo["input"], dpo["data"]) == (
+        "results/tiny-llama/sft/mcore",
+        "results/tiny-llama/shards/dpo",
+    )
+    assert dpo["beta"] == 0.1 and dpo["seq_length"] == 64
+    tok = [a for k, a in jobs.items() if k.startswith("tokenize_dpo ")]
+    assert tok[0]["kind"] == "dpo" and tok[0]["input"].endswith("task/preference.jsonl")
+    # the last phase is the one quantized
+    assert [a["input"] for k, a in jobs.items() if k.startswith("quantize ")] == [
+        "results/tiny-llama/dpo/hf"
+    ]

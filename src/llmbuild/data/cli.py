@@ -37,11 +37,15 @@ def _synth_task(args: argparse.Namespace) -> int:
         args.task, args.num_train, args.num_heldout, args.min_len, args.max_len, args.seed
     )
     train, heldout = task_split(spec)
-    rows = train if args.split == "train" else heldout
+    rows = [ex.as_alpaca() for ex in (heldout if args.split == "heldout" else train)]
+    if args.split == "preference":  # DPO: the training examples' answers over a wrong one
+        from llmbuild.data.preference import synth_records
+
+        rows = list(synth_records(train))
     out = Path(args.output)
     with atomic_file(out) as fh:
-        for ex in rows:
-            fh.write(json.dumps(ex.as_alpaca()) + "\n")
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
     provenance.write(out, command="data synth-task", args=vars(args), started=started)
     print(f"wrote {len(rows)} {args.split} {args.task} examples to {out}")
     return 0
@@ -73,6 +77,21 @@ def _tokenize(args: argparse.Namespace) -> int:
         if args.kind == "pretrain":
             docs = formats.read_pretrain(args.input, args.text_key, tally)
             stats = tk.tokenize_pretrain(docs, args.tokenizer, tmp, args.seq_length, **common)
+        elif args.kind == "dpo":
+            from llmbuild.data.preference import read_pairs, tokenize_pairs
+
+            stats = tk.TokenizeStats("dpo")
+            tokenize_pairs(
+                read_pairs(args.input, tally),
+                args.tokenizer,
+                tmp,
+                args.seq_length,
+                args.overlong,
+                stats,
+                specials,
+                tok,
+                progress,
+            )
         else:
             convs = formats.read_instructions(args.input, args.format, tally)
             stats = tk.tokenize_instructions(
@@ -117,14 +136,25 @@ def register(verbs: argparse._SubParsersAction) -> None:
 
     p = verbs.add_parser("synth-task", help="an exact-answer instruction task, train + held-out")
     p.add_argument("--output", required=True, help="JSONL file (Alpaca records)")
-    p.add_argument("--split", choices=["train", "heldout"], required=True)
+    p.add_argument(
+        "--split",
+        choices=["train", "heldout", "preference"],
+        required=True,
+        help="preference: the training split as DPO pairs (chosen: the answer, rejected: the "
+        "input copied back)",
+    )
     for key in ("task", "num_train", "num_heldout", "min_len", "max_len", "seed"):
         value = default(f"data.sft.{key}")
         p.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
     p.set_defaults(func=_synth_task)
 
     p = verbs.add_parser("tokenize", help="text or instructions -> Megatron indexed dataset")
-    p.add_argument("--kind", choices=["pretrain", "sft"], required=True)
+    p.add_argument(
+        "--kind",
+        choices=["pretrain", "sft", "dpo"],
+        required=True,
+        help="dpo: preference records (instruction, input, chosen, rejected)",
+    )
     p.add_argument("--input", required=True)
     p.add_argument("--tokenizer", required=True, help="HF model/tokenizer directory")
     p.add_argument("--output", required=True, help="shard directory")

@@ -251,12 +251,15 @@ def write_meta(
     specials: SpecialTokens | None = None,
     tok: Any = None,
 ) -> None:
-    if specials is None or (stats.kind == "sft" and tok is None):
+    from llmbuild.data.preference import DPO_PREFIXES
+
+    if specials is None or (stats.kind != "pretrain" and tok is None):
         tok = tok if tok is not None else load_tokenizer(tokenizer_dir)
         specials = specials or resolve_special_tokens(tokenizer_dir, tok=tok)
+    prefixes = {"pretrain": {"text": PRETRAIN_PREFIX}, "sft": SFT_PREFIXES, "dpo": DPO_PREFIXES}
     meta = {
         "kind": stats.kind,
-        "prefixes": {"text": PRETRAIN_PREFIX} if stats.kind == "pretrain" else SFT_PREFIXES,
+        "prefixes": prefixes[stats.kind],
         **specials.meta(_bos_meta(stats, specials, tok)),
         "vocab_size": specials.vocab_size,
         "stats": stats.as_dict(seq_length),

@@ -1,6 +1,6 @@
-"""`llmbuild train run`: pretrain or SFT a megatron checkpoint on tokenized shards.
+"""`llmbuild train run`: pretrain, SFT or DPO a megatron checkpoint on tokenized shards.
 
-    llmbuild train run --mode pretrain|sft --input MCORE --data SHARDS --output MCORE
+    llmbuild train run --mode pretrain|sft|dpo --input MCORE --data SHARDS --output MCORE
         --train-log LOG [knobs]
 
 The same flags in one process and under torchrun (one process per rank: tp * pp * dp).
@@ -24,8 +24,10 @@ def _phase(key: str) -> object:
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    p = verbs.add_parser("run", help="pretrain / SFT on megatron-core (resumes <output>.partial)")
-    p.add_argument("--mode", required=True, choices=("pretrain", "sft"))
+    p = verbs.add_parser(
+        "run", help="pretrain / SFT / DPO on megatron-core (resumes <output>.partial)"
+    )
+    p.add_argument("--mode", required=True, choices=("pretrain", "sft", "dpo"))
     p.add_argument("--input", required=True, help="megatron checkpoint to start from")
     p.add_argument("--data", required=True, help="tokenized shard directory (meta.json)")
     p.add_argument("--output", required=True, help="megatron checkpoint directory to write")
@@ -61,6 +63,9 @@ def register(verbs: argparse._SubParsersAction) -> None:
         type=int_list,
         default=default("train.pp_layers"),
         help="layers per pipeline stage, e.g. 1,3: " + describe("train.pp_layers"),
+    )
+    p.add_argument(
+        "--beta", type=float, default=default("train.dpo.beta"), help=describe("train.dpo.beta")
     )
     p.add_argument("--clip-grad", type=float, default=1.0)
     p.add_argument("--adam-beta1", type=float, default=0.9)

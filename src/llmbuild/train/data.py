@@ -1,8 +1,10 @@
 """Training batches from the tokenized shard directory (the contract with `llmbuild data`).
 
-    DIR/meta.json  {"kind": "pretrain"|"sft", "eod_id", "pad_id", "vocab_size",
+    DIR/meta.json  {"kind": "pretrain"|"sft"|"dpo", "eod_id", "pad_id", "vocab_size",
                     "prefixes": {"text": "text_document"}                         (pretrain)
-                                {"input_ids": "...", "labels": "..."}}            (sft)
+                                {"input_ids": "...", "labels": "..."}             (sft)
+                                {"chosen_ids", "chosen_labels", "rejected_ids",
+                                 "rejected_labels"}}                              (dpo)
 
 Every source is a deterministic function of (data, seed, seq_length): sample ``i`` is always
 the same rows, so resuming at step ``s`` continues at sample ``s * global_batch_size``.
@@ -22,8 +24,12 @@ from typing import Any
 from llmbuild.errors import UserError
 
 IGNORE_INDEX = -100
-KINDS = ("pretrain", "sft")
-PREFIX_KEYS = {"pretrain": ("text",), "sft": ("input_ids", "labels")}
+KINDS = ("pretrain", "sft", "dpo")
+PREFIX_KEYS = {
+    "pretrain": ("text",),
+    "sft": ("input_ids", "labels"),
+    "dpo": ("chosen_ids", "chosen_labels", "rejected_ids", "rejected_labels"),
+}
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,63 @@ class SftSource:
         import torch
 
         rows = [self.row(start + i) for i in range(size)]
+        return {
+            "tokens": torch.tensor([r[0] for r in rows], dtype=torch.long),
+            "labels": torch.tensor([r[1] for r in rows], dtype=torch.long),
+            "loss_mask": torch.tensor([r[2] for r in rows], dtype=torch.float32),
+            "segments": torch.tensor([r[3] for r in rows], dtype=torch.long),
+        }
+
+
+# --------------------------------------------------------------------------- dpo
+
+
+class DpoSource:
+    """Preference pairs, one per row (no packing: each side's log-probability is summed over
+    its own row), in an order re-shuffled each epoch with the seed. A batch of ``size`` pairs
+    has 2 * size rows: the chosen answers, then the rejected ones in the same order."""
+
+    def __init__(self, meta: DataMeta, *, seq_length: int, seed: int) -> None:
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        self.sides = {k: IndexedDataset(meta.prefix(k)) for k in PREFIX_KEYS["dpo"]}
+        counts = {len(d) for d in self.sides.values()}
+        if len(counts) != 1 or not counts.pop():
+            raise UserError(
+                "the four preference shards must hold the same number (> 0) of pairs",
+                path=meta.dir,
+                field="prefixes",
+            )
+        self.n = len(self.sides["chosen_ids"])
+        self._order: tuple[int, Any] | None = None  # (epoch, its permutation of the pairs)
+        self.seq_length, self.seed, self.pad_id = seq_length, seed, meta.pad_id
+        self.truncated = sum(
+            int(n) > seq_length + 1
+            for side in ("chosen_ids", "rejected_ids")
+            for n in self.sides[side].sequence_lengths
+        )
+
+    def pair(self, sample: int) -> int:
+        import numpy as np
+
+        epoch, i = divmod(sample, self.n)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return int(self._order[1][i])
+
+    def batch(self, start: int, size: int) -> dict[str, Any]:
+        import torch
+
+        pairs = [self.pair(start + i) for i in range(size)]
+        rows = [
+            build_sft_row(
+                [(self.sides[f"{side}_ids"][j].tolist(), self.sides[f"{side}_labels"][j].tolist())],
+                self.seq_length,
+                self.pad_id,
+            )
+            for side in ("chosen", "rejected")
+            for j in pairs
+        ]
         return {
             "tokens": torch.tensor([r[0] for r in rows], dtype=torch.long),
             "labels": torch.tensor([r[1] for r in rows], dtype=torch.long),

@@ -1,4 +1,4 @@
-"""Pretrain / SFT on megatron-core: the step loop.
+"""Pretrain / SFT / DPO on megatron-core: the step loop.
 
 ``run`` checks the inputs, prepares ``<output>.partial`` (train/resume.py: resume a rerun of
 the same run, else start over), builds this rank's model, optimizer and batch source
@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +193,7 @@ def _train(
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
         reports = forward_backward(
-            forward_step_func=partial(S.forward_step, tdev),
+            forward_step_func=t.forward_step,
             data_iterator=iter(batches),
             model=[ddp],
             num_microbatches=num_micro,
@@ -205,9 +204,12 @@ def _train(
         lr_used = float(optimizer.param_groups[0]["lr"])
         ok, grad_norm, _ = optimizer.step()
         scheduler.step(increment=1)
-        stats = torch.zeros(3, dtype=torch.float64)
+        # [loss sum, loss count, tokens, then (sum, count) per metric]: one all-reduce
+        stats = torch.zeros(3 + 2 * len(t.metrics), dtype=torch.float64)
         for r in reports:
             stats[:2] += r["lm loss"].detach().to("cpu", torch.float64)
+            for k, name in enumerate(t.metrics):
+                stats[3 + 2 * k : 5 + 2 * k] += r[name].detach().to("cpu", torch.float64)
         stats[2] = (
             step_tokens
             if parallel_state.get_tensor_model_parallel_rank() == 0
@@ -241,9 +243,12 @@ def _train(
             devices=backend.world_size,
             phase=a.mode,
         )
+        line = asdict(rec)
+        for k, name in enumerate(t.metrics):  # e.g. DPO's reward margin and accuracy
+            line[name] = round(float(stats[3 + 2 * k] / max(stats[4 + 2 * k], 1.0)), 6)
         if rank0:
             with open(log_path, "a") as fh:
-                fh.write(json.dumps(asdict(rec)) + "\n")
+                fh.write(json.dumps(line) + "\n")
         done = step + 1 - start_step
         if done == 1 or (step + 1) % a.log_interval == 0 or step + 1 == a.train_iters:
             rate = done / max(now - run_start, 1e-9)
@@ -253,7 +258,9 @@ def _train(
                 f"step {step + 1}/{a.train_iters} loss {loss:.4f} lr {rec.lr:.3g} "
                 f"grad_norm {gn} | {rec.tokens_per_s:.0f} tok/s "
                 f"({rec.tokens_per_s_per_device:.0f} per device), {1 / rate:.2f} s/step, "
-                f"ETA {eta:.0f}s" + ("" if ok else " (step skipped: inf/nan)")
+                f"ETA {eta:.0f}s"
+                + "".join(f" | {name} {line[name]:.4f}" for name in t.metrics)
+                + ("" if ok else " (step skipped: inf/nan)")
             )
         if a.save_interval and (step + 1) % a.save_interval == 0 and step + 1 < a.train_iters:
             S.save(work, step + 1, t, tokens_done, elapsed_before + time.time() - run_start)

@@ -25,7 +25,7 @@ from llmbuild.mcore import checkpoint as ckpt
 from llmbuild.mcore import model as M
 from llmbuild.parallel import check_split
 
-MODES = ("pretrain", "sft")
+MODES = ("pretrain", "sft", "dpo")
 IDENTITY_FILE = "llmbuild_train.json"
 STOPPED_FILE = "llmbuild_stopped.json"  # in .partial/: stopped on a non-finite loss
 LOG_NAME = "train_log.jsonl"
@@ -70,6 +70,7 @@ class TrainArgs:
     pp_layers: tuple[int, ...] | None = None  # uneven pipeline split: layers per stage
     weight_decay: float = 0.01
     clip_grad: float = 1.0
+    beta: float = 0.1  # DPO: the strength of the KL anchor to the reference model
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -117,6 +118,12 @@ class TrainArgs:
             raise bad("--save-interval/--threads", "must be >= 0")
         if self.clip_grad < 0:
             raise bad("--clip-grad", f"must be >= 0, got {self.clip_grad}")
+        if not self.beta > 0:
+            raise bad("--beta", f"must be > 0, got {self.beta}")
+        if self.mode == "dpo" and self.pp > 1:
+            raise bad(
+                "--pp", "DPO trains with pp 1 (tp and dp work); set train.pp: 1 for a dpo phase"
+            )
         if Path(self.output).resolve() == Path(self.input).resolve():
             raise bad("--output", "must differ from --input")
 
@@ -124,6 +131,8 @@ class TrainArgs:
         """The arguments that change the result, as JSON would store them (an even split
         leaves pp_layers out, so the identity of such runs is what it always was)."""
         out = {k: v for k, v in asdict(self).items() if k not in NOT_IDENTITY}
+        if self.mode != "dpo":
+            del out["beta"]  # read by DPO only
         if self.pp_layers is None:
             del out["pp_layers"]
         else:

@@ -65,6 +65,11 @@ class Trainer:
     optimizer: Any
     scheduler: Any
     num_micro: int  # micro-batches per step on this data-parallel rank
+    forward_step: Callable[..., Any]  # megatron's forward_step_func for this mode
+    metrics: tuple[str, ...] = ()  # reported beside the loss, one mean per step
+
+
+DPO_METRICS = ("reward_margin", "reward_accuracy")
 
 
 def build(a: TrainArgs, desc: M.ModelDescription, backend: Any) -> Trainer:
@@ -126,7 +131,18 @@ def build(a: TrainArgs, desc: M.ModelDescription, backend: Any) -> Trainer:
         wd_incr_steps=a.train_iters,
         wd_incr_style="constant",
     )
-    return Trainer(ddp, optimizer, scheduler, a.global_batch_size // (a.micro_batch_size * dp))
+    num_micro = a.global_batch_size // (a.micro_batch_size * dp)
+    step = partial(forward_step, backend.torch_device)
+    if a.mode != "dpo":
+        return Trainer(ddp, optimizer, scheduler, num_micro, step)
+    # DPO: the reference is the starting checkpoint, frozen, beside the policy
+    _, ref = M.build_for_this_rank(desc, tp=a.tp, pp=a.pp, device=a.device, pp_layers=a.pp_layers)
+    ref.to(backend.torch_device)
+    ckpt.load(a.input, ref)
+    ref.eval()
+    ref.requires_grad_(False)
+    step = partial(dpo_forward_step, backend.torch_device, ref, a.beta)
+    return Trainer(ddp, optimizer, scheduler, num_micro, step, DPO_METRICS)
 
 
 def batch_source(a: TrainArgs, meta: D.DataMeta, work: Path, say: Callable[[str], None]) -> Any:
@@ -139,7 +155,10 @@ def batch_source(a: TrainArgs, meta: D.DataMeta, work: Path, say: Callable[[str]
             num_samples=a.train_iters * a.global_batch_size,
             cache_dir=work / "data_cache",
         )
-    source = D.SftSource(meta, seq_length=a.seq_length, seed=a.seed)
+    if a.mode == "dpo":
+        source: Any = D.DpoSource(meta, seq_length=a.seq_length, seed=a.seed)
+    else:
+        source = D.SftSource(meta, seq_length=a.seq_length, seed=a.seed)
     if source.truncated:
         say(f"warning: {source.truncated} examples are longer than seq_length+1 and are truncated")
     return source
@@ -159,9 +178,16 @@ def loss_func(loss_mask: Any, output_tensor: Any) -> tuple[Any, Any, dict[str, A
 
 def forward_step(device: Any, data_iterator: Any, model: Any) -> tuple[Any, Any]:
     """One micro-batch through ``model`` (megatron's forward_step_func, device bound)."""
+    b = next(data_iterator)
+    tokens, position_ids, mask = _inputs(device, b)
+    out = model(tokens, position_ids, mask, labels=b["labels"].to(device))
+    return out, partial(loss_func, b["loss_mask"].to(device))
+
+
+def _inputs(device: Any, b: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(tokens, position ids, attention mask) of a batch on ``device``."""
     import torch
 
-    b = next(data_iterator)
     tokens = b["tokens"].to(device)
     bsz, seq = tokens.shape
     position_ids = torch.arange(seq, device=device).unsqueeze(0).expand(bsz, -1)
@@ -169,8 +195,48 @@ def forward_step(device: Any, data_iterator: Any, model: Any) -> tuple[Any, Any]
         mask = M.causal_attention_mask(seq, device)
     else:
         mask = D.packed_attention_mask(b["segments"]).to(device)
-    out = model(tokens, position_ids, mask, labels=b["labels"].to(device))
-    return out, partial(loss_func, b["loss_mask"].to(device))
+    return tokens, position_ids, mask
+
+
+def dpo_loss(
+    policy_nll: Any, ref_nll: Any, loss_mask: Any, beta: float
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The DPO sigmoid loss (Rafailov et al. 2023) of a batch whose first half holds the
+    chosen answers and second half the rejected ones, from per-token negative
+    log-likelihoods [2n, s]: -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), summed
+    over the n pairs (megatron divides by the pair count it is told), with the implicit reward
+    margin and how often it is positive."""
+    import torch
+    import torch.nn.functional as F
+
+    mask = loss_mask.float()
+    logp = -(policy_nll.float() * mask).sum(-1)
+    ref = -(ref_nll.float() * mask).sum(-1)
+    n = logp.shape[0] // 2
+    margin = beta * ((logp[:n] - ref[:n]) - (logp[n:] - ref[n:]))
+    loss = -F.logsigmoid(margin).sum()
+    count = torch.tensor(float(n), device=loss.device)
+    report = {
+        "lm loss": torch.stack([loss.detach(), count]),
+        "reward_margin": torch.stack([margin.detach().sum(), count]),
+        "reward_accuracy": torch.stack([(margin.detach() > 0).float().sum(), count]),
+    }
+    return loss, count.to(torch.int), report
+
+
+def dpo_forward_step(
+    device: Any, ref: Any, beta: float, data_iterator: Any, model: Any
+) -> tuple[Any, Any]:
+    """One micro-batch of pairs through the policy, and through the frozen reference."""
+    import torch
+
+    b = next(data_iterator)
+    tokens, position_ids, mask = _inputs(device, b)
+    labels = b["labels"].to(device)
+    out = model(tokens, position_ids, mask, labels=labels)
+    with torch.no_grad():
+        ref_out = ref(tokens, position_ids, mask, labels=labels)
+    return out, partial(lambda r, m, o: dpo_loss(o, r, m, beta), ref_out, b["loss_mask"].to(device))
 
 
 def save(

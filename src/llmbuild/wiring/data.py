@@ -27,6 +27,12 @@ class DataWiring(Base):
             or f"results/{wildcards.model}/data/task/heldout.jsonl"
         )
 
+    def dpo_train(self, wildcards: Any) -> str:
+        return (
+            self.config["data"]["dpo"]["path"]
+            or f"results/{wildcards.model}/data/task/preference.jsonl"
+        )
+
     def synth_corpus_flags(self) -> str:
         return cli_flags(self.config["data"]["pretrain"], ["num_docs", "seed"])
 
@@ -49,11 +55,12 @@ class DataWiring(Base):
 
     def tokenize_flags(self, phase: str) -> str:
         data = self.config["data"]
-        own = (
-            cli_flags(data["pretrain"], ["text_key"])
-            if phase == "pretrain"
-            else join(f"--format {self.sft_format()}", cli_flags(data, ["overlong"]))
-        )
+        if phase == "pretrain":
+            own = cli_flags(data["pretrain"], ["text_key"])
+        elif phase == "dpo":
+            own = cli_flags(data, ["overlong"])
+        else:
+            own = join(f"--format {self.sft_format()}", cli_flags(data, ["overlong"]))
         return join(
             f"--seq-length {self.shard_seq_length(phase)}",
             cli_flags(data, ["workers", "eod_token"]),

@@ -61,9 +61,8 @@ class TrainWiring(Base):
 
     def phase_flags(self, wildcards: Any) -> str:
         """The phase's knobs; `iters` is the command's `--train-iters`."""
-        return cli_flags(
-            self.config["train"][wildcards.phase], PHASE_KEYS, {"iters": "train_iters"}
-        )
+        keys = PHASE_KEYS + (("beta",) if wildcards.phase == "dpo" else ())
+        return cli_flags(self.config["train"][wildcards.phase], keys, {"iters": "train_iters"})
 
     def train_run_flags(self) -> str:
         """The device, the data-parallel size (tp and pp are the layout's, shared with
