@@ -18,8 +18,11 @@ PROFILE = ["--profile", str(ROOT / "profiles" / "slurm")]
 
 
 def sinfo(bindir, partitions):
+    """A stand-in cluster: sinfo lists ``partitions``; squeue is there (the Slurm executor
+    plugin refuses to start on a host with neither squeue nor sacct)."""
     lines = "\\n".join(f"{p} {n}" for p, n in partitions.items())
     tool(bindir, "sinfo", f'printf "{lines}\\n"')
+    tool(bindir, "squeue", "exit 0")
 
 
 def test_partitions_from_sinfo():
@@ -54,7 +57,8 @@ def test_ranks_must_split_over_the_nodes(scratch):
     proc = plan(scratch, {"train": {"nodes": 2, "tp": 1}})
     (line,) = error_lines(proc)
     assert line.startswith(
-        "llmbuild: error: overlay.yaml: train.nodes: 1 ranks (tp * pp) do not split over 2 nodes"
+        "llmbuild: error: overlay.yaml: train.nodes: 1 ranks (tp * pp * dp) do not split over "
+        "2 nodes"
     )
 
 
