@@ -1,7 +1,7 @@
 """DPO on megatron-core: the sigmoid loss against a frozen reference, trained from a
-checkpoint on preference pairs (chosen: the prompt reversed, rejected: the prompt copied
-back), raises the preferred answer's log-probability margin, in the log and on held-out
-pairs the run never saw."""
+checkpoint on preference pairs (chosen: the prompt reversed, rejected: a degenerate answer
+repeating one token), raises the preferred answer's log-probability margin, in the log and on
+held-out pairs the run never saw."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def make_pairs(out: Path, *, pairs: int, seed: int) -> Path:
     }
     for _ in range(pairs):
         prompt = rng.integers(5, VOCAB, int(rng.integers(3, 10)))
-        for side, answer in (("chosen", prompt[::-1]), ("rejected", prompt)):
+        for side, answer in (("chosen", prompt[::-1]), ("rejected", np.full(len(prompt), 4))):
             ids = np.concatenate([[1], prompt, [2], answer, [3]]).astype(np.int32)
             labels = ids.copy()
             labels[: len(prompt) + 2] = -100
@@ -63,7 +63,7 @@ def _dpo(root: Path, name: str, *extra: str) -> list[str]:
     return [
         "train", "run", "--mode", "dpo", "--input", str(root / "mg"), "--data",
         str(root / "pairs"), "--output", str(root / name), "--train-log",
-        str(root / f"{name}.jsonl"), "--train-iters", "24", "--lr", "2e-3", "--min-lr", "2e-4",
+        str(root / f"{name}.jsonl"), "--train-iters", "12", "--lr", "3e-3", "--min-lr", "3e-4",
         "--warmup-iters", "2", "--micro-batch-size", "4", "--global-batch-size", "8",
         "--seq-length", "32", "--seed", "3", "--threads", "2", "--beta", "0.5", *extra,
     ]  # fmt: skip
@@ -114,7 +114,7 @@ def margins(ckpt_dir: Path, pairs_dir: Path) -> torch.Tensor:
 
 def test_the_log_shows_the_reward_margin_rising(trained):
     log = [json.loads(x) for x in (trained / "policy.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in log] == list(range(1, 25))
+    assert [x["step"] for x in log] == list(range(1, 13))
     assert log[0]["reward_margin"] == 0.0  # the policy starts as its reference
     assert log[0]["loss"] == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-4)
     late = log[-4:]

@@ -209,7 +209,11 @@ STRUCTURE: dict[str, tuple] = {
     # names the key that asked for it
     "train.device": ("cuda", {"train", "device_check"}, {"device_check"}),
     # SFT straight from the base: pretraining's jobs go, SFT starts from the base checkpoint
-    "train.phases": (["sft"], {"train", "plot_loss"}, {"tokenize_pretrain", "train", "gate_train"}),
+    "train.phases": (
+        ["sft"],
+        {"train", "plot_loss", "gate_summary"},
+        {"tokenize_pretrain", "train", "gate_train"},
+    ),
     "serve.device": ("cuda", {"serve"}, {"device_check"}),
 }
 
@@ -415,7 +419,7 @@ def test_a_phase_chain_trains_each_phase_from_the_previous_one(workdir):
     jobs = dry_run(workdir, only)
     assert set(_train_jobs(jobs)) == {"pretrain"}
     quant = [a for k, a in jobs.items() if k.startswith("quantize ")]
-    assert [a["input"] for a in quant] == ["results/tiny-llama/pretrain/hf"]
+    assert [str(a["input"]) for a in quant] == ["results/tiny-llama/pretrain/hf"]
     served = {a["served_model_name"] for k, a in jobs.items() if k.startswith("serve ")}
     assert served == {"base", "pretrain", "pretrain-w8a8"}
 
@@ -439,6 +443,6 @@ def test_a_dpo_phase_trains_from_the_sft_checkpoint_on_preference_shards(workdir
     tok = [a for k, a in jobs.items() if k.startswith("tokenize_dpo ")]
     assert tok[0]["kind"] == "dpo" and tok[0]["input"].endswith("task/preference.jsonl")
     # the last phase is the one quantized
-    assert [a["input"] for k, a in jobs.items() if k.startswith("quantize ")] == [
+    assert [str(a["input"]) for k, a in jobs.items() if k.startswith("quantize ")] == [
         "results/tiny-llama/dpo/hf"
     ]
