@@ -16,9 +16,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core")
 pytest.importorskip("transformers")
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "convert"))
 import tiny  # noqa: E402
 
 pytestmark = pytest.mark.parity

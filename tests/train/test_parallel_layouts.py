@@ -6,8 +6,6 @@ not match tp * pp * dp is one line. (Pipeline parallelism: test_parallel.py.)"""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +13,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core")
 pytest.importorskip("transformers")
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "convert"))
 import synth  # noqa: E402
 import test_parallel as P  # noqa: E402
 import tiny  # noqa: E402

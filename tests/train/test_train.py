@@ -17,9 +17,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("megatron.core")
 pytest.importorskip("transformers")
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "convert"))
 import synth  # noqa: E402
 import tiny  # noqa: E402
 
