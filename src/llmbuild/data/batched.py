@@ -175,44 +175,79 @@ def ids_block(
     return np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
 
 
+class HFBlocks:
+    """Builds ``ids_block`` over the backend tokenizer (picklable: the tokenizer as JSON)."""
+
+    engine = "tokenizers"
+
+    def __init__(self, backend_json: str, add_special_tokens: bool, eod: int, dtype: Any):
+        self.backend_json, self.special = backend_json, add_special_tokens
+        self.eod, self.dtype = eod, np.dtype(dtype).str
+
+    def build(self) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(self.backend_json)
+        dtype = np.dtype(self.dtype)
+        return lambda texts: ids_block(backend, texts, self.special, self.eod, dtype)
+
+
+class TiktokenBlocks:
+    """Builds the same blocks with tiktoken's engine under a proven plan (data/fastbpe.py)."""
+
+    engine = "tiktoken"
+
+    def __init__(self, plan: Any, eod: int, dtype: Any):
+        self.plan, self.eod, self.dtype = plan, eod, np.dtype(dtype).str
+
+    def build(self) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+        from llmbuild.data.fastbpe import Encoder
+
+        encoder = Encoder(self.plan)
+        eod, dtype = self.eod, np.dtype(self.dtype)
+        eod_block = np.asarray([eod], dtype=np.int64)
+
+        def block(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            parts: list[np.ndarray] = []
+            lengths = np.empty(len(texts), dtype=np.int64)
+            for k, text in enumerate(texts):
+                ids = encoder.encode(text)
+                n = ids.size
+                parts.append(ids)
+                if n == 0 or ids[-1] != eod:
+                    parts.append(eod_block)
+                    n += 1
+                lengths[k] = n
+            return np.concatenate(parts).astype(dtype, copy=False), lengths
+
+        return block
+
+
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_json: str, add_special_tokens: bool, eod: int, dtype: str) -> None:
+def _init_worker(blocks: Any) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
-    from tokenizers import Tokenizer
-
-    _WORKER.update(
-        backend=Tokenizer.from_str(tokenizer_json),
-        special=add_special_tokens,
-        eod=eod,
-        dtype=np.dtype(dtype),
-    )
+    _WORKER["block"] = blocks.build()
 
 
 def _worker_block(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    w = _WORKER
-    return ids_block(w["backend"], texts, w["special"], w["eod"], w["dtype"])
+    return _WORKER["block"](texts)
 
 
 def id_blocks(
-    backend: Any,
-    text_batches: Iterable[list[str]],
-    add_special_tokens: bool,
-    eod: int,
-    dtype: Any,
-    workers: int,
+    blocks: HFBlocks | TiktokenBlocks, text_batches: Iterable[list[str]], workers: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``ids_block`` of each batch, in order. With several workers the batches go to that
-    many single-threaded processes (spawned; each holds only the backend tokenizer, so they
+    """(ids concatenated, lengths) of each batch, in order. With several workers the batches
+    go to that many single-threaded processes (spawned; each holds only its encoder, so they
     start in a fraction of a second), at most two each in flight; the GIL is never shared."""
     if workers <= 1:
+        block = blocks.build()
         for texts in text_batches:
-            yield ids_block(backend, texts, add_special_tokens, eod, dtype)
+            yield block(texts)
         return
-    args = (backend.to_str(), add_special_tokens, eod, np.dtype(dtype).str)
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(blocks,)) as pool:
         pending: deque[Any] = deque()
         for texts in text_batches:
             pending.append(pool.apply_async(_worker_block, (texts,)))

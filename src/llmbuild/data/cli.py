@@ -88,6 +88,8 @@ def _tokenize(args: argparse.Namespace) -> int:
                     "data.overlong: truncate"
                 )
             raise UserError(f"no usable documents: {why}", path=args.input)
+        if stats.engine:
+            print(f"{what}: encoded with {stats.engine}", file=sys.stderr, flush=True)
         done = rate.line(stats.documents, stats.tokens, tally.fraction)
         print(f"{what}: {done}", file=sys.stderr, flush=True)
         tk.write_meta(tmp, stats, args.tokenizer, args.seq_length, specials=specials, tok=tok)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from llmbuild.data import batched
+from llmbuild.data import batched, fastbpe
 from llmbuild.data.handlers import IGNORE_INDEX, Encoder, encode_stream, span_labels
 from llmbuild.data.shards import ShardWriter, optimal_dtype
 from llmbuild.data.specials import SpecialTokens, load_tokenizer, resolve_special_tokens
@@ -41,6 +41,7 @@ class TokenizeStats:
     max_length: int = 0
     lengths: list[int] = field(default_factory=list, repr=False)
     bos_documents: int = 0  # documents whose first id is the BOS id
+    engine: str = ""  # what encoded the text, and why (not in meta.json: the bytes are equal)
 
     def as_dict(self, seq_length: int) -> dict[str, Any]:
         n = max(self.documents + self.dropped, 1)
@@ -76,22 +77,44 @@ def _per_document(
     return batched.batches(stream, lambda _: 256)
 
 
+def pretrain_engine(
+    tok: Any, eod: int, dtype: Any, samples: Iterable[str] = ()
+) -> tuple[batched.HFBlocks | batched.TiktokenBlocks | None, str]:
+    """How pretraining text is encoded, and why: tiktoken's engine where it provably gives
+    the tokenizer's ids (data/fastbpe.py), else the fast tokenizer's Rust backend, else
+    (None) the per-document path."""
+    samples = list(samples)
+    backend = batched.fast_backend(tok, add_special_tokens=True, samples=samples)
+    if backend is None:
+        return None, "per document: the tokenizer has no fast backend that encodes alike"
+    plan, why = fastbpe.plan_for(tok, backend, add_special_tokens=True, samples=samples)
+    if plan is not None:
+        return batched.TiktokenBlocks(plan, eod, dtype), f"tiktoken ({plan.name} split, exact)"
+    return batched.HFBlocks(backend.to_str(), True, eod, dtype), f"tokenizers: {why}"
+
+
 def _pretrain_blocks(
-    docs: Iterable[str], tokenizer_dir: str, tok: Any, eod: int, workers: int, dtype: Any
+    docs: Iterable[str],
+    tokenizer_dir: str,
+    tok: Any,
+    eod: int,
+    workers: int,
+    dtype: Any,
+    stats: TokenizeStats,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids concatenated, lengths) per batch of documents: each document's ids with the
     tokenizer's own special tokens, then the EOD unless the post-processor appended it (as
     handlers.Encoder.pretrain)."""
     docs = iter(docs)
     head = list(islice(docs, 4))
-    backend = batched.fast_backend(tok, add_special_tokens=True, samples=head)
+    blocks, stats.engine = pretrain_engine(tok, eod, dtype, head)
     docs = chain(head, docs)
-    if backend is None:
+    if blocks is None:
         for lists in _per_document(Encoder.pretrain, docs, tokenizer_dir, workers, eod, tok):
             lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
             yield np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
         return
-    yield from batched.id_blocks(backend, batched.batches(docs, len), True, eod, dtype, workers)
+    yield from batched.id_blocks(blocks, batched.batches(docs, len), workers)
 
 
 def tokenize_pretrain(
@@ -111,7 +134,8 @@ def tokenize_pretrain(
     writer = ShardWriter(out_dir / PRETRAIN_PREFIX, optimal_dtype(specials.vocab_size))
     eod, bos = specials.eod_id, specials.bos_id
     try:
-        for flat, lengths in _pretrain_blocks(docs, tokenizer_dir, tok, eod, workers, writer.dtype):
+        blocks = _pretrain_blocks(docs, tokenizer_dir, tok, eod, workers, writer.dtype, stats)
+        for flat, lengths in blocks:
             writer.add_flat(flat, lengths)
             if bos is not None:
                 starts = np.cumsum(lengths) - lengths
