@@ -253,7 +253,12 @@ class _Response:
         self, rec: RequestRecord, st: float, api: str, speculative: bool, pool: Pool
     ) -> None:
         self.rec, self.st, self.api, self.speculative, self.pool = rec, st, api, speculative, pool
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = loop.create_future()
+        limit = pool.timeout_s
+        self.timer: asyncio.TimerHandle | None = loop.call_at(
+            loop.time() + limit, self.fail, f"TimeoutError: no complete answer within {limit:g} s"
+        )
         self.conn: _Connection | None = None
         self.buf = b""
         self.head = True  # still reading the status line and headers
@@ -272,6 +277,8 @@ class _Response:
 
     # -- outcome --------------------------------------------------------------------------
     def _settle(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if not self.done.done():
             self.done.set_result(None)
 
@@ -488,10 +495,11 @@ def prepare(pool: Pool, endpoint: Endpoint, spec: RequestSpec, workload: Workloa
 
 
 class Request:
-    """One streamed request: ``send`` starts its clock and writes it (at once when a
-    connection is idle), ``result`` waits for its record."""
+    """One streamed request: ``send`` starts its clock and writes it at once when a
+    connection is idle; ``result`` (or a callback on ``response.done``, when ``send`` wrote
+    it) then has its record."""
 
-    __slots__ = ("pool", "data", "rec", "response", "timer")
+    __slots__ = ("pool", "data", "rec", "response")
 
     def __init__(self, pool: Pool, data: bytes, spec: RequestSpec, endpoint: Endpoint) -> None:
         self.pool, self.data = pool, data
@@ -502,20 +510,18 @@ class Request:
             model=spec.model or endpoint.model,
         )
         self.response: _Response | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
-    def send(self, run_start: float, api: str, speculative: bool) -> None:
-        """Start the clock and write the request on an idle connection; without one,
-        ``result`` opens one (the clock then includes connecting, as a user's would)."""
+    def send(self, run_start: float, api: str, speculative: bool) -> bool:
+        """Start the clock and write the request on an idle connection (True); without one
+        (False), ``result`` opens one: the clock then includes connecting, as a user's would."""
         st = time.perf_counter()
         self.rec.start_time = st - run_start if run_start else 0.0
         response = self.response = _Response(self.rec, st, api, speculative, self.pool)
-        limit = self.pool.timeout_s
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_at(loop.time() + limit, _time_out, response, limit)
         conn = self.pool.take_idle()
-        if conn is not None:
-            conn.carry(response, self.data)
+        if conn is None:
+            return False
+        conn.carry(response, self.data)
+        return True
 
     async def result(self) -> RequestRecord:
         response = self.response
@@ -533,12 +539,11 @@ class Request:
                     conn.carry(response, self.data)
             await response.done
         except asyncio.CancelledError:
+            if response.timer is not None:
+                response.timer.cancel()
             if response.conn is not None:
                 response.conn.close()
             raise
-        finally:
-            if self.timer is not None:
-                self.timer.cancel()
         return self.rec
 
 
@@ -559,10 +564,6 @@ async def stream_completion(
     req = Request(pool, prepare(pool, endpoint, spec, workload), spec, endpoint)
     req.send(run_start, workload.api, workload.speculative)
     return await req.result()
-
-
-def _time_out(response: _Response, limit: float) -> None:
-    response.fail(f"TimeoutError: no complete answer within {limit:g} s")
 
 
 @dataclass

@@ -161,6 +161,11 @@ async def run_schedule(
         async def answer(i: int) -> None:
             finish(i, await reqs[i].result(), dues[i])
 
+        def answered(i: int, _: object) -> None:
+            finish(i, reqs[i].rec, dues[i])
+            if done == len(dues):
+                all_done.set_result(None)
+
         async def limited(i: int) -> None:
             assert sem is not None
             async with sem:
@@ -170,6 +175,8 @@ async def run_schedule(
             finish(i, rec, released)
 
         tasks = []
+        all_done = asyncio.get_running_loop().create_future()
+        written = 0  # requests the pacer wrote itself, settled by a callback
         clock = time.perf_counter
         # What exists now is never garbage during the cell: keep the collector's full passes
         # from walking it (pauses that would show as scheduling lag).
@@ -181,12 +188,16 @@ async def run_schedule(
                 delay = t0 + due - clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if sem is None:
-                    reqs[i].send(t0, api, speculative)
-                    tasks.append(asyncio.create_task(answer(i)))
-                else:
+                if sem is not None:
                     tasks.append(asyncio.create_task(limited(i)))
+                elif reqs[i].send(t0, api, speculative):
+                    written += 1
+                    reqs[i].response.done.add_done_callback(partial(answered, i))  # type: ignore[union-attr]
+                else:  # no idle connection: a task opens one
+                    tasks.append(asyncio.create_task(answer(i)))
             await asyncio.gather(*tasks)
+            if written and done < len(dues):
+                await all_done
         finally:
             gc.unfreeze()
         duration = time.perf_counter() - t0
