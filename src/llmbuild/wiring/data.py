@@ -47,6 +47,10 @@ class DataWiring(Base):
         sft = self.config["data"]["sft"]
         return sft["format"] if sft["path"] else "alpaca"
 
+    def tokenize_workers(self, wildcards: Any, threads: int) -> int:
+        """data.workers, else the rule's threads."""
+        return self.config["data"]["workers"] or threads
+
     def tokenize_flags(self, phase: str) -> str:
         data = self.config["data"]
         own = (
@@ -56,6 +60,6 @@ class DataWiring(Base):
         )
         return join(
             f"--seq-length {self.shard_seq_length(phase)}",
-            cli_flags(data, ["workers", "eod_token"]),
+            cli_flags(data, ["eod_token"]),
             own,
         )
