@@ -528,12 +528,18 @@ class Request:
         assert response is not None, "send() first"
         try:
             if response.conn is None and not response.done.done():
+                # connecting counts against the request's time limit too
+                acquiring = asyncio.ensure_future(self.pool.acquire())
+                await asyncio.wait((acquiring, response.done), return_when="FIRST_COMPLETED")
+                if not acquiring.done():
+                    acquiring.cancel()  # timed out while connecting
+                    return self.rec
                 try:
-                    conn = await self.pool.acquire()
+                    conn = acquiring.result()
                 except ClientConnectorError as exc:
                     response.fail(_error(exc))
                     return self.rec
-                if response.done.done():  # timed out while connecting
+                if response.done.done():
                     self.pool.release(conn, True)
                 else:
                     conn.carry(response, self.data)
