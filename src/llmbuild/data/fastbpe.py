@@ -151,12 +151,16 @@ def _normalizer(norm: dict[str, Any] | None) -> bool:
     raise Refused(f"normalizer {norm.get('type')} (only none or NFC)")
 
 
-def _post_processor(pp: dict[str, Any] | None) -> None:
-    if pp is None or pp.get("type") == "ByteLevel":
+def _post_processor(pp: dict[str, Any] | None, offsets: bool) -> None:
+    if pp is None:
+        return
+    if pp.get("type") == "ByteLevel":
+        if offsets and pp.get("trim_offsets"):
+            raise Refused("the post-processor trims offsets (labels need untrimmed ones)")
         return
     if pp.get("type") == "Sequence":
         for item in pp.get("processors") or []:
-            _post_processor(item)
+            _post_processor(item, offsets)
         return
     if pp.get("type") == "TemplateProcessing":
         seqs = [x for x in pp.get("single", []) if "Sequence" in x]
@@ -190,15 +194,16 @@ def _merges(model: dict[str, Any]) -> list[tuple[str, str]]:
     return [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
 
 
-def analyze(backend: Any, add_special_tokens: bool) -> Plan:
+def analyze(backend: Any, add_special_tokens: bool, offsets: bool = False) -> Plan:
     """The tiktoken plan of ``backend`` (a ``tokenizers.Tokenizer`` without truncation or
-    padding); raises ``Refused`` naming what does not map."""
+    padding); raises ``Refused`` naming what does not map. ``offsets``: the caller needs
+    each token's start (instruction labels), so the tokenizer must not trim offsets."""
     data = json.loads(backend.to_str())
     model = data["model"]
     _model_checks(model)
     nfc = _normalizer(data.get("normalizer"))
     pattern = _pattern(data.get("pre_tokenizer"))
-    _post_processor(data.get("post_processor"))
+    _post_processor(data.get("post_processor"), offsets)
     vocab: dict[str, int] = model["vocab"]
     alphabet = bytes_to_unicode()
     decode = {c: b for b, c in alphabet.items()}
@@ -298,6 +303,12 @@ class Encoder:
         self.allowed = set(plan.specials)
         self.backend = Tokenizer.from_str(plan.backend_json)
         self.normalizer = self.backend.normalizer
+        lengths = np.zeros(plan.ids.size, dtype=np.int64)
+        for token, rank in plan.ranks.items():
+            lengths[rank] = len(token)
+        for content, rank in plan.specials.items():
+            lengths[rank] = len(content.encode("utf-8"))
+        self.byte_lengths = lengths  # rank -> the token's length in bytes
         self.prefix = np.asarray(plan.prefix, dtype=np.int64)
         self.suffix = np.asarray(plan.suffix, dtype=np.int64)
         self.fallbacks = 0  # documents the tokenizer itself encoded
@@ -338,8 +349,27 @@ class Encoder:
         return ids
 
 
+def starts_in_bytes(enc: Encoder, ranks: np.ndarray) -> np.ndarray:
+    """Where each token starts, in bytes of the text's UTF-8."""
+    lengths = enc.byte_lengths[ranks]
+    return np.cumsum(lengths) - lengths
+
+
+def byte_spans(text: str, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans of ``text`` as spans of its UTF-8 bytes. A token (the tokenizer's
+    offsets give the character its first byte belongs to) starts inside a character span
+    exactly when its first byte is inside the byte span."""
+    if text.isascii():
+        return list(spans)
+    return [(len(text[:s].encode("utf-8")), len(text[:e].encode("utf-8"))) for s, e in spans]
+
+
 def plan_for(
-    tok: Any, backend: Any, add_special_tokens: bool, samples: Iterable[str] = ()
+    tok: Any,
+    backend: Any,
+    add_special_tokens: bool,
+    samples: Iterable[str] = (),
+    offsets: bool = False,
 ) -> tuple[Plan | None, str]:
     """(the plan, "") when tiktoken provably encodes as ``tok``, else (None, why not); the
     probes and ``samples`` are compared too, as a guard."""
@@ -348,7 +378,7 @@ def plan_for(
     except ImportError:
         return None, "tiktoken is not installed"
     try:
-        plan = analyze(backend, add_special_tokens)
+        plan = analyze(backend, add_special_tokens, offsets)
         enc = Encoder(plan)
     except Refused as exc:
         return None, str(exc)
