@@ -53,16 +53,21 @@ FAMILY_TEXT = {
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict[str, Path]:
+def tiny(tmp_path_factory) -> Path:
+    """The embedded default's kind: byte-level BPE with GPT-2's regex, specials in the vocab."""
     from llmbuild.data.synth import corpus_documents
     from llmbuild.model.tiny import save_tokenizer, train_tokenizer
 
+    d = tmp_path_factory.mktemp("tiny")
+    save_tokenizer(train_tokenizer(corpus_documents(200, 0), 512), d, 512)
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fastbpe")
-    dirs = {n: families.build_tokenizer(n, root / n) for n in ("llama3", "qwen2.5", "llama2")}
-    dirs["mistral"] = families.build_tokenizer("mistral", root / "mistral")
-    save_tokenizer(train_tokenizer(corpus_documents(200, 0), 512), root / "tiny", 512)
-    dirs["tiny"] = root / "tiny"
-    return dirs
+    names = ("llama3", "qwen2.5", "llama2", "mistral")
+    return {**{n: families.build_tokenizer(n, root / n) for n in names}, "tiny": tiny}
 
 
 def _texts(name: str) -> list[str]:
@@ -177,15 +182,15 @@ def test_unknown_regex_and_prefix_space_are_refused(built):
         fastbpe.analyze(Tokenizer.from_str(json.dumps(spec)), False)
 
 
-def test_refused_plan_writes_the_same_shards_with_the_tokenizer(built, tmp_path, monkeypatch):
-    tok = tk.load_tokenizer(built["tiny"])
+def test_refused_plan_writes_the_same_shards_with_the_tokenizer(tiny, tmp_path, monkeypatch):
+    tok = tk.load_tokenizer(tiny)
     docs = _texts("tiny")
     for engine in ("tiktoken", "tokenizers"):
         if engine == "tokenizers":
             monkeypatch.setattr(fastbpe, "plan_for", lambda *a, **k: (None, "said no"))
         out = tmp_path / engine
         out.mkdir()
-        stats = tk.tokenize_pretrain(docs, str(built["tiny"]), out, 64, workers=1, tok=tok)
+        stats = tk.tokenize_pretrain(docs, str(tiny), out, 64, workers=1, tok=tok)
         assert stats.engine.startswith(engine), stats.engine
     assert stats.engine == "tokenizers: said no"
     for ext in (".bin", ".idx"):
@@ -198,13 +203,13 @@ def _code_points(plane_end: int) -> list[str]:
 
 
 @pytest.mark.parametrize("pattern", list(fastbpe.PATTERNS))
-def test_split_regex_classes_agree_on_every_code_point(built, pattern):
+def test_split_regex_classes_agree_on_every_code_point(tiny, pattern):
     """Oniguruma (tokenizers) and fancy-regex (tiktoken) read \\p{L}, \\p{N} and \\s from
     their own Unicode tables: every code point of planes 0-2, after a letter, a digit, a
     space and punctuation, splits (and so encodes) alike."""
     from tokenizers import Tokenizer
 
-    data = json.loads((built["llama3"] / "tokenizer.json").read_text())
+    data = json.loads((tiny / "tokenizer.json").read_text())
     data["normalizer"] = None
     data["added_tokens"] = []
     data["post_processor"] = None
@@ -221,9 +226,9 @@ def test_split_regex_classes_agree_on_every_code_point(built, pattern):
     backend = Tokenizer.from_str(json.dumps(data))
     enc = fastbpe.Encoder(fastbpe.analyze(backend, add_special_tokens=False))
     chars = _code_points(0x30000)
+    step = 8192
     texts = [
-        "".join(f"a{c}1{c} {c}.{c}" for c in chars[i : i + 4096])
-        for i in range(0, len(chars), 4096)
+        "".join(f"a{c}1{c} {c}" for c in chars[i : i + step]) for i in range(0, len(chars), step)
     ]
     got = [enc.plan.ids[enc.core.encode_ordinary(t)] for t in texts]
     want = backend.encode_batch_fast(texts, add_special_tokens=False)

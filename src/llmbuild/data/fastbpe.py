@@ -36,7 +36,7 @@ Each text's ids are then tiktoken's, mapped from ranks to the tokenizer's ids by
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,23 +171,35 @@ def _post_processor(pp: dict[str, Any] | None, offsets: bool) -> None:
 
 def _isolated_parts(model: dict[str, Any], tokens: list[str]) -> np.ndarray:
     """How many symbols the BPE model leaves of each token's characters on their own."""
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    spec = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [],
-        "normalizer": None,
-        "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": None,
-        "decoder": None,
-        "model": {**model, "ignore_merges": False, "dropout": None},
-    }
-    bare = Tokenizer.from_str(json.dumps(spec))
-    enc = bare.encode(" ".join(tokens), add_special_tokens=False)
-    words = np.asarray(enc.word_ids, dtype=np.int64)
-    return np.bincount(words, minlength=len(tokens))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    bare = Tokenizer(models.BPE(model["vocab"], merges, ignore_merges=False))
+    bare.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # byte symbols are never spaces
+    step = 4096
+    texts = [" ".join(tokens[i : i + step]) for i in range(0, len(tokens), step)]
+    counts = []
+    for enc in bare.encode_batch(texts, add_special_tokens=False):
+        counts.append(np.bincount(np.asarray(enc.word_ids, dtype=np.int64), minlength=step))
+    return np.concatenate(counts)[: len(tokens)] if counts else np.zeros(0, dtype=np.int64)
+
+
+def _byte_decoder(alphabet: dict[int, str]) -> Callable[[str], bytes | None]:
+    """A byte-level token's bytes, or None when it has a character outside the alphabet."""
+    table: dict[int, int | None] = {ord(c): b for b, c in alphabet.items()}
+    for x in range(0x180):
+        table.setdefault(x, None)  # dropped, so the length shows it
+
+    def to_bytes(token: str) -> bytes | None:
+        plain = token.translate(table)
+        if len(plain) != len(token):
+            return None
+        try:
+            return plain.encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+
+    return to_bytes
 
 
 def _merges(model: dict[str, Any]) -> list[tuple[str, str]]:
@@ -206,7 +218,6 @@ def analyze(backend: Any, add_special_tokens: bool, offsets: bool = False) -> Pl
     _post_processor(data.get("post_processor"), offsets)
     vocab: dict[str, int] = model["vocab"]
     alphabet = bytes_to_unicode()
-    decode = {c: b for b, c in alphabet.items()}
     missing = [b for b, c in alphabet.items() if c not in vocab]
     if missing:
         raise Refused(f"{len(missing)} of the 256 byte symbols are not in the vocabulary")
@@ -216,9 +227,16 @@ def analyze(backend: Any, add_special_tokens: bool, offsets: bool = False) -> Pl
         if a + b in made_by:
             raise Refused(f"two merges make the same token {a + b!r}")
         made_by[a + b] = i
-    tokens = [t for t in vocab if len(t) > 1 and all(c in decode for c in t)]
-    parts = _isolated_parts(model, tokens)
     ignore_merges = bool(model.get("ignore_merges"))
+    to_bytes = _byte_decoder(alphabet)
+    tokens, token_bytes = [], []
+    for t in vocab:  # the merges' results; with ignore_merges every byte-level token
+        if len(t) > 1 and (ignore_merges or t in made_by):
+            raw = to_bytes(t)
+            if raw is not None:
+                tokens.append(t)
+                token_bytes.append(raw)
+    parts = _isolated_parts(model, tokens)
     n_merges = len(merges)
     ranks: dict[bytes, int] = {}
     ids: dict[int, int] = {}
@@ -226,7 +244,7 @@ def analyze(backend: Any, add_special_tokens: bool, offsets: bool = False) -> Pl
         ranks[bytes([b])] = n_merges + b
         ids[n_merges + b] = vocab[c]
     extra = n_merges + 256
-    for t, n in zip(tokens, parts.tolist(), strict=True):
+    for t, raw, n in zip(tokens, token_bytes, parts.tolist(), strict=True):
         if n == 1 and t in made_by:
             rank = made_by[t]  # whole on its own: its last step was its merge
         elif n >= 3 and ignore_merges:
@@ -238,7 +256,7 @@ def analyze(backend: Any, add_special_tokens: bool, offsets: bool = False) -> Pl
             )
         else:
             continue  # the merges never make it, and a piece is never looked up whole
-        ranks[bytes(decode[c] for c in t)] = rank
+        ranks[raw] = rank
         ids[rank] = vocab[t]
     floor = max(ids) + 1
     added = [a for a in data.get("added_tokens") or [] if a.get("content")]
