@@ -57,17 +57,17 @@ def verdict(rate: float, n: int, sends: list[float], lags: list[float], failures
     """The criterion, for either client: ``sends`` in seconds since the schedule's start."""
     import numpy as np
 
-    last = max(sends)
+    last = float(max(sends))
     achieved = n / last if last > 0 else float("inf")
     p99 = float(np.percentile(np.asarray(lags) * 1000, 99))
-    ok = achieved >= MIN_RATIO * rate and p99 < MAX_P99_LAG_MS and failures == 0
+    ok = bool(achieved >= MIN_RATIO * rate and p99 < MAX_P99_LAG_MS and failures == 0)
     return {
         "rate": rate,
         "n": n,
         "achieved": achieved,
         "p99_lag_ms": p99,
-        "max_lag_ms": max(lags) * 1000,
-        "failures": failures,
+        "max_lag_ms": float(max(lags)) * 1000,
+        "failures": int(failures),
         "ok": ok,
     }
 

@@ -48,18 +48,18 @@ def _synth_task(args: argparse.Namespace) -> int:
     return 0
 
 
-# Below this much input, pretraining text is encoded in this process: worker processes would
-# take longer to start than the work takes (the output is the same either way).
+# Below this much input, text is encoded in this process: worker processes would take longer
+# to start than the work takes (the output is the same either way).
 SMALL_INPUT = 4 << 20
 
 
 def _workers(args: argparse.Namespace) -> int:
-    """--workers, else the CPUs this process may use; one for a small pretraining input."""
+    """--workers, else the CPUs this process may use; one for a small input."""
     if args.workers is not None and args.workers < 1:
         raise UserError(f"must be >= 1, got {args.workers}", field="--workers")
     workers = args.workers or len(os.sched_getaffinity(0))
     path = Path(args.input)
-    if args.kind == "pretrain" and path.is_file() and path.stat().st_size < SMALL_INPUT:
+    if path.is_file() and path.stat().st_size < SMALL_INPUT:
         return 1
     return workers
 
@@ -170,8 +170,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=default("data.workers"),
-        help="processes (pretrain) or threads (sft) that encode; default: the CPUs this "
-        "process may use; a pretraining input under 4 MB is encoded in one process",
+        help="processes that encode; default: the CPUs this process may use; an input "
+        "under 4 MB is encoded in this one",
     )
     p.add_argument(
         "--eod-token",
