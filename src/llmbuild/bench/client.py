@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -111,6 +113,35 @@ def _chunk_output(msg: dict[str, Any], api: str) -> tuple[bool, str]:
     if "role" in delta and not text:
         return False, ""
     return True, text
+
+
+_TEXT = {
+    "completions": re.compile(rb'"text"\s*:\s*"'),
+    "chat": re.compile(rb'"content"\s*:\s*"'),
+}
+_USAGE = re.compile(rb'"usage"\s*:\s*(null)?')
+_FULL_PARSE = (b'"error"', b'"role"', b"reasoning_content")
+
+
+def _plain_chunk_text(payload: bytes, api: str) -> str | None:
+    """The output text of a plain stream chunk (the one choice's ``text``, or a chat delta's
+    ``content``, with no usage, error or role in it), read without parsing the rest; None
+    for any other chunk, which then gets ``json.loads``. Inside a JSON string a quote is
+    always escaped, so ``"text":"`` can only be the key itself."""
+    if b'"choices"' not in payload or any(k in payload for k in _FULL_PARSE):
+        return None
+    key = _TEXT[api]
+    m = key.search(payload)
+    if m is None or key.search(payload, m.end()) is not None:
+        return None
+    usage = _USAGE.search(payload)
+    if usage is not None and usage.group(1) is None:
+        return None
+    try:
+        text, _ = scanstring(payload[m.end() :].decode("utf-8"), 0)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return text
 
 
 class Pool:
@@ -429,6 +460,10 @@ class _Response:
             self.saw_done = True
             self._complete()
             return
+        text = _plain_chunk_text(payload, self.api)
+        if text is not None:  # the common chunk: one choice's text, nothing else to read
+            self._output(text, ts)
+            return
         try:
             msg = json.loads(payload)
         except ValueError as exc:
@@ -442,18 +477,23 @@ class _Response:
         if msg.get("choices"):
             carries, text = _chunk_output(msg, self.api)
             if carries:
-                if rec.chunks == 0:
-                    rec.ttft = ts - self.st
-                else:
-                    rec.itl.append(ts - self.last)
-                self.last = ts
-                rec.chunks += 1
-                self.parts.append(text)
+                self._output(text, ts)
         usage = msg.get("usage")
         if usage and usage.get("completion_tokens") is not None:
             self.usage_tokens = int(usage["completion_tokens"])
             if usage.get("prompt_tokens") is not None:
                 rec.server_prompt_tokens = int(usage["prompt_tokens"])
+
+    def _output(self, text: str, ts: float) -> None:
+        """A chunk that carries output arrived at ``ts``."""
+        rec = self.rec
+        if rec.chunks == 0:
+            rec.ttft = ts - self.st
+        else:
+            rec.itl.append(ts - self.last)
+        self.last = ts
+        rec.chunks += 1
+        self.parts.append(text)
 
     def _complete(self, cut: str | None = None) -> None:
         """Settle a stream's record at [DONE] or at its end (``cut``: the connection's)."""
