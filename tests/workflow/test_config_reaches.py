@@ -61,7 +61,7 @@ FLAGS: dict[str, tuple] = {
     "data.sft.seed": (1, {"synth_task"}),
     "data.seq_length": (32, TOKENIZE),
     "data.overlong": ("truncate", {"tokenize_sft"}),
-    "data.workers": (2, TOKENIZE),
+    "data.workers": (3, TOKENIZE),
     "data.eod_token": ("<|end|>", TOKENIZE),
     "train.nodes": (2, {"train"}, {"train": {"tp": 2}}),
     "train.tp": (2, {"hf2mg", "train"}),
