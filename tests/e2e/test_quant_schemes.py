@@ -35,8 +35,10 @@ def gated():
     cmd += ["--configfile", *CONFIGS, "--", *targets]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    print(f"quantize + serve + evaluate + gate of {len(SCHEMES)} schemes: "
-          f"{time.perf_counter() - started:.0f} s")
+    print(
+        f"quantize + serve + evaluate + gate of {len(SCHEMES)} schemes: "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     return proc
 

@@ -90,7 +90,10 @@ def test_scale_file(scales, tiny_model):
     assert loaded.balance["model.layers.0.input_layernorm"] == [
         f"model.layers.0.self_attn.{p}_proj" for p in "qkv"
     ]
-    assert all(bool((s > 0).all()) and not torch.equal(s, torch.ones_like(s)) for s in loaded.scales.values())
+    assert all(
+        bool((s > 0).all()) and not torch.equal(s, torch.ones_like(s))
+        for s in loaded.scales.values()
+    )
     prov = json.loads(scales.with_name(scales.name + ".provenance.json").read_text())
     assert prov["command"] == "llmbuild quantize scales"
     assert prov["smoothing"]["samples"] == 8 and prov["smoothing"]["smoothed_layers"] == 8
@@ -117,17 +120,37 @@ def test_w8a8_config_and_files(quantized, scales):
     assert file_digest(scales) in json.dumps(prov["inputs"])  # the scale file is an input
     assert not list(out.parent.glob(".w8a8.tmp-*"))
     t = _tensors(out)
-    q, s = t["model.layers.0.self_attn.q_proj.weight"], t["model.layers.0.self_attn.q_proj.weight_scale"]
+    q, s = (
+        t["model.layers.0.self_attn.q_proj.weight"],
+        t["model.layers.0.self_attn.q_proj.weight_scale"],
+    )
     assert q.dtype == torch.int8 and tuple(s.shape) == (q.shape[0], 1)
 
 
-def test_w8a8_smoothed_from_the_file_bit_for_bit(quantized, tiny_model, scales, calib_file, tmp_path):
+def test_w8a8_smoothed_from_the_file_bit_for_bit(
+    quantized, tiny_model, scales, calib_file, tmp_path
+):
     """The same scale file gives the same bytes; computing the scales in the same run (the
     seeds' one step) gives them too; smoothing really moved the norms."""
     from safetensors.torch import load_file
 
     again = tmp_path / "again"
-    assert _main(["run", "--scheme", "w8a8", "--input", str(tiny_model), "--output", str(again), "--scale-input", str(scales)]) == 0
+    assert (
+        _main(
+            [
+                "run",
+                "--scheme",
+                "w8a8",
+                "--input",
+                str(tiny_model),
+                "--output",
+                str(again),
+                "--scale-input",
+                str(scales),
+            ]
+        )
+        == 0
+    )
     a, b = _tensors(quantized["w8a8"]), _tensors(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     one_step = tmp_path / "one"
@@ -152,7 +175,19 @@ def test_weight_only_schemes_are_not_smoothed(quantized, tiny_model):
         assert all(torch.equal(t[k], base[k]) for k in norms), scheme
         assert _prov(quantized[scheme])["quantization"]["smoothed_layers"] == 0
     with pytest.raises(UserError, match="w4a16-gptq is weight-only and gets no SmoothQuant"):
-        _main(["run", "--scheme", "w4a16-gptq", "--input", str(tiny_model), "--output", "x", "--scale-input", str(tiny_model / "config.json")])
+        _main(
+            [
+                "run",
+                "--scheme",
+                "w4a16-gptq",
+                "--input",
+                str(tiny_model),
+                "--output",
+                "x",
+                "--scale-input",
+                str(tiny_model / "config.json"),
+            ]
+        )
 
 
 def test_w8a16(quantized):
@@ -190,7 +225,13 @@ def test_gptq_beats_round_to_nearest_on_calibration_text(quantized, tiny_model, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    ids = tok(" ".join(json.loads(ln).get("text", "") or json.loads(ln)["output"] for ln in calib_file.read_text().splitlines()[:8]), return_tensors="pt")["input_ids"][:, :64]
+    ids = tok(
+        " ".join(
+            json.loads(ln).get("text", "") or json.loads(ln)["output"]
+            for ln in calib_file.read_text().splitlines()[:8]
+        ),
+        return_tensors="pt",
+    )["input_ids"][:, :64]
 
     def logits(model):
         with torch.no_grad():
@@ -198,7 +239,10 @@ def test_gptq_beats_round_to_nearest_on_calibration_text(quantized, tiny_model, 
 
     ref = logits(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval())
     rtn = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    oneshot(model=rtn, recipe=QuantizationModifier(targets=["Linear"], scheme="W4A16", ignore=["lm_head"]))
+    oneshot(
+        model=rtn,
+        recipe=QuantizationModifier(targets=["Linear"], scheme="W4A16", ignore=["lm_head"]),
+    )
     gptq = AutoModelForCausalLM.from_pretrained(quantized["w4a16-gptq"]).eval()
     err_rtn = (logits(rtn) - ref).pow(2).mean().item()
     err_gptq = (logits(gptq) - ref).pow(2).mean().item()
@@ -209,7 +253,12 @@ def test_w4a16_awq(quantized, tiny_model):
     out = quantized["w4a16-awq"]
     g = _group(out)
     w = g["weights"]
-    assert (w["num_bits"], w["strategy"], w["group_size"], w["symmetric"]) == (4, "group", 128, False)
+    assert (w["num_bits"], w["strategy"], w["group_size"], w["symmetric"]) == (
+        4,
+        "group",
+        128,
+        False,
+    )
     prov = _prov(out)["quantization"]
     assert prov["modifiers"] == ["AWQModifier", "QuantizationModifier"]
     assert "model.layers.0.self_attn.q_proj.weight_zero_point" in _tensors(out)

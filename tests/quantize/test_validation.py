@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmbuild.errors import UserError
-from llmbuild.quantize import calib
-from llmbuild.quantize import schemes
+from llmbuild.quantize import calib, schemes
 from llmbuild.quantize.spec import QuantSpec, ScalesSpec, check_model_dir
 
 pytestmark = pytest.mark.unit
@@ -65,12 +64,24 @@ def test_old_w4a16_name_says_what_it_became():
 
 
 def test_scheme_table():
-    assert list(schemes.SCHEMES) == ["w8a8", "w8a16", "w4a16-gptq", "w4a16-awq", "kv-fp8", "kv-int8"]
+    assert list(schemes.SCHEMES) == [
+        "w8a8",
+        "w8a16",
+        "w4a16-gptq",
+        "w4a16-awq",
+        "kv-fp8",
+        "kv-int8",
+    ]
     smoothed = [n for n, s in schemes.SCHEMES.items() if s.smoothing]
     assert smoothed == ["w8a8"]  # weight-only and KV-cache schemes are never smoothed
     calibrated = [n for n, s in schemes.SCHEMES.items() if s.calibrates]
     assert calibrated == ["w4a16-gptq", "w4a16-awq", "kv-fp8", "kv-int8"]
-    assert {s.catalog for s in schemes.SCHEMES.values()} == {"w8a8", "w8a16", "w4a16", "kv_cache_int8"}
+    assert {s.catalog for s in schemes.SCHEMES.values()} == {
+        "w8a8",
+        "w8a16",
+        "w4a16",
+        "kv_cache_int8",
+    }
 
 
 @pytest.mark.parametrize("scheme", ["w8a16", "w4a16-gptq", "w4a16-awq", "kv-fp8"])
@@ -92,7 +103,9 @@ def test_scales_spec(tmp_path):
     with pytest.raises(UserError, match="--output: a scale file is safetensors"):
         ScalesSpec(model=model, output=tmp_path / "s.pt", calib=calib_path)
     with pytest.raises(UserError, match="--smoothing-strength: 1.0 is outside"):
-        ScalesSpec(model=model, output=tmp_path / "s.safetensors", calib=calib_path, smoothing_strength=1.0)
+        ScalesSpec(
+            model=model, output=tmp_path / "s.safetensors", calib=calib_path, smoothing_strength=1.0
+        )
     ok = ScalesSpec(model=model, output=tmp_path / "s.safetensors", calib=calib_path)
     assert ok.smoothing_strength == 0.5
 

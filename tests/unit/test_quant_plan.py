@@ -72,7 +72,10 @@ def test_catalog_enforced_for_every_scheme(tmp_path, model, scheme, column):
     (hf / "tokenizer.json").write_text("{}")
     (hf / "model.safetensors").write_text("")
     cfg = filled(
-        {"model": {"name": model, "source": "hf", "path": str(hf)}, "quantize": {"schemes": [scheme]}}
+        {
+            "model": {"name": model, "source": "hf", "path": str(hf)},
+            "quantize": {"schemes": [scheme]},
+        }
     )
     msg = refusal(cfg)
     assert msg.startswith(f"c.yaml: quantize.schemes: model {model!r} does not support {scheme}")
@@ -80,9 +83,7 @@ def test_catalog_enforced_for_every_scheme(tmp_path, model, scheme, column):
 
 
 def test_a_scheme_the_stack_cannot_serve_is_refused(monkeypatch):
-    monkeypatch.setitem(
-        schemes.CANNOT_SERVE, ("serve-cpu", "cpu"), {"kv-int8": "vLLM says no"}
-    )
+    monkeypatch.setitem(schemes.CANNOT_SERVE, ("serve-cpu", "cpu"), {"kv-int8": "vLLM says no"})
     msg = refusal(filled({"quantize": {"schemes": ["w8a8", "kv-int8"]}}))
     assert msg.startswith("c.yaml: quantize.schemes: kv-int8 cannot be served by serve-cpu on cpu")
     assert "(vLLM says no)" in msg and "set serve.stack / serve.device" in msg
