@@ -63,7 +63,8 @@ def test_each_scheme_reads_what_it_uses(workdir):
     proc = plan(workdir, extra={"quantize": {"schemes": servable}})
     (scales,) = commands(proc, "quantize scales")  # once, for every scheme that smooths
     assert f"--output {SCALES}" in scales and "--smoothing-strength 0.5" in scales
-    assert "--calib results/tiny-llama/data/task/train.jsonl --num-samples 64" in scales
+    assert "--calib results/tiny-llama/data/task/train.jsonl " in scales
+    assert "--num-samples 64 --seq-length 128 --seed 0" in scales
     runs = by_scheme(commands(proc, "quantize run"))
     assert sorted(runs) == sorted(servable)
     for name, cmd in runs.items():

@@ -8,9 +8,10 @@ CLI handler or a test that runs in the quantize environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,28 @@ def recipe(scheme: Scheme, dampening_frac: float) -> list:
     return mods
 
 
+@contextlib.contextmanager
+def _no_pinning_without_accelerator() -> Iterator[None]:
+    """llm-compressor 0.14.0.1's AWQ pins its cached activations before each grid search, for
+    faster host-to-device copies (transform/awq/base.py ``_apply_smoothing`` ->
+    ``IntermediatesCache.pin_memory``); torch refuses to pin memory on a machine without an
+    accelerator ("Cannot access accelerator device when none is available"). Pinning only
+    speeds copies to an accelerator, so without one it is skipped; the arithmetic is the same.
+    """
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original  # type: ignore[method-assign]
+
+
 def _modifier_name(m) -> str:
     return type(m).__name__.removeprefix("Recording")
 
@@ -257,7 +280,9 @@ def run(spec: QuantSpec, *, record: Record | None = None) -> QuantResult:
         kwargs.update(
             dataset=dataset, num_calibration_samples=len(dataset), max_seq_length=spec.seq_length
         )
-    oneshot(model=model, recipe=mods, **kwargs)
+    guard = _no_pinning_without_accelerator if scheme.algorithm == "awq" else contextlib.nullcontext
+    with guard():
+        oneshot(model=model, recipe=mods, **kwargs)
 
     with atomic_dir(spec.output) as tmp:
         model.save_pretrained(tmp, save_compressed=True)
