@@ -68,3 +68,32 @@ def test_every_cpu_scheme_passes_its_accuracy_gate(gated):
         prov = json.loads((out / "provenance.json").read_text())["quantization"]
         assert prov["smoothed_layers"] == (8 if s == "w8a8" else 0)
     print("\n".join(rows))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "said"),
+    [
+        ("w8a16", "Failed to find a kernel that can implement the WNA16 linear layer"),
+        ("kv-int8", "Currently supported kv cache quantization is num_bits=8, type=float"),
+    ],
+)
+def test_the_cpu_stack_still_refuses_what_planning_refuses(tmp_path, scheme, said):
+    """The record in CANNOT_SERVE is vLLM's answer now: quantize the SFT model (made by the
+    default build) with the scheme and start a server on it; when a vLLM upgrade serves it,
+    this fails and the record (and the test config) must follow."""
+    assert scheme in schemes.CANNOT_SERVE[("serve-cpu", "cpu")]
+    sft = MODEL / "sft/hf"
+    if not (sft / "config.json").is_file():
+        pytest.skip("no SFT model: run test_demo (or the default graph) first")
+    out = tmp_path / scheme
+    quant = [str(ROOT / ".envs/quantize/bin/llmbuild"), "quantize", "run", "--scheme", scheme]
+    quant += ["--input", str(sft), "--output", str(out)]
+    if scheme == "kv-int8":
+        quant += ["--calib", str(MODEL / "data/task/train.jsonl"), "--num-samples", "8"]
+    subprocess.run(quant, check=True, capture_output=True, timeout=900)
+    serve = [str(ROOT / ".envs/serve-cpu/bin/llmbuild"), "serve", "run", "--input", str(out)]
+    serve += ["--endpoint", str(tmp_path / "ep.json"), "--max-model-len", "256"]
+    serve += ["--kv-cache-space-gib", "0.25", "--enforce-eager", "--ready-timeout", "600"]
+    proc = subprocess.run(serve, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert said in proc.stdout + proc.stderr
