@@ -48,6 +48,6 @@ wildcard_constraints:
     phase=r"base|pretrain|sft|dpo",
     variant=r"[a-z0-9._-]+",
     consumer=r"eval|bench",
-    scheme=r"[a-z0-9_]+",
+    scheme=W.scheme_pattern(),
     stack=r"[a-z0-9-]+",
     split=r"train|heldout|preference",

@@ -130,16 +130,7 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
             path=source,
             field="model.name",
         )
-    for scheme in schemes:
-        if not catalog.supports(models, name, scheme):
-            ok = ", ".join(catalog.supported_models(models, scheme)[:6])
-            raise UserError(
-                f"model {name!r} does not support {scheme} per the catalog "
-                f"{catalog_path}; remove it from quantize.schemes (models with "
-                f"{scheme}: {ok}, ...)",
-                path=source,
-                field="quantize.schemes",
-            )
+    check_quantize(config, models, catalog_path, source)
     lens = config["bench"]["static"]
     if len(lens["input_len"]) != len(lens["output_len"]):
         raise UserError(
@@ -213,6 +204,53 @@ def check_resume_layout(config: dict[str, Any], source: str) -> None:
                 f"layout: set train.tp/pp/dp back to {said}, or delete {work} to start over",
                 path=source,
                 field="train.tp",
+            )
+
+
+def check_quantize(
+    config: dict[str, Any], models: dict[str, Any], catalog_path: str | Path, source: str
+) -> None:
+    """Every scheme: the catalog supports it for this model, the serving stack serves it on
+    its device; a reused scale file is one, made with this smoothing strength."""
+    from llmbuild.quantize import scales, schemes
+
+    name = config["model"]["name"]
+    quant = config["quantize"]
+    stack, device = config["serve"]["stack"], config["serve"]["device"]
+    for scheme in quant["schemes"]:
+        if not catalog.supports(models, name, scheme):
+            column = catalog.SCHEME_COLUMN[scheme]
+            ok = ", ".join(catalog.supported_models(models, scheme)[:6])
+            raise UserError(
+                f"model {name!r} does not support {scheme} per the catalog "
+                f"{catalog_path} (column {column}); remove it from quantize.schemes (models "
+                f"with {column}: {ok}, ...)",
+                path=source,
+                field="quantize.schemes",
+            )
+        refusal = schemes.serving_refusal(scheme, stack, device)
+        if refusal is not None:
+            ok = ", ".join(schemes.servable(stack, device))
+            raise UserError(
+                f"{scheme} cannot be served by {stack} on {device} ({refusal}); remove it "
+                f"from quantize.schemes (this stack serves {ok}) or set serve.stack / "
+                "serve.device to a stack that serves it",
+                path=source,
+                field="quantize.schemes",
+            )
+    _file(quant["calib"], source, "quantize.calib", (".jsonl", ".json"))
+    path = quant["scale_input"]
+    if path is not None:
+        _file(path, source, "quantize.scale_input", (".safetensors",))
+        meta = scales.read_metadata(path, field="quantize.scale_input")
+        made = float(meta.get("smoothing_strength", "nan"))
+        if made != quant["smoothing_strength"]:
+            raise UserError(
+                f"{path} was made with smoothing strength {made}, but "
+                f"quantize.smoothing_strength is {quant['smoothing_strength']}; set it to "
+                f"{made} or remove quantize.scale_input to compute new scales",
+                path=source,
+                field="quantize.scale_input",
             )
 
 

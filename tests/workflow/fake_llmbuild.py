@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".png", ".txt", ".html"}
+FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".png", ".txt", ".html", ".safetensors"}
 
 
 def make(flag: str, value: str) -> None:
@@ -28,7 +28,16 @@ def make(flag: str, value: str) -> None:
         p.write_text(" ".join(sys.argv[1:]) + "\n")
 
 
-INPUT_FLAGS = ("--input", "--data", "--tokenizer", "--calib", "--hf-source", "--reference", "--hf")
+INPUT_FLAGS = (
+    "--input",
+    "--data",
+    "--tokenizer",
+    "--calib",
+    "--hf-source",
+    "--reference",
+    "--hf",
+    "--scale-input",
+)
 OUTPUT_FLAGS = ("--output", "--train-log", "--records", "--verdict", "--html")
 
 

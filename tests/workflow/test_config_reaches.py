@@ -27,6 +27,7 @@ pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from llmbuild.cli import build_parser  # noqa: E402
+from llmbuild.quantize.scales import FORMAT as SCALES_FORMAT  # noqa: E402
 
 BENCH = {"bench_static", "bench_dynamic"}
 CONSUMERS = {"eval_accuracy"} | BENCH
@@ -34,6 +35,9 @@ PARITY = {"gate_parity_hf2mg", "gate_parity_mg2hf"}
 TOKENIZE = {"tokenize_pretrain", "tokenize_sft"}
 # the steps that read the base model's directory (the served base's benchmarks as tokenizer)
 BASE_HF = {"hf2mg", "gate_parity_hf2mg", "mg2hf", "dataset_generate", "serve"} | TOKENIZE | BENCH
+
+# w8a8 (smoothed from the scale file) beside a scheme that calibrates itself
+CALIBRATING = {"quantize": {"schemes": ["w8a8", "w4a16-gptq"]}}
 
 # key -> (new value, rules whose arguments change[, context overlay applied to both runs]).
 FLAGS: dict[str, tuple] = {
@@ -73,10 +77,13 @@ FLAGS: dict[str, tuple] = {
         {"train": {"pretrain": {"micro_batch_size": 8}, "sft": {"micro_batch_size": 16}}},
     ),
     "train.save_interval": (10, {"train"}),
-    "quantize.smoothing_strength": (0.7, {"quantize"}),
-    "quantize.num_samples": (8, {"quantize"}),
-    "quantize.seq_length": (64, {"quantize"}),
-    "quantize.seed": (1, {"quantize"}),
+    # the strength shapes the scale file only (w8a8 reads it through the file's bytes); the
+    # calibration knobs reach the scale file and the schemes that calibrate themselves
+    "quantize.smoothing_strength": (0.7, {"quantize_scales"}),
+    "quantize.num_samples": (8, {"quantize_scales", "quantize"}, CALIBRATING),
+    "quantize.seq_length": (64, {"quantize_scales", "quantize"}, CALIBRATING),
+    "quantize.seed": (1, {"quantize_scales", "quantize"}, CALIBRATING),
+    "quantize.calib": ("in/sft.jsonl", {"quantize_scales", "quantize"}, CALIBRATING),
     "serve.max_num_seqs": (4, {"serve"}),
     "serve.max_model_len": (256, {"serve"}),
     "serve.max_num_batched_tokens": (1024, {"serve"}),
@@ -180,13 +187,15 @@ STRUCTURE: dict[str, tuple] = {
     "data.pretrain.path": ("in/corpus.txt", {"tokenize_pretrain", "tiny_model"}, {"synth_corpus"}),
     "data.sft.path": (
         "in/sft2.jsonl",
-        {"tokenize_sft", "quantize"},
+        {"tokenize_sft", "quantize_scales"},
         set(),
         {"data": {"sft": {"path": "in/sft.jsonl", "heldout": "in/heldout.jsonl"}}},
     ),
     "data.sft.heldout": ("in/heldout.jsonl", {"eval_accuracy"}, {"synth_task"}),
     "data.dpo.path": ("in/pref.jsonl", {"tokenize_dpo"}, {"synth_task"}, DPO),
     "quantize.schemes": ([], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
+    # another build's scale file: no scale job here, w8a8 folds that file in
+    "quantize.scale_input": ("in/scales.safetensors", {"quantize"}, {"quantize_scales"}),
     "serve.stack": ("serve-vllm", {"serve"}, {"env"}),
     "eval.variants": (["sft"], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
     "bench.dataset.type": (
@@ -267,6 +276,8 @@ def workdir(tmp_path_factory):
     for name in ("sharegpt.json", "sharegpt2.json"):
         (inputs / name).write_text("[]")
     (inputs / "template.jinja").write_text("{{ messages }}")
+    meta = json.dumps({"__metadata__": {"format": SCALES_FORMAT, "smoothing_strength": "0.5"}})
+    (inputs / "scales.safetensors").write_bytes(len(meta).to_bytes(8, "little") + meta.encode())
     return wd
 
 

@@ -167,6 +167,7 @@ def test_bench_dataset_setting_regenerates_it_and_reruns_only_benchmarks(built):
 def test_smoothing_strength_reruns_only_the_quantized_branch(built):
     jobs = planned(built, change={"quantize": {"smoothing_strength": 0.7}})
     assert jobs == {
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 2,
         "eval_accuracy": 1,
@@ -193,6 +194,7 @@ def test_training_data_reruns_tokenization_and_downstream_only(built):
         "gate_quant": 1,
         "gate_summary": 1,
         "audit_page": 1,
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 4,
         "eval_accuracy": 2,
@@ -218,6 +220,7 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
         os.utime(spec, (0, 0))
     assert jobs == {
         "env": 1,
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 2,
         "eval_accuracy": 1,
@@ -269,6 +272,7 @@ def test_uneven_pipeline_split_reconverts_and_trains_under_torchrun(built):
         "gate_quant": 1,
         "gate_summary": 1,
         "audit_page": 1,
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 4,
         "eval_accuracy": 2,

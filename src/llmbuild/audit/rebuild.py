@@ -29,6 +29,7 @@ DETERMINISTIC = (
     "hf2mg",
     "train",
     "mg2hf",
+    "quantize_scales",
     "quantize",
     "dataset_generate",
 )
