@@ -51,3 +51,6 @@ wildcard_constraints:
     scheme=r"[a-z0-9_]+",
     stack=r"[a-z0-9-]+",
     split=r"train|heldout",
+    sweep=r"[a-z0-9][a-z0-9._-]*",
+    setting=r"[a-z0-9][a-z0-9._-]*",
+    workload=r"[a-z0-9][a-z0-9._-]*",
