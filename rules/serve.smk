@@ -43,7 +43,7 @@ use rule serve as serve_sweep with:
     output:
         service("results/{model}/sweeps/{sweep}/{variant}/{setting}/service.json"),
     log:
-        "logs/{model}/sweeps/{sweep}/{variant}/{setting}/serve.log",
+        "logs/{model}/sweeps/{sweep}/{variant}/{setting}.serve.log",
     params:
         llmbuild=W.serve_launcher(),
         flags=W.sweep_serve_flags,

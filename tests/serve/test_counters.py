@@ -66,7 +66,9 @@ def test_missing_counters_are_nan():
     assert all(math.isnan(cols[c]) for c in counters.COLUMNS if c != "server_output_tokens")
     assert all(math.isnan(v) for v in counters.columns(None, only_tokens).values())
     # no speculation happened in the cell: no rate rather than a division by zero
-    assert math.isnan(counters.columns(counters.parse(TEXT), counters.parse(TEXT))["spec_acceptance_rate"])
+    assert math.isnan(
+        counters.columns(counters.parse(TEXT), counters.parse(TEXT))["spec_acceptance_rate"]
+    )
 
 
 @pytest.fixture

@@ -102,7 +102,12 @@ def test_speculative_config_json():
     ("sweeps", "overlay", "message"),
     [
         (
-            {"g": {"serve": {"a": {"max_num_seqs": 8, "max_num_batched_tokens": 4}}, "bench": {"b": {}}}},
+            {
+                "g": {
+                    "serve": {"a": {"max_num_seqs": 8, "max_num_batched_tokens": 4}},
+                    "bench": {"b": {}},
+                }
+            },
             {},
             r"^c.yaml: sweeps.g.serve.a.max_num_batched_tokens: max_num_batched_tokens 4 is "
             r"below max_num_seqs 8",

@@ -29,7 +29,15 @@ def make(flag: str, value: str) -> None:
 
 
 INPUT_FLAGS = ("--input", "--data", "--tokenizer", "--calib", "--hf-source", "--reference", "--hf")
-OUTPUT_FLAGS = ("--output", "--train-log", "--records", "--verdict", "--html")
+OUTPUT_FLAGS = (
+    "--output",
+    "--train-log",
+    "--records",
+    "--verdict",
+    "--html",
+    "--compare",
+    "--table",
+)
 
 
 def record(args: list[str], started: float) -> None:
@@ -70,6 +78,8 @@ def main() -> None:
             "--marker",
             "--verdict",
             "--html",
+            "--compare",
+            "--table",
         ):
             make(a, args[i + 1])
     if args[0] not in ("envs",):

@@ -53,8 +53,8 @@ def overlay(workdir: Path, change: dict) -> list[str]:
 
 def jobs(text: str) -> list[dict]:
     """Each planned job of a dry run's ``-p`` output: rule, input, output, wildcards, shell."""
-    out = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", text):
+    out = []  # a service's group prints its jobs indented
+    for block in re.split(r"\n(?=\s*(?:local)?rule \w+:\n)", text):
         m = re.match(r"(?:local)?rule (\w+):", block.strip())
         if not m:
             continue
@@ -134,12 +134,12 @@ def test_bench_settings_reach_their_benchmark(planned):
     job = _job(planned, "bench_sweep", "sweeps/prefix/sft/off/shared.csv")
     args = parsed(job["shell"])
     assert args["endpoint"] == "results/tiny-llama/sweeps/prefix/sft/off/service.json"
-    assert (args["prefix_len"], args["input_len"], args["output_len"]) == (96, [128], [4])
-    assert (args["epochs"], args["concurrency"], args["speculative"]) == (8, [1, 2, 4], False)
+    assert (args["prefix_len"], args["input_len"], args["output_len"]) == (96, (128,), (4,))
+    assert (args["epochs"], args["concurrency"], args["speculative"]) == (8, (1, 2, 4), False)
     assert args["verdict"] == "results/tiny-llama/gates/sweeps/prefix/sft/off/shared.json"
     assert args["keep_on_failure"] == "logs/tiny-llama/sweeps/prefix/sft/off/failed-shared"
     c4 = parsed(_job(planned, "bench_sweep", "sweeps/grid/sft/s8/c4.csv")["shell"])
-    assert (c4["concurrency"], c4["epochs"], c4["prefix_len"]) == ([4], 3, 0)
+    assert (c4["concurrency"], c4["epochs"], c4["prefix_len"]) == ((4,), 3, 0)
 
 
 def test_plot_labels_every_run(planned):
@@ -208,8 +208,9 @@ def counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
     return found
 
 
-WIDE = {
+WIDE = {  # of the base model: only the tiny model's two jobs upstream, so it builds quickly
     "wide": {
+        "variants": ["base"],
         "serve": {"a": {"max_num_seqs": 2}, "b": {"max_num_seqs": 4}},
         "bench": {"x": {"concurrency": [1]}, "y": {"concurrency": [2]}, "z": {}},
     }
@@ -224,8 +225,8 @@ def test_a_wide_sweep_runs_on_two_cores_and_reruns_only_what_changed(workdir):
     target = "results/tiny-llama/plots/sweeps/wide/pareto.png"
     proc = snakemake(workdir, target, *overlay(workdir, {"sweeps": WIDE}))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = workdir / "results/tiny-llama/sweeps/wide/sft"
-    assert sorted(p.name for p in out.glob("*/*.csv")) == ["x.csv", "x.csv", "y.csv", "y.csv", "z.csv", "z.csv"]
+    out = workdir / "results/tiny-llama/sweeps/wide/base"
+    assert sorted(p.name for p in out.glob("*/*.csv")) == sorted(["x.csv", "y.csv", "z.csv"] * 2)
     assert not list(out.glob("*/service.json"))  # services end with their consumers
     assert counts(snakemake(workdir, "-n", target, *overlay(workdir, {"sweeps": WIDE}))) == {}
 

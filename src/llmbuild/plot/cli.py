@@ -70,8 +70,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from llmbuild.plot.data import (
         bench_series,
-        parse_labels,
         pareto_front,
+        parse_labels,
         read_bench_csv,
         sweep_points,
         sweep_table,
@@ -108,7 +108,8 @@ def _sweep(args: argparse.Namespace) -> int:
         )
     print(
         f"wrote {', '.join(map(str, written))}: {len(points)} cells of {len(tables)} run(s); "
-        "Pareto front: " + "; ".join(f"{p.name} ({p.per_user:.3g}, {p.throughput:.3g})" for p in front)
+        "Pareto front: "
+        + "; ".join(f"{p.name} ({p.per_user:.3g}, {p.throughput:.3g})" for p in front)
     )
     return 0
 

@@ -162,7 +162,13 @@ def read_train_log(path: str | Path, label: str) -> list[LossSeries]:
 
 # --- dynamic benchmarks: latency against the request rate --------------------------------
 
-DYNAMIC_REQUIRED = ("request_rate", "p90_ttft_ms", "p90_tpot_ms", "p90_e2el_ms", "output_throughput")
+DYNAMIC_REQUIRED = (
+    "request_rate",
+    "p90_ttft_ms",
+    "p90_tpot_ms",
+    "p90_e2el_ms",
+    "output_throughput",
+)
 DYNAMIC_OPTIONAL = ("median_ttft_ms", "median_tpot_ms", "achieved_request_rate", "failures")
 
 

@@ -69,7 +69,9 @@ class BenchWiring(Base):
         def get(wildcards: Any) -> str:
             w = wildcards
             if kind == "sweep":
-                return f"logs/{w.model}/sweeps/{w.sweep}/{w.variant}/{w.setting}/failed-{w.workload}"
+                return (
+                    f"logs/{w.model}/sweeps/{w.sweep}/{w.variant}/{w.setting}/failed-{w.workload}"
+                )
             return f"logs/{w.model}/bench/{w.variant}/failed-{kind}"
 
         get.__name__ = f"keep_on_failure_{kind}"
