@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_PER_SERVE = 9
 TRIVIAL = """\
-N = int(config["n"])
+N = int(config["jobs"])
 
 
 rule all:
@@ -149,13 +149,13 @@ def main() -> int:
     if not built_trivial.exists():
         built_trivial.mkdir()
         run(
-            snakemake(built_trivial, "--config", f"n={n_default}", snakefile=trivial / "Snakefile"),
+            snakemake(built_trivial, "--config", f"jobs={n_default}", snakefile=trivial / "Snakefile"),
             trivial,
         )
     commands = {
         f"no-op run, finished default ({n_default} jobs)": (snakemake(wd), wd),
         f"trivial graph no-op ({n_default} jobs)": (
-            snakemake(built_trivial, "--config", f"n={n_default}", snakefile=trivial / "Snakefile"),
+            snakemake(built_trivial, "--config", f"jobs={n_default}", snakefile=trivial / "Snakefile"),
             trivial,
         ),
         f"dry run, default + sweep ({n_sweep} jobs)": (snakemake(wd, *sweep_args), wd),
@@ -164,7 +164,7 @@ def main() -> int:
                 trivial / "empty",
                 "-n",
                 "--config",
-                f"n={n_sweep - 1}",
+                f"jobs={n_sweep - 1}",
                 snakefile=trivial / "Snakefile",
             ),
             trivial,

