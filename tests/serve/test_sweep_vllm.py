@@ -87,12 +87,15 @@ PREFIX += ["--epochs", "16"]
 
 
 def test_prefix_caching_lowers_ttft_on_a_shared_prefix(tiny_model, tmp_path):
-    (on,) = measure(tiny_model, tmp_path, "on", ["--enable-prefix-caching"], PREFIX)
-    (off,) = measure(tiny_model, tmp_path, "off", ["--no-enable-prefix-caching"], PREFIX)
+    # 32-token blocks: the 192-token prefix is 6 whole blocks (the CPU default, 128, would
+    # cache only the first 128 tokens of it)
+    on_flags, off_flags = ["--enable-prefix-caching"], ["--no-enable-prefix-caching"]
+    (on,) = measure(tiny_model, tmp_path, "on", [*on_flags, "--block-size", "32"], PREFIX)
+    (off,) = measure(tiny_model, tmp_path, "off", [*off_flags, "--block-size", "32"], PREFIX)
     ttft_on, ttft_off = float(on["median_ttft_ms"]), float(off["median_ttft_ms"])
     print(f"TTFT p50: cache on {ttft_on:.2f} ms, off {ttft_off:.2f} ms", file=sys.stderr)
-    # the prefix is 192 of 224 tokens: most of each prompt is found in the cache
-    assert float(on["prefix_cache_hit_rate"]) > 0.6
+    # the prefix is 192 of 224 tokens: found for all but the first of 16 requests (80%)
+    assert float(on["prefix_cache_hit_rate"]) > 0.75
     assert not float(off["prefix_cache_hits"]) > 0  # 0, or no counter with the cache off
     assert ttft_on < ttft_off
     for row in (on, off):
