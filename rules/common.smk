@@ -51,3 +51,6 @@ wildcard_constraints:
     scheme=W.scheme_pattern(),
     stack=r"[a-z0-9-]+",
     split=r"train|heldout|preference",
+    sweep=r"[a-z0-9][a-z0-9._-]*",
+    setting=r"[a-z0-9][a-z0-9._-]*",
+    workload=r"[a-z0-9][a-z0-9._-]*",

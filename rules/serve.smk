@@ -30,3 +30,20 @@ rule serve:
     shell:
         "exec {params.llmbuild} serve run --input {input.model} --endpoint {output}"
         " --served-model-name {wildcards.variant} {params.flags} > {log} 2>&1"
+
+
+# A sweep's service: a served variant under one of the sweep's serve settings (its knobs over
+# serve.*, its speculative decoding), for every benchmark setting of the sweep.
+use rule serve as serve_sweep with:
+    input:
+        unpack(W.sweep_serve_inputs),
+        src=W.sources("serve"),
+        env=W.env_marker(W.serve_stack()),
+        check=ancient(W.device_check("serve")),
+    output:
+        service("results/{model}/sweeps/{sweep}/{variant}/{setting}/service.json"),
+    log:
+        "logs/{model}/sweeps/{sweep}/{variant}/{setting}.serve.log",
+    params:
+        llmbuild=W.serve_launcher(),
+        flags=W.sweep_serve_flags,

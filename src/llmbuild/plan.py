@@ -13,6 +13,7 @@ from typing import Any
 
 from llmbuild import catalog, hfdir, parallel
 from llmbuild.errors import UserError
+from llmbuild.serve import sweep
 
 
 def display_path(path: str | Path) -> str:
@@ -175,6 +176,7 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
     check_cross_fields(config, source)
     check_paths(config, source)
     check_resume_layout(config, source)
+    sweep.check(config, source, served_variants(config))
 
 
 LAYOUT_KEYS = ("tp", "pp", "dp")

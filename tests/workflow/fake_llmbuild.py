@@ -38,7 +38,15 @@ INPUT_FLAGS = (
     "--hf",
     "--scale-input",
 )
-OUTPUT_FLAGS = ("--output", "--train-log", "--records", "--verdict", "--html")
+OUTPUT_FLAGS = (
+    "--output",
+    "--train-log",
+    "--records",
+    "--verdict",
+    "--html",
+    "--compare",
+    "--table",
+)
 
 
 def record(args: list[str], started: float) -> None:
@@ -79,6 +87,8 @@ def main() -> None:
             "--marker",
             "--verdict",
             "--html",
+            "--compare",
+            "--table",
         ):
             make(a, args[i + 1])
     if args[0] not in ("envs",):

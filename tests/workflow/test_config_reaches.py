@@ -132,8 +132,8 @@ FLAGS: dict[str, tuple] = {
     "bench.dynamic.speculative": (True, {"bench_dynamic"}),
     "bench.dynamic.lora_mix": ("sft=1", {"bench_dynamic"}),
     "bench.dynamic.seed": (1, {"bench_dynamic"}),
-    "plot.slo_ttft_ms": (1000, {"plot_bench"} | BENCH),
-    "plot.slo_tpot_ms": (100, {"plot_bench"} | BENCH),
+    "plot.slo_ttft_ms": (1000, {"plot_bench", "plot_dynamic"} | BENCH),
+    "plot.slo_tpot_ms": (100, {"plot_bench", "plot_dynamic"} | BENCH),
     "plot.slo_e2el_ms": (5000, BENCH),
     "gates.mode": ("warn", BENCH),
     "gates.max_failed_fraction": (0.1, CONSUMERS),
@@ -193,11 +193,15 @@ STRUCTURE: dict[str, tuple] = {
     ),
     "data.sft.heldout": ("in/heldout.jsonl", {"eval_accuracy"}, {"synth_task"}),
     "data.dpo.path": ("in/pref.jsonl", {"tokenize_dpo"}, {"synth_task"}, DPO),
-    "quantize.schemes": ([], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
+    "quantize.schemes": ([], {"gate_summary", "plot_bench", "plot_dynamic", "eval_summary"}, "*"),
     # another build's scale file: no scale job here, w8a8 folds that file in
     "quantize.scale_input": ("in/scales.safetensors", {"quantize"}, {"quantize_scales"}),
     "serve.stack": ("serve-vllm", {"serve"}, {"env"}),
-    "eval.variants": (["sft"], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
+    "eval.variants": (
+        ["sft"],
+        {"gate_summary", "plot_bench", "plot_dynamic", "eval_summary"},
+        "*",
+    ),
     "bench.dataset.type": (
         "sharegpt",
         {"bench_dynamic"},
@@ -212,6 +216,12 @@ STRUCTURE: dict[str, tuple] = {
         {"bench": {"dataset": {"type": "sharegpt", "path": "in/sharegpt.json"}}},
     ),
     "bench.dynamic.enabled": (False, {"gate_summary"}, "*"),
+    # a sweep adds its services, benchmarks and plots, and changes no other step
+    "sweeps": (
+        {"s": {"serve": {"a": {"max_num_seqs": 2}}, "bench": {"b": {"concurrency": [1]}}}},
+        set(),
+        {"serve_sweep", "bench_sweep", "plot_sweep"},
+    ),
     # external environments: no env jobs, and the device checks move to results/checks/
     "envs.mode": ("external", "*", {"env", "device_check"}),
     # a device adds its environment check (results/<model>/checks/<device>.json), which

@@ -334,3 +334,7 @@ def check_paths(cfg: ServeConfig) -> None:
         assert m is not None  # validated in ServeConfig
         if not Path(m["path"]).exists():
             raise UserError(f"LoRA adapter {m['name']!r} not found", path=m["path"])
+    draft = json.loads(cfg.speculative_config or "{}").get("model")
+    if draft is not None and (str(draft).startswith((".", "/")) or Path(draft).exists()):
+        # a local draft model (the graph's drafts are): as complete as the served one
+        hfdir.check(str(draft), weights=False, field="speculative_config.model")

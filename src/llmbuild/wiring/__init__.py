@@ -50,4 +50,5 @@ class Wiring(
         ]
         if self.config["bench"]["dynamic"]["enabled"]:
             targets += [f"results/{m}/bench/{v}/dynamic.csv" for v in self.served]
-        return targets
+            targets.append(f"results/{m}/plots/dynamic.png")
+        return targets + self.sweep_plots()
