@@ -51,3 +51,4 @@ wildcard_constraints:
     scheme=r"[a-z0-9_]+",
     stack=r"[a-z0-9-]+",
     split=r"train|heldout",
+    adapter=r"[a-z][a-z0-9_]*",
