@@ -55,7 +55,9 @@ rule eval_summary:
 
 # Each LoRA adapter's accuracy on its own task's held-out split through the LoRA service
 # (who: adapter), the model it adapts on the same split through the same service (base), and
-# with train.lora.merge the merged variant's (merged, its own service).
+# with train.lora.merge the merged variant's (merged, its own service). The service runs all
+# of them at once (it batches them); each client mostly waits on it, so they take no core of
+# their own (Snakemake sums the cores of a service's consumers, and two adapters make four).
 rule eval_lora:
     input:
         src=W.sources("eval"),
@@ -72,6 +74,7 @@ rule eval_lora:
         who="adapter|base|merged",
     conda:
         "../envs/bench.yaml"
+    threads: 0
     resources:
         mem_mb=1000,
     params:

@@ -258,3 +258,55 @@ def gather_adapter(model: Any) -> dict[str, Any] | None:
     if gathered is None:
         return None
     return assemble([p for rank_pieces in gathered for p in rank_pieces])
+
+
+def local_slice(t: Any, split: str, tp: int, tp_rank: int) -> Any:
+    """This tensor-parallel rank's slice of a global LoRA tensor (inverse of ``assemble``)."""
+    if split == "replicated" or tp == 1:
+        return t
+    if split == "dim0":
+        return t.chunk(tp, dim=0)[tp_rank]
+    if split == "dim1":
+        return t.chunk(tp, dim=1)[tp_rank]
+    import torch
+
+    gate, up = t.chunk(2, dim=0)  # gate_up: [gate; up], each half split over the ranks
+    return torch.cat([gate.chunk(tp, dim=0)[tp_rank], up.chunk(tp, dim=0)[tp_rank]])
+
+
+def load_adapter(model: Any, tensors: dict[str, Any]) -> int:
+    """Copy a global adapter (``gather_adapter``'s, or adapter.safetensors) into the wrapped
+    layers of this rank's ``model``; every wrapped layer must find its tensors. Returns the
+    number of tensors loaded."""
+    import torch
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    n = 0
+    with torch.no_grad():
+        for key, split, _, local in local_adapter(model):
+            if key not in tensors:
+                raise UserError(f"the adapter has no {key}", field="adapter")
+            t = tensors[key]
+            part = local_slice(t, split, tp, tp_rank)
+            if tuple(part.shape) != tuple(local.shape):
+                raise UserError(
+                    f"{key}: shape {list(t.shape)} does not fit this model (rank slice "
+                    f"{list(part.shape)}, expected {list(local.shape)})",
+                    field="adapter",
+                )
+            _param(model, key).copy_(part)
+            n += 1
+    return n
+
+
+def _param(model: Any, key: str) -> Any:
+    """The LoRA parameter of ``model`` a global key names (layer index mapped to this stage's
+    module)."""
+    parts = key.split(".")
+    index, parent, target, name = int(parts[2]), parts[3], parts[4], parts[5]
+    for layer in model.decoder.layers:
+        if layer.layer_number - 1 == index:
+            return getattr(getattr(getattr(layer, parent), target), name)
+    raise KeyError(key)

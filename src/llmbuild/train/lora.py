@@ -264,10 +264,9 @@ def _train(
         stats = torch.zeros(3, dtype=torch.float64)
         for r in reports:
             stats[:2] += r["lm loss"].detach().to("cpu", torch.float64)
-        first_stage = parallel_state.is_pipeline_first_stage()
-        stats[2] = step_tokens if parallel_state.get_tensor_model_parallel_rank() == 0 and (
-            first_stage
-        ) else 0
+        counts = parallel_state.get_tensor_model_parallel_rank() == 0
+        counts = counts and parallel_state.is_pipeline_first_stage()
+        stats[2] = step_tokens if counts else 0
         if backend.world_size > 1:
             reduced = stats.to(tdev)
             torch.distributed.all_reduce(reduced)
