@@ -102,7 +102,7 @@ def config_key(arg: str, rule: str, outputs: list[str]) -> str | None:
     if len(keys) <= 1:
         return keys[0] if keys else None
     text = " ".join(outputs)
-    for phase in ("pretrain", "sft"):  # train.<phase>.x: the phase is in the output path
+    for phase in ("pretrain", "sft", "lora"):  # train.<phase>.x: the phase is in the output path
         if f"/{phase}/" in text or f"/{phase}_" in text or f"shards/{phase}" in text:
             hit = [k for k in keys if f".{phase}." in k]
             if len(hit) == 1:
