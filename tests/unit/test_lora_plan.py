@@ -208,3 +208,11 @@ def test_evaluations_and_gates_of_each_adapter():
     assert "results/m/gates/requests/lora-eval/upper-merged.json" in gates
     assert "results/m/gates/bench/lora-dynamic.json" in gates
     assert "results/tiny-llama/bench/lora/dynamic.csv" in w.final_targets()
+
+
+def test_summary_rows_are_named_by_their_place_under_eval():
+    from llmbuild.eval.cli import result_name
+
+    assert result_name("results/m/eval/sft-w8a8/accuracy.json") == "sft-w8a8"
+    assert result_name("results/m/eval/lora/upper/adapter/accuracy.json") == "lora/upper/adapter"
+    assert result_name("elsewhere/x/accuracy.json") == "x"
