@@ -34,15 +34,15 @@ TARGETS = [
 
 
 def snakemake(*args: str, timeout: int = 3600):
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local"]
-    cmd += [*args, "--configfile", *CONFIGS]
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", *args]
+    cmd += ["--configfile", *CONFIGS, "--", *TARGETS]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def build():
     t0 = time.monotonic()
-    proc = snakemake("--", *TARGETS)
+    proc = snakemake()
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     print(f"LoRA graph run: {time.monotonic() - t0:.0f} s")
     return proc
@@ -107,5 +107,5 @@ def test_lora_mix_benchmark(build):
 
 
 def test_noop_rerun(build):
-    proc = snakemake("-n", "--", *TARGETS, timeout=600)
+    proc = snakemake("-n", timeout=600)
     assert "Nothing to be done" in proc.stdout + proc.stderr
