@@ -1,5 +1,5 @@
 """Multi-LoRA end to end, as config/scenarios/lora.yaml builds it on the embedded default: two
-adapters (uppercase, reverse) trained on the frozen pretrained tiny model with megatron-core,
+adapters (uppercase, sort) trained on the frozen pretrained tiny model with megatron-core,
 converted to PEFT adapters, served together with that model by one vLLM service, each
 evaluated on its own task through the service (>= 0.9) and the model they adapt on the same
 tasks (<= 0.1), and the LoRA-mix benchmark over the three served names.
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "results" / "tiny-llama"
 CONFIGS = ["config/config.yaml", "config/scenarios/lora.yaml"]
-ADAPTERS = {"upper": "uppercase", "rev": "reverse"}
+ADAPTERS = {"upper": "uppercase", "sort": "sort"}
 TARGETS = [
     f"results/tiny-llama/eval/lora/{name}/{who}/accuracy.json"
     for name in ADAPTERS
@@ -96,13 +96,13 @@ def test_adapters_were_trained_alone_and_converted_to_peft(build):
 def test_lora_mix_benchmark(build):
     with open(MODEL / "bench/lora/dynamic.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and all(r["lora_mix"] == "upper=1,rev=1,pretrain=1" for r in rows)
+    assert rows and all(r["lora_mix"] == "upper=1,sort=1,pretrain=1" for r in rows)
     for r in rows:
         assert int(r["failures"]) == 0 and r["valid"] == "True", r
         assert float(r["output_throughput"]) > 0
     records = [json.loads(x) for x in (MODEL / "bench/lora/dynamic.jsonl").read_text().splitlines()]
     served = {r["model"] for r in records if "model" in r}
-    assert served == {"upper", "rev", "pretrain"}, served
+    assert served == {"upper", "sort", "pretrain"}, served
     assert all(r["success"] for r in records if "success" in r)
 
 

@@ -56,7 +56,7 @@ def one(cmds: list[str], *words: str) -> str:
 
 def test_lora_graph(workdir):
     jobs = plan(workdir)
-    for task, name in (("uppercase", "upper"), ("reverse", "rev")):
+    for task, name in (("uppercase", "upper"), ("sort", "sort")):
         for split in ("train", "heldout"):
             c = one(jobs["synth_lora_task"], f"{M}/lora/{name}/data/{split}.jsonl")
             assert f"--task {task}" in c
@@ -77,19 +77,19 @@ def test_lora_graph(workdir):
     for consumer in ("eval", "bench"):
         c = one(jobs["serve"], f"--endpoint {M}/serve/lora/{consumer}.json")
         assert f"--input {M}/pretrain/hf" in c and "--served-model-name pretrain" in c
-        assert f"--lora-module upper={M}/lora/upper/peft --lora-module rev={M}/lora/rev/peft" in c
+        assert f"--lora-module upper={M}/lora/upper/peft --lora-module sort={M}/lora/sort/peft" in c
         assert "--max-lora-rank 8 --max-loras 2" in c
     for c in jobs["serve"]:
         if "/serve/lora/" not in c:
             assert "--lora-module" not in c and "--max-lora" not in c
     c = one(jobs["bench_dynamic"], f"--output {M}/bench/lora/dynamic.csv")
-    assert "--lora-mix upper=1,rev=1,pretrain=1" in c
+    assert "--lora-mix upper=1,sort=1,pretrain=1" in c
     assert all("--lora-mix" not in c for c in jobs["bench_dynamic"] if "/bench/lora/" not in c)
     # the model the adapters adapt is converted (and proven) for serving
     one(jobs["mg2hf"], f"--output {M}/pretrain/hf")
     one(jobs["gate_parity_mg2hf"], f"{M}/gates/parity/pretrain-mg2hf.json")
     summary = one(jobs["eval_summary"], "eval summary")
-    assert f"{M}/eval/lora/rev/base/accuracy.json" in summary
+    assert f"{M}/eval/lora/sort/base/accuracy.json" in summary
 
 
 def test_pipeline_parallel_lora_runs_under_torchrun(workdir):
@@ -101,12 +101,12 @@ def test_pipeline_parallel_lora_runs_under_torchrun(workdir):
 
 def test_merged_variants_are_served_and_evaluated(workdir):
     jobs = plan(workdir, {"train": {"lora": {"merge": True, "from": "sft"}}})
-    c = one(jobs["lora2hf"], f"--output {M}/lora/rev/hf")
+    c = one(jobs["lora2hf"], f"--output {M}/lora/sort/hf")
     assert "--merge" in c and "--no-merge" not in c and f"--base {M}/sft/hf" in c
-    c = one(jobs["serve"], f"--endpoint {M}/serve/lora-rev/eval.json")
-    assert f"--input {M}/lora/rev/hf" in c and "--served-model-name lora-rev" in c
+    c = one(jobs["serve"], f"--endpoint {M}/serve/lora-sort/eval.json")
+    assert f"--input {M}/lora/sort/hf" in c and "--served-model-name lora-sort" in c
     assert "--lora-module" not in c
-    c = one(jobs["eval_lora"], f"{M}/eval/lora/rev/merged/accuracy.json")
-    assert "--model lora-rev" in c and f"--endpoint {M}/serve/lora-rev/eval.json" in c
-    c = one(jobs["train_lora"], f"--output {M}/lora/rev/mcore")
+    c = one(jobs["eval_lora"], f"{M}/eval/lora/sort/merged/accuracy.json")
+    assert "--model lora-sort" in c and f"--endpoint {M}/serve/lora-sort/eval.json" in c
+    c = one(jobs["train_lora"], f"--output {M}/lora/sort/mcore")
     assert f"--input {M}/sft/mcore" in c
