@@ -99,7 +99,7 @@ rule bench_dynamic:
         mem_mb=1000,
     params:
         llmbuild=W.llmbuild("bench"),
-        flags=W.bench_dynamic_flags(),
+        flags=W.bench_dynamic_flags,
         timeout=lookup("serve/ready_timeout", within=config),
     shell:
         "{params.llmbuild} bench dynamic --endpoint {input.endpoint} --tokenizer {input.tokenizer}"

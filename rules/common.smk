@@ -54,3 +54,4 @@ wildcard_constraints:
     sweep=r"[a-z0-9][a-z0-9._-]*",
     setting=r"[a-z0-9][a-z0-9._-]*",
     workload=r"[a-z0-9][a-z0-9._-]*",
+    adapter=r"[a-z][a-z0-9_]*",

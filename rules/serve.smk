@@ -4,7 +4,9 @@
 # Snakemake's latency-wait. Snakemake terminates the service when its consumers finish; `exec`
 # makes our supervisor the process it signals, and the supervisor stops vLLM cleanly. A
 # service starts only on a proven model (W.variant_gates), and with serve.dtype auto on a dtype
-# its kernels accept on this device (recorded in the endpoint file and its provenance).
+# its kernels accept on this device (recorded in the endpoint file and its provenance). The
+# LoRA service (variant lora) serves the model train.lora.from names under that name, with
+# every adapter of train.lora.adapters beside it (--lora-module NAME=PEFT_DIR).
 
 
 rule serve:
@@ -27,9 +29,11 @@ rule serve:
     params:
         llmbuild=W.serve_launcher(),
         flags=W.serve_flags(),
+        name=W.served_name,
+        lora=W.lora_serve_flags,
     shell:
         "exec {params.llmbuild} serve run --input {input.model} --endpoint {output}"
-        " --served-model-name {wildcards.variant} {params.flags} > {log} 2>&1"
+        " --served-model-name {params.name} {params.flags} {params.lora} > {log} 2>&1"
 
 
 # A sweep's service: a served variant under one of the sweep's serve settings (its knobs over
@@ -47,3 +51,5 @@ use rule serve as serve_sweep with:
     params:
         llmbuild=W.serve_launcher(),
         flags=W.sweep_serve_flags,
+        name=W.served_name,
+        lora=W.lora_serve_flags,

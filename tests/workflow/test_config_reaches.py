@@ -33,6 +33,18 @@ BENCH = {"bench_static", "bench_dynamic"}
 CONSUMERS = {"eval_accuracy"} | BENCH
 PARITY = {"gate_parity_hf2mg", "gate_parity_mg2hf"}
 TOKENIZE = {"tokenize_pretrain", "tokenize_sft"}
+# two LoRA adapters: the context of the LoRA keys (none by default, so they reach nothing)
+LORA_CTX = {
+    "train": {
+        "lora": {
+            "adapters": [
+                {"name": "upper", "task": "uppercase"},
+                {"name": "rev", "task": "reverse"},
+            ]
+        }
+    }
+}
+LORA_SERVE = {"serve", "eval_lora", "bench_dynamic"}
 # the steps that read the base model's directory (the served base's benchmarks as tokenizer)
 BASE_HF = {"hf2mg", "gate_parity_hf2mg", "mg2hf", "dataset_generate", "serve"} | TOKENIZE | BENCH
 
@@ -130,7 +142,7 @@ FLAGS: dict[str, tuple] = {
     "bench.dynamic.api": ("chat", {"bench_dynamic"}),
     "bench.dynamic.output_mode": ("natural", {"bench_dynamic"}),
     "bench.dynamic.speculative": (True, {"bench_dynamic"}),
-    "bench.dynamic.lora_mix": ("sft=1", {"bench_dynamic"}),
+    "bench.dynamic.lora_mix": ("upper=3,rev=1", {"bench_dynamic"}, LORA_CTX),
     "bench.dynamic.seed": (1, {"bench_dynamic"}),
     "plot.slo_ttft_ms": (1000, {"plot_bench", "plot_dynamic"} | BENCH),
     "plot.slo_tpot_ms": (100, {"plot_bench", "plot_dynamic"} | BENCH),
@@ -143,7 +155,25 @@ FLAGS: dict[str, tuple] = {
     "gates.min_rate_fraction": (0.9, BENCH),
     "gates.max_lag_ms": (50, BENCH),
     "envs.python": ("python3.11", {"env"}),
+    "serve.max_loras": (1, {"serve"}, LORA_CTX),
+    "serve.max_lora_rank": (16, {"serve"}, LORA_CTX),
+    "train.lora.rank": (16, {"train_lora", "serve"}, LORA_CTX),
+    "train.lora.alpha": (32, {"train_lora"}, LORA_CTX),
+    "train.lora.dropout": (0.1, {"train_lora"}, LORA_CTX),
+    "train.lora.target_modules": (["linear_qkv", "linear_fc2"], {"train_lora"}, LORA_CTX),
+    "train.lora.iters": (50, {"train_lora", "gate_train_lora"}, LORA_CTX),
+    "train.lora.seq_length": (96, {"train_lora", "tokenize_lora"}, LORA_CTX),
 }
+for _key, _value in {
+    "lr": 0.003,
+    "min_lr": 0.00001,
+    "warmup_iters": 5,
+    "micro_batch_size": 8,
+    "global_batch_size": 64,
+    "weight_decay": 0.1,
+    "seed": 7,
+}.items():
+    FLAGS[f"train.lora.{_key}"] = (_value, {"train_lora"}, LORA_CTX)
 for _phase, _tok in (("pretrain", "tokenize_pretrain"), ("sft", "tokenize_sft")):
     for _key, _value in {
         "lr": 0.003,
@@ -234,6 +264,36 @@ STRUCTURE: dict[str, tuple] = {
         {"tokenize_pretrain", "train", "gate_train"},
     ),
     "serve.device": ("cuda", {"serve"}, {"device_check"}),
+    # adapters add their data, training, conversion, the LoRA service and its consumers, and
+    # the HF conversion of the phase they adapt (pretrain)
+    "train.lora.adapters": (
+        LORA_CTX["train"]["lora"]["adapters"],
+        {"eval_summary", "gate_summary"},
+        {
+            "synth_lora_task",
+            "tokenize_lora",
+            "train_lora",
+            "gate_train_lora",
+            "lora2hf",
+            "mg2hf",
+            "gate_parity_mg2hf",
+            "eval_lora",
+        }
+        | LORA_SERVE,
+    ),
+    # from sft: the adapters train on it, the service serves it (its HF conversion exists)
+    "train.lora.from": (
+        "sft",
+        {"train_lora", "lora2hf"} | LORA_SERVE,
+        {"mg2hf", "gate_parity_mg2hf"},
+        LORA_CTX,
+    ),
+    "train.lora.merge": (
+        True,
+        {"eval_summary", "gate_summary"},
+        {"lora2hf", "serve", "eval_lora"},
+        LORA_CTX,
+    ),
 }
 
 

@@ -16,7 +16,6 @@ DYNAMIC_KEYS = (
     "api",
     "output_mode",
     "speculative",
-    "lora_mix",
     "seed",
 )
 DATASET_FILTER_KEYS = ("max_prompt_tokens", "max_tokens", "output_len")
@@ -49,12 +48,18 @@ class BenchWiring(Base):
             return f"results/{wildcards.model}/bench/datasets/generated.jsonl"
         return ds["path"]
 
-    def bench_dynamic_flags(self) -> str:
+    def bench_dynamic_flags(self, wildcards: Any) -> str:
+        """The dynamic benchmark's knobs; the LoRA service's (variant lora) also its LoRA mix
+        (bench.dynamic.lora_mix, see wiring/lora.py)."""
         ds = self.config["bench"]["dataset"]
         kind = "custom" if ds["type"] == "generated" else ds["type"]
+        mix = ""
+        if wildcards.variant == "lora":
+            mix = f"--lora-mix {self.lora_mix()}"  # type: ignore[attr-defined]
         return join(
             f"--dataset-type {kind}",
             cli_flags(self.config["bench"]["dynamic"], DYNAMIC_KEYS),
+            mix,
             cli_flags(ds, DATASET_FILTER_KEYS),
             self.bench_gate_flags(),
         )

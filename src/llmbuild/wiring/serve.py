@@ -34,6 +34,8 @@ SERVE_KEYS = (
 
 class ServeWiring(Base):
     def serve_model(self, wildcards: Any) -> str:
+        if self.is_lora_variant(wildcards.variant):  # type: ignore[attr-defined]
+            return self.lora_serve_model(wildcards)  # type: ignore[attr-defined]
         if wildcards.variant == "base" and self.config["model"]["source"] == "hf":
             return self.config["model"]["path"]
         return plan.variant_model_dir(self.config, wildcards.model, wildcards.variant)
@@ -42,6 +44,7 @@ class ServeWiring(Base):
         inputs: dict[str, Any] = {
             "model": self.serve_model(wildcards),
             "proofs": self.variant_gates(wildcards),
+            "adapters": self.lora_adapter_dirs(wildcards),  # type: ignore[attr-defined]
         }
         if self.config["serve"]["chat_template"]:
             inputs["chat_template"] = self.config["serve"]["chat_template"]
