@@ -61,8 +61,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default=default("train.device"), choices=node("train.device")["enum"]
     )
-    p.add_argument("--tp", type=int, default=default("train.tp"), help=describe("train.tp"))
-    p.add_argument("--pp", type=int, default=default("train.pp"), help=describe("train.pp"))
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (default 1)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (default 1)")
     p.add_argument(
         "--pp-layers",
         type=int_list,
