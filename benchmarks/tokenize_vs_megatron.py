@@ -41,9 +41,9 @@ sys.path[:0] = [str(ROOT / "src"), str(Path(__file__).resolve().parent)]
 import tokenize_corpus  # noqa: E402
 
 
-def peak_rss_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+def peak_rss_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, str]:
     """(wall seconds, CPU seconds of the whole process tree, peak RSS in bytes summed over
-    the process tree, sampled every 50 ms)."""
+    the process tree, sampled every 50 ms, and what it printed)."""
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -77,7 +77,7 @@ def peak_rss_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int
     cpu = sum(getattr(after, f) - getattr(before, f) for f in ("ru_utime", "ru_stime"))
     if proc.returncode:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}")
-    return wall, cpu, peak[0]
+    return wall, cpu, peak[0], out
 
 
 def peer_env(work: Path) -> dict[str, str]:
@@ -148,13 +148,17 @@ def main() -> int:
     walls: dict[str, list[float]] = {k: [] for k in commands}
     cpus: dict[str, list[float]] = {k: [] for k in commands}
     rss: dict[str, int] = dict.fromkeys(commands, 0)
+    engines: dict[str, str] = {}
     for r in range(a.runs):
         for name, (head, tail, run_env) in commands.items():
             out = work / "out" / name.replace(" ", "-")
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             target = str(out / "p") if name == "megatron" else str(out / "shards")
-            wall, cpu, peak = peak_rss_run(head + [target] + tail, run_env)
+            wall, cpu, peak, printed = peak_rss_run(head + [target] + tail, run_env)
+            for text in printed.splitlines():
+                if "encoded with" in text:
+                    engines[name] = text.split("encoded with", 1)[1].strip()
             walls[name].append(wall)
             cpus[name].append(cpu)
             rss[name] = max(rss[name], peak)
@@ -194,6 +198,8 @@ def main() -> int:
         f"{per_cpu['llmbuild'] / per_cpu['megatron']:.2f}x tokens per CPU second"
     )
     print(f"  outputs byte-identical (.bin and .idx): {'yes' if same else 'NO'}")
+    for name, engine in engines.items():
+        print(f"  {name} encoded with {engine}")
     print(
         f"  sft ({sft.name}, {sft_tokens['tokens']} tokens) / pretrain: "
         f"{rate['llmbuild sft'] / rate['llmbuild']:.2f} in tokens/s, "

@@ -25,12 +25,36 @@ rule bench_static:
         llmbuild=W.llmbuild("bench"),
         flags=W.bench_static_flags(),
         timeout=lookup("serve/ready_timeout", within=config),
+        keep=W.keep_on_failure("static"),
     shell:
         "{params.llmbuild} bench static --endpoint {input.endpoint} --tokenizer {input.tokenizer}"
         " {params.flags} --output {output.csv} --records {output.records}"
         " --verdict {output.verdict} --ready-timeout {params.timeout}"
-        " --keep-on-failure logs/{wildcards.model}/bench/{wildcards.variant}/failed-static"
-        " > {log} 2>&1"
+        " --keep-on-failure {params.keep} > {log} 2>&1"
+
+
+# A sweep's benchmark: one benchmark setting (a static benchmark's knobs and request mix)
+# against one serve setting's service. The consumers of a service run together and take
+# turns on its benchmark lock; the server's own counters (/metrics) give the prefix cache's
+# hit rate and speculative decoding's acceptance rate in the CSV.
+use rule bench_static as bench_sweep with:
+    input:
+        src=W.sources("bench"),
+        endpoint=W.sweep_endpoint,
+        tokenizer=W.serve_model,
+        env=W.env_marker("bench"),
+    output:
+        csv="results/{model}/sweeps/{sweep}/{variant}/{setting}/{workload}.csv",
+        records="results/{model}/sweeps/{sweep}/{variant}/{setting}/{workload}.jsonl",
+        verdict="results/{model}/gates/sweeps/{sweep}/{variant}/{setting}/{workload}.json",
+    log:
+        "logs/{model}/sweeps/{sweep}/{variant}/{setting}/{workload}.log",
+    threads: W.sweep_bench_threads
+    params:
+        llmbuild=W.llmbuild("bench"),
+        flags=W.sweep_bench_flags,
+        timeout=lookup("serve/ready_timeout", within=config),
+        keep=W.keep_on_failure("sweep"),
 
 
 rule dataset_generate:
@@ -75,7 +99,7 @@ rule bench_dynamic:
         mem_mb=1000,
     params:
         llmbuild=W.llmbuild("bench"),
-        flags=W.bench_dynamic_flags(),
+        flags=W.bench_dynamic_flags,
         timeout=lookup("serve/ready_timeout", within=config),
     shell:
         "{params.llmbuild} bench dynamic --endpoint {input.endpoint} --tokenizer {input.tokenizer}"

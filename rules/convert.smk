@@ -93,3 +93,31 @@ rule gate_parity_mg2hf:
     shell:
         "{params.llmbuild} gates parity --direction mg2hf --hf {input.hf} --mcore {input.mcore}"
         " {params.flags} --threads {threads} --output {output} > {log} 2>&1"
+
+
+# A trained LoRA adapter -> a PEFT adapter of the model it adapts (loaded by PEFT before it
+# is published), or with --merge that model with the adapter merged in (train.lora.merge).
+rule lora2hf:
+    input:
+        src=W.sources("convert"),
+        lora="results/{model}/lora/{adapter}/mcore",
+        trained="results/{model}/gates/train/lora-{adapter}.json",
+        base=W.lora_base_hf,
+        proofs=W.lora_base_proofs_of,
+        env=W.env_marker("train"),
+    output:
+        directory("results/{model}/lora/{adapter}/{form}"),
+    log:
+        "logs/{model}/lora/{adapter}/lora2hf-{form}.log",
+    wildcard_constraints:
+        form="peft|hf",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        llmbuild=W.llmbuild("train"),
+        merge=W.lora_merge_flag,
+    shell:
+        "{params.llmbuild} convert lora2hf --input {input.lora} --base {input.base}"
+        " --output {output} {params.merge} > {log} 2>&1"

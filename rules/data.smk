@@ -52,14 +52,17 @@ rule tokenize_pretrain:
         "logs/{model}/tokenize_pretrain.log",
     conda:
         "../envs/train.yaml"
+    threads: 2
     resources:
         mem_mb=2000,
     params:
         llmbuild=W.llmbuild("train"),
         flags=W.tokenize_flags("pretrain"),
+        workers=W.tokenize_workers,
     shell:
         "{params.llmbuild} data tokenize --kind pretrain --input {input.data}"
-        " --tokenizer {input.tokenizer} --output {output} {params.flags} > {log} 2>&1"
+        " --tokenizer {input.tokenizer} --output {output} --workers {params.workers}"
+        " {params.flags} > {log} 2>&1"
 
 
 rule tokenize_sft:
@@ -74,14 +77,17 @@ rule tokenize_sft:
         "logs/{model}/tokenize_sft.log",
     conda:
         "../envs/train.yaml"
+    threads: 2
     resources:
         mem_mb=2000,
     params:
         llmbuild=W.llmbuild("train"),
         flags=W.tokenize_flags("sft"),
+        workers=W.tokenize_workers,
     shell:
         "{params.llmbuild} data tokenize --kind sft --input {input.data}"
-        " --tokenizer {input.tokenizer} --output {output} {params.flags} > {log} 2>&1"
+        " --tokenizer {input.tokenizer} --output {output} --workers {params.workers}"
+        " {params.flags} > {log} 2>&1"
 
 
 # DPO's preference pairs: both answers after the same prompt, each as the instruction handler
@@ -98,11 +104,61 @@ rule tokenize_dpo:
         "logs/{model}/tokenize_dpo.log",
     conda:
         "../envs/train.yaml"
+    threads: 2
     resources:
         mem_mb=2000,
     params:
         llmbuild=W.llmbuild("train"),
         flags=W.tokenize_flags("dpo"),
+        workers=W.tokenize_workers,
     shell:
         "{params.llmbuild} data tokenize --kind dpo --input {input.data}"
-        " --tokenizer {input.tokenizer} --output {output} {params.flags} > {log} 2>&1"
+        " --tokenizer {input.tokenizer} --output {output} --workers {params.workers}"
+        " {params.flags} > {log} 2>&1"
+
+
+# Each LoRA adapter's instruction task (train.lora.adapters: name, task), with data.sft's
+# sizes and seed, and its tokenized shards (read by `llmbuild train lora`).
+rule synth_lora_task:
+    input:
+        src=W.sources("data"),
+        env=W.env_marker("train"),
+    output:
+        "results/{model}/lora/{adapter}/data/{split}.jsonl",
+    log:
+        "logs/{model}/lora/{adapter}/synth_task_{split}.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=500,
+    params:
+        llmbuild=W.llmbuild("train"),
+        flags=W.lora_task_flags,
+    shell:
+        "{params.llmbuild} data synth-task --split {wildcards.split} --output {output}"
+        " {params.flags} > {log} 2>&1"
+
+
+rule tokenize_lora:
+    input:
+        src=W.sources("data"),
+        data="results/{model}/lora/{adapter}/data/train.jsonl",
+        tokenizer=W.base_hf,
+        env=W.env_marker("train"),
+    output:
+        directory("results/{model}/lora/{adapter}/shards"),
+    log:
+        "logs/{model}/lora/{adapter}/tokenize.log",
+    conda:
+        "../envs/train.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+    params:
+        llmbuild=W.llmbuild("train"),
+        flags=W.lora_tokenize_flags(),
+        workers=W.tokenize_workers,
+    shell:
+        "{params.llmbuild} data tokenize --kind sft --input {input.data}"
+        " --tokenizer {input.tokenizer} --output {output} --workers {params.workers}"
+        " {params.flags} > {log} 2>&1"

@@ -1,5 +1,6 @@
-# Plots for the report: the seeds' p90 TTFT/TPOT-vs-SLO picture with throughput, and loss;
-# and every gate's verdict in one table.
+# Plots for the report: the seeds' p90 TTFT/TPOT-vs-SLO picture with throughput (the default
+# runs, and each sweep's runs side by side), latency vs request rate of the dynamic runs, each
+# sweep's Pareto front, and loss; and every gate's verdict in one table.
 
 
 rule plot_bench:
@@ -25,6 +26,67 @@ rule plot_bench:
     shell:
         "{params.llmbuild} plot bench --input {input.csvs}"
         " {params.flags} --output {output} > {log} 2>&1"
+
+
+rule plot_dynamic:
+    input:
+        src=W.sources("plot"),
+        csvs=W.dynamic_csvs,
+        env=W.env_marker("plot"),
+    output:
+        report(
+            "results/{model}/plots/dynamic.png",
+            caption="../report/dynamic.rst",
+            category="Benchmarks",
+        ),
+    log:
+        "logs/{model}/plots/dynamic.log",
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        llmbuild=W.llmbuild("plot"),
+        flags=W.plot_dynamic_flags(),
+    shell:
+        "{params.llmbuild} plot dynamic --input {input.csvs}"
+        " {params.flags} --output {output} > {log} 2>&1"
+
+
+# A sweep's runs: output throughput per user vs output throughput with the Pareto front, the
+# 4-graph comparison, and every row in one CSV with its sweep coordinates.
+rule plot_sweep:
+    input:
+        src=W.sources("plot"),
+        csvs=W.sweep_csvs,
+        env=W.env_marker("plot"),
+    output:
+        pareto=report(
+            "results/{model}/plots/sweeps/{sweep}/pareto.png",
+            caption="../report/sweep.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+        compare=report(
+            "results/{model}/plots/sweeps/{sweep}/compare.png",
+            caption="../report/sweep.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+        table="results/{model}/plots/sweeps/{sweep}/summary.csv",
+    log:
+        "logs/{model}/plots/sweeps/{sweep}.log",
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        llmbuild=W.llmbuild("plot"),
+        flags=W.plot_sweep_flags,
+    shell:
+        "{params.llmbuild} plot sweep --input {input.csvs} {params.flags}"
+        " --title {wildcards.sweep} --output {output.pareto} --compare {output.compare}"
+        " --table {output.table} > {log} 2>&1"
 
 
 rule plot_loss:

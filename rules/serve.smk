@@ -4,7 +4,9 @@
 # Snakemake's latency-wait. Snakemake terminates the service when its consumers finish; `exec`
 # makes our supervisor the process it signals, and the supervisor stops vLLM cleanly. A
 # service starts only on a proven model (W.variant_gates), and with serve.dtype auto on a dtype
-# its kernels accept on this device (recorded in the endpoint file and its provenance).
+# its kernels accept on this device (recorded in the endpoint file and its provenance). The
+# LoRA service (variant lora) serves the model train.lora.from names under that name, with
+# every adapter of train.lora.adapters beside it (--lora-module NAME=PEFT_DIR).
 
 
 rule serve:
@@ -27,6 +29,27 @@ rule serve:
     params:
         llmbuild=W.serve_launcher(),
         flags=W.serve_flags(),
+        name=W.served_name,
+        lora=W.lora_serve_flags,
     shell:
         "exec {params.llmbuild} serve run --input {input.model} --endpoint {output}"
-        " --served-model-name {wildcards.variant} {params.flags} > {log} 2>&1"
+        " --served-model-name {params.name} {params.flags} {params.lora} > {log} 2>&1"
+
+
+# A sweep's service: a served variant under one of the sweep's serve settings (its knobs over
+# serve.*, its speculative decoding), for every benchmark setting of the sweep.
+use rule serve as serve_sweep with:
+    input:
+        unpack(W.sweep_serve_inputs),
+        src=W.sources("serve"),
+        env=W.env_marker(W.serve_stack()),
+        check=ancient(W.device_check("serve")),
+    output:
+        service("results/{model}/sweeps/{sweep}/{variant}/{setting}/service.json"),
+    log:
+        "logs/{model}/sweeps/{sweep}/{variant}/{setting}.serve.log",
+    params:
+        llmbuild=W.serve_launcher(),
+        flags=W.sweep_serve_flags,
+        name=W.served_name,
+        lora=W.lora_serve_flags,

@@ -59,3 +59,56 @@ rule gate_train:
     shell:
         "{params.llmbuild} gates train --input {input.log} --iters {params.iters}"
         " --subject {wildcards.phase} --output {output} > {log} 2>&1"
+
+
+# LoRA (train.lora): one adapter per entry of train.lora.adapters, trained on the frozen
+# checkpoint of phase train.lora.from with the same launcher and layout (train.tp/pp) as the
+# other phases; the output is the Megatron LoRA adapter `convert lora2hf` reads.
+rule train_lora:
+    input:
+        unpack(W.lora_train_inputs),
+        src=W.sources("train"),
+        env=W.env_marker("train"),
+        check=ancient(W.device_check("train")),
+    output:
+        adapter=directory("results/{model}/lora/{adapter}/mcore"),
+        log="results/{model}/lora/{adapter}/train_log.jsonl",
+    log:
+        "logs/{model}/lora/{adapter}/train.log",
+    conda:
+        "../envs/train.yaml"
+    threads: max(2, W.train_ranks)
+    resources:
+        **W.train_cluster_resources(),
+        mem_mb=6000 * W.train_ranks,
+    params:
+        llmbuild=W.train_launcher(),
+        flags=W.lora_train_flags(),
+        device=W.train_device_flags(),
+        layout=W.layout_flags(),
+    shell:
+        "{params.llmbuild} train lora --input {input.load} --data {input.data}"
+        " --output {output.adapter} --train-log {output.log} {params.flags}"
+        " {params.device} {params.layout}"
+        f" --threads {W.train_rank_threads()} > {{log}} 2>&1"
+
+
+rule gate_train_lora:
+    input:
+        src=W.sources("gates"),
+        log="results/{model}/lora/{adapter}/train_log.jsonl",
+        env=W.env_marker("train"),
+    output:
+        "results/{model}/gates/train/lora-{adapter}.json",
+    log:
+        "logs/{model}/gates/train-lora-{adapter}.log",
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=500,
+    params:
+        llmbuild=W.llmbuild("train"),
+        iters=W.lora_iters(),
+    shell:
+        "{params.llmbuild} gates train --input {input.log} --iters {params.iters}"
+        " --subject lora-{wildcards.adapter} --output {output} > {log} 2>&1"

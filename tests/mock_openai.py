@@ -150,7 +150,8 @@ class MockOpenAI:
         return web.Response(status=200 if self.config.healthy else 503)
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": [{"id": self.config.model, "object": "model"}]})
+        model = {"id": self.config.model, "object": "model", "root": self.config.model}
+        return web.json_response({"data": [model]})
 
     def _unknown_model(self, body: dict) -> web.Response | None:
         names = self.config.served_models or (self.config.model,)
@@ -193,9 +194,13 @@ class MockOpenAI:
         writes: list[float] = []
         if cfg.record:
             cnt.streams.append((arrival, writes))
+        # With no delays every chunk is due at once: one write (one send) for the whole
+        # stream, so the mock spends little per request when it measures a client's ceiling.
+        batch: list[bytes] | None = [] if cfg.ttft_s == 0 and cfg.itl_s == 0 and not cut else None
         for i in range(n_chunks):
             # absolute deadlines, so sleep overshoot does not accumulate over the chunks
-            await asyncio.sleep(max(0.0, t0 + cfg.ttft_s + i * cfg.itl_s - loop.time()))
+            if batch is None:
+                await asyncio.sleep(max(0.0, t0 + cfg.ttft_s + i * cfg.itl_s - loop.time()))
             if cut and i == cfg.disconnect_after:
                 cnt.disconnects += 1
                 assert request.transport is not None
@@ -206,7 +211,10 @@ class MockOpenAI:
             if chat:
                 if i == 0:  # vLLM first announces the role, with empty content
                     role = {"index": 0, "delta": {"role": "assistant", "content": ""}}
-                    await resp.write(_sse({"object": kind, "choices": [role]}))
+                    if batch is None:
+                        await resp.write(_sse({"object": kind, "choices": [role]}))
+                    else:
+                        batch.append(_sse({"object": kind, "choices": [role]}))
                 choice = {"index": 0, "delta": {"content": text}, "finish_reason": finish}
             else:
                 choice = {"index": 0, "text": text, "finish_reason": finish}
@@ -216,24 +224,28 @@ class MockOpenAI:
                 "model": body.get("model"),
                 "choices": [choice],
             }
-            await resp.write(_sse(chunk))
+            if batch is None:
+                await resp.write(_sse(chunk))
+            else:
+                batch.append(_sse(chunk))
             writes.append(time.perf_counter())
+        tail = b""
         if cfg.send_usage and (body.get("stream_options") or {}).get("include_usage"):
-            await resp.write(
-                _sse(
-                    {
-                        "id": "cmpl-mock",
-                        "choices": [],
-                        "usage": {
-                            "prompt_tokens": prompt_tokens,
-                            "completion_tokens": n_tokens,
-                            "total_tokens": prompt_tokens + n_tokens,
-                        },
-                    }
-                )
+            tail = _sse(
+                {
+                    "id": "cmpl-mock",
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": n_tokens,
+                        "total_tokens": prompt_tokens + n_tokens,
+                    },
+                }
             )
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        tail += b"data: [DONE]\n\n"
+        if batch is not None:
+            tail = b"".join(batch) + tail
+        await resp.write_eof(tail)  # the last chunk and the end of the body in one send
         cnt.completed += 1
         return resp
 

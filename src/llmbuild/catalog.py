@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from llmbuild.errors import UserError
+from llmbuild.quantize.schemes import SCHEMES
 
+#: a scheme (llmbuild.quantize.schemes, or a catalog column's own name) -> its column
 SCHEME_COLUMN = {
-    "w8a8": "w8a8",
-    "w8a16": "w8a16",
+    **{name: s.catalog for name, s in SCHEMES.items()},
     "w4a16": "w4a16",
     "kv_cache_int8": "kv_cache_int8",
     "fp16": "fp16_bf16",

@@ -42,6 +42,12 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def catalog_columns() -> list[str]:
+    from llmbuild.catalog import SCHEME_COLUMN
+
+    return list(SCHEME_COLUMN)
+
+
 def register(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("show", help="a model's entry (and recommended layout)")
     p.add_argument("model")
@@ -51,6 +57,6 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_show)
     p = verbs.add_parser("check", help="exit non-zero unless the model supports the scheme")
     p.add_argument("model")
-    p.add_argument("scheme", choices=["w8a8", "w8a16", "w4a16", "kv_cache_int8", "fp16", "bf16"])
+    p.add_argument("scheme", choices=sorted(catalog_columns()))
     p.add_argument("--catalog", default=str(DEFAULT))
     p.set_defaults(func=_check)

@@ -13,6 +13,7 @@ from typing import Any
 
 from llmbuild import catalog, hfdir, parallel
 from llmbuild.errors import UserError
+from llmbuild.serve import sweep
 
 
 def display_path(path: str | Path) -> str:
@@ -130,16 +131,7 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
             path=source,
             field="model.name",
         )
-    for scheme in schemes:
-        if not catalog.supports(models, name, scheme):
-            ok = ", ".join(catalog.supported_models(models, scheme)[:6])
-            raise UserError(
-                f"model {name!r} does not support {scheme} per the catalog "
-                f"{catalog_path}; remove it from quantize.schemes (models with "
-                f"{scheme}: {ok}, ...)",
-                path=source,
-                field="quantize.schemes",
-            )
+    check_quantize(config, models, catalog_path, source)
     lens = config["bench"]["static"]
     if len(lens["input_len"]) != len(lens["output_len"]):
         raise UserError(
@@ -182,8 +174,10 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
                 field=f"train.{phase}.warmup_iters",
             )
     check_cross_fields(config, source)
+    check_lora(config, source)
     check_paths(config, source)
     check_resume_layout(config, source)
+    sweep.check(config, source, served_variants(config))
 
 
 LAYOUT_KEYS = ("tp", "pp", "dp")
@@ -213,6 +207,53 @@ def check_resume_layout(config: dict[str, Any], source: str) -> None:
                 f"layout: set train.tp/pp/dp back to {said}, or delete {work} to start over",
                 path=source,
                 field="train.tp",
+            )
+
+
+def check_quantize(
+    config: dict[str, Any], models: dict[str, Any], catalog_path: str | Path, source: str
+) -> None:
+    """Every scheme: the catalog supports it for this model, the serving stack serves it on
+    its device; a reused scale file is one, made with this smoothing strength."""
+    from llmbuild.quantize import scales, schemes
+
+    name = config["model"]["name"]
+    quant = config["quantize"]
+    stack, device = config["serve"]["stack"], config["serve"]["device"]
+    for scheme in quant["schemes"]:
+        if not catalog.supports(models, name, scheme):
+            column = catalog.SCHEME_COLUMN[scheme]
+            ok = ", ".join(catalog.supported_models(models, scheme)[:6])
+            raise UserError(
+                f"model {name!r} does not support {scheme} per the catalog "
+                f"{catalog_path} (column {column}); remove it from quantize.schemes (models "
+                f"with {column}: {ok}, ...)",
+                path=source,
+                field="quantize.schemes",
+            )
+        refusal = schemes.serving_refusal(scheme, stack, device)
+        if refusal is not None:
+            ok = ", ".join(schemes.servable(stack, device))
+            raise UserError(
+                f"{scheme} cannot be served by {stack} on {device} ({refusal}); remove it "
+                f"from quantize.schemes (this stack serves {ok}) or set serve.stack / "
+                "serve.device to a stack that serves it",
+                path=source,
+                field="quantize.schemes",
+            )
+    _file(quant["calib"], source, "quantize.calib", (".jsonl", ".json"))
+    path = quant["scale_input"]
+    if path is not None:
+        _file(path, source, "quantize.scale_input", (".safetensors",))
+        meta = scales.read_metadata(path, field="quantize.scale_input")
+        made = float(meta.get("smoothing_strength", "nan"))
+        if made != quant["smoothing_strength"]:
+            raise UserError(
+                f"{path} was made with smoothing strength {made}, but "
+                f"quantize.smoothing_strength is {quant['smoothing_strength']}; set it to "
+                f"{made} or remove quantize.scale_input to compute new scales",
+                path=source,
+                field="quantize.scale_input",
             )
 
 
@@ -252,6 +293,91 @@ def check_cross_fields(config: dict[str, Any], source: str) -> None:
     for variant in config["eval"]["variants"]:
         if variant.partition("-")[0] not in known:
             raise UserError(_unknown_variant(config, variant), path=source, field="eval.variants")
+
+
+# served names the LoRA service or the graph's variants use already
+RESERVED_ADAPTER_NAMES = ("base", "pretrain", "sft", "lora")
+
+
+def check_lora(config: dict[str, Any], source: str) -> None:
+    """train.lora and the keys of the LoRA service (serve.max_loras, serve.max_lora_rank,
+    bench.dynamic.lora_mix): what the schema cannot say."""
+    lora = config["train"]["lora"]
+    names = [a["name"] for a in lora["adapters"]]
+    serve = config["serve"]
+    mix = config["bench"]["dynamic"]["lora_mix"]
+    if not names:
+        for key, value in (
+            ("serve.max_loras", serve["max_loras"]),
+            ("serve.max_lora_rank", serve["max_lora_rank"]),
+            ("bench.dynamic.lora_mix", mix),
+        ):
+            if value is not None:
+                raise UserError(
+                    "is for the LoRA service, and train.lora.adapters is empty; add adapters "
+                    "or remove it",
+                    path=source,
+                    field=key,
+                )
+        return
+    for i, name in enumerate(names):
+        where = f"train.lora.adapters.{i}.name"
+        if name in names[:i]:
+            raise UserError(
+                f"{name!r} is used twice; name each adapter once", path=source, field=where
+            )
+        if name in RESERVED_ADAPTER_NAMES:
+            raise UserError(
+                f"{name!r} is a served model name already ({', '.join(RESERVED_ADAPTER_NAMES)}); "
+                "choose another",
+                path=source,
+                field=where,
+            )
+    if lora["global_batch_size"] % lora["micro_batch_size"]:
+        raise UserError(
+            "global_batch_size must be a multiple of micro_batch_size",
+            path=source,
+            field="train.lora.global_batch_size",
+        )
+    if lora["warmup_iters"] >= lora["iters"]:
+        raise UserError(
+            f"{lora['warmup_iters']} warmup steps but only {lora['iters']} steps; make "
+            "warmup_iters smaller than iters",
+            path=source,
+            field="train.lora.warmup_iters",
+        )
+    if lora["min_lr"] > lora["lr"]:
+        raise UserError(
+            f"{lora['min_lr']} is above lr {lora['lr']}", path=source, field="train.lora.min_lr"
+        )
+    data_len = config["data"]["seq_length"]
+    if data_len is not None and data_len > lora["seq_length"]:
+        raise UserError(
+            f"{data_len} is above train.lora.seq_length {lora['seq_length']}: adapter examples "
+            "longer than that would be cut at training without a word; lower data.seq_length "
+            "or raise train.lora.seq_length",
+            path=source,
+            field="data.seq_length",
+        )
+    rank = serve["max_lora_rank"]
+    if rank is not None and rank < lora["rank"]:
+        raise UserError(
+            f"{rank} is below train.lora.rank {lora['rank']}: vLLM would refuse the adapters; "
+            "raise it or leave it null (the smallest size that holds the rank)",
+            path=source,
+            field="serve.max_lora_rank",
+        )
+    if mix is not None:
+        served = [*names, lora["from"]]
+        for part in str(mix).split(","):
+            name = part.split("=", 1)[0].strip()
+            if name not in served:
+                raise UserError(
+                    f"{name!r} is not served by the LoRA service; use its names: "
+                    f"{', '.join(served)} (train.lora.adapters and train.lora.from)",
+                    path=source,
+                    field="bench.dynamic.lora_mix",
+                )
 
 
 PRETRAIN_SUFFIXES = (".parquet", ".json", ".jsonl", ".txt", ".text", ".md")

@@ -28,11 +28,32 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path, name: str) -> set[str]:
+#: the fields of a statement that hold statements (imports are statements, so they are found
+#: without visiting any expression: a fraction of ast.walk's nodes)
+_BODIES = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _import_statements(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    out: list[ast.Import | ast.ImportFrom] = []
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+            continue
+        for field in _BODIES:
+            stack.extend(getattr(node, field, None) or ())
+    return out
+
+
+@functools.cache
+def _imports(path: Path, name: str) -> frozenset[str]:
+    """llmbuild modules a module imports anywhere (also inside functions); parsed once per
+    planning however many groups' closures share it."""
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _import_statements(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -44,7 +65,7 @@ def _imports(path: Path, name: str) -> set[str]:
                 mod = node.module or ""
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)  # submodules imported by name
-    return {m for m in found if m == "llmbuild" or m.startswith("llmbuild.")}
+    return frozenset(m for m in found if m == "llmbuild" or m.startswith("llmbuild."))
 
 
 @functools.cache

@@ -189,13 +189,13 @@ def slow_client(monkeypatch):
     200 req/s (one every 5 ms) it falls further and further behind its schedule."""
     from llmbuild.bench import client
 
-    payload = client.completion_payload
+    send = client.Request.send
 
-    def slow(*args, **kwargs):
+    def slow(self, *args, **kwargs):
         time.sleep(0.02)
-        return payload(*args, **kwargs)
+        return send(self, *args, **kwargs)
 
-    monkeypatch.setattr(client, "completion_payload", slow)
+    monkeypatch.setattr(client.Request, "send", slow)
 
 
 def _dynamic_slow(tokenizer_dir, dataset, out_dir, ep, *extra):

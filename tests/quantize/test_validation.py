@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from llmbuild.errors import UserError
-from llmbuild.quantize import calib
-from llmbuild.quantize.spec import QuantSpec, check_model_dir, check_scheme
+from llmbuild.quantize import calib, schemes
+from llmbuild.quantize.spec import QuantSpec, ScalesSpec, check_model_dir
 
 pytestmark = pytest.mark.unit
 
@@ -35,6 +35,8 @@ def _spec(tmp_path: Path, **kw) -> QuantSpec:
     kw.setdefault("model", _model_dir(tmp_path))
     kw.setdefault("output", tmp_path / "out")
     kw.setdefault("calib", _calib(tmp_path, ['{"text": "hello"}']))
+    if kw.get("scheme", "w8a8").lower() == "w8a8" and "scale_input" not in kw:
+        kw.setdefault("smoothing_strength", 0.5)  # w8a8 computes its scales
     return QuantSpec(**kw)
 
 
@@ -45,24 +47,67 @@ def test_strength_outside_open_interval(tmp_path, strength):
 
 
 def test_good_spec_normalises_scheme(tmp_path):
-    spec = _spec(tmp_path, scheme="w8a8", smoothing_strength=0.85)
-    assert spec.scheme == "W8A8" and spec.preset == "W8A8"
+    spec = _spec(tmp_path, scheme="W8A8", smoothing_strength=0.85)
+    assert spec.scheme == "w8a8" and spec.spec.preset == "W8A8"
     assert spec.computes_scales and spec.needs_calibration
 
 
 @pytest.mark.parametrize("scheme", ["W4A8", "fp8", ""])
 def test_unsupported_scheme(scheme):
-    with pytest.raises(UserError, match="--scheme: unsupported scheme"):
-        check_scheme(scheme)
+    with pytest.raises(UserError, match="--scheme: unknown scheme .*; use one of w8a8, w8a16"):
+        schemes.get(scheme)
 
 
-def test_kv_cache_int8_is_not_yet():
-    with pytest.raises(UserError, match="not implemented yet"):
-        check_scheme("kv-int8")
+def test_old_w4a16_name_says_what_it_became():
+    with pytest.raises(UserError, match=r"w4a16 is now w4a16-gptq or w4a16-awq"):
+        schemes.get("w4a16")
 
 
-def test_weight_only_schemes_accepted():
-    assert check_scheme("W4A16") == "W4A16" and check_scheme("w8a16") == "W8A16"
+def test_scheme_table():
+    assert list(schemes.SCHEMES) == [
+        "w8a8",
+        "w8a16",
+        "w4a16-gptq",
+        "w4a16-awq",
+        "kv-fp8",
+        "kv-int8",
+    ]
+    smoothed = [n for n, s in schemes.SCHEMES.items() if s.smoothing]
+    assert smoothed == ["w8a8"]  # weight-only and KV-cache schemes are never smoothed
+    calibrated = [n for n, s in schemes.SCHEMES.items() if s.calibrates]
+    assert calibrated == ["w4a16-gptq", "w4a16-awq", "kv-fp8", "kv-int8"]
+    assert {s.catalog for s in schemes.SCHEMES.values()} == {
+        "w8a8",
+        "w8a16",
+        "w4a16",
+        "kv_cache_int8",
+    }
+
+
+@pytest.mark.parametrize("scheme", ["w8a16", "w4a16-gptq", "w4a16-awq", "kv-fp8"])
+@pytest.mark.parametrize("flag", ["smoothing_strength", "scale_output"])
+def test_schemes_without_smoothing_refuse_it(tmp_path, scheme, flag):
+    value = 0.5 if flag == "smoothing_strength" else tmp_path / "s.safetensors"
+    with pytest.raises(UserError, match=f"{scheme} is .* gets no SmoothQuant smoothing; drop --"):
+        _spec(tmp_path, scheme=scheme, **{flag: value})
+
+
+def test_w8a8_needs_scales(tmp_path):
+    with pytest.raises(UserError, match="--scale-input: w8a8 needs SmoothQuant scales"):
+        _spec(tmp_path, scheme="w8a8", smoothing_strength=None)
+
+
+def test_scales_spec(tmp_path):
+    calib_path = _calib(tmp_path, ['{"text": "hello"}'])
+    model = _model_dir(tmp_path)
+    with pytest.raises(UserError, match="--output: a scale file is safetensors"):
+        ScalesSpec(model=model, output=tmp_path / "s.pt", calib=calib_path)
+    with pytest.raises(UserError, match="--smoothing-strength: 1.0 is outside"):
+        ScalesSpec(
+            model=model, output=tmp_path / "s.safetensors", calib=calib_path, smoothing_strength=1.0
+        )
+    ok = ScalesSpec(model=model, output=tmp_path / "s.safetensors", calib=calib_path)
+    assert ok.smoothing_strength == 0.5
 
 
 def test_missing_model_dir(tmp_path):
@@ -94,13 +139,15 @@ def test_chat_template_jinja_is_enough(tmp_path):
 
 def test_calib_required_unless_scales_given(tmp_path):
     with pytest.raises(UserError, match="--calib: a calibration file is required"):
-        _spec(tmp_path, calib=None)
+        _spec(tmp_path, calib=None, smoothing_strength=0.5)
     scales = tmp_path / "s.safetensors"
     scales.write_bytes(b"x")
     spec = _spec(tmp_path, calib=None, scale_input=scales)
     assert not spec.needs_calibration
-    with pytest.raises(UserError, match="--calib"):  # GPTQ still needs data
-        QuantSpec(model=spec.model, output=spec.output, scale_input=scales, algorithm="gptq")
+    assert not _spec(tmp_path, calib=None, scheme="w8a16").needs_calibration
+    for scheme in ("w4a16-gptq", "w4a16-awq", "kv-fp8"):  # these calibrate themselves
+        with pytest.raises(UserError, match="--calib"):
+            QuantSpec(model=spec.model, output=spec.output, scheme=scheme)
 
 
 def test_missing_calib_and_scale_files(tmp_path):
@@ -108,6 +155,26 @@ def test_missing_calib_and_scale_files(tmp_path):
         _spec(tmp_path, calib=tmp_path / "none.jsonl")
     with pytest.raises(UserError, match="--scale-input: scale file not found"):
         _spec(tmp_path, scale_input=tmp_path / "none.safetensors")
+
+
+def test_scale_metadata_read_without_torch(tmp_path):
+    import struct
+
+    from llmbuild.quantize import scales
+
+    def write(path, meta):
+        header = json.dumps({"__metadata__": meta}).encode()
+        path.write_bytes(struct.pack("<Q", len(header)) + header)
+        return path
+
+    good = write(tmp_path / "a.safetensors", {"format": scales.FORMAT, "smoothing_strength": "0.5"})
+    assert scales.read_metadata(good)["smoothing_strength"] == "0.5"
+    other = write(tmp_path / "b.safetensors", {"format": "pt"})
+    with pytest.raises(UserError, match="b.safetensors: k: format 'pt', expected"):
+        scales.read_metadata(other, field="k")
+    (tmp_path / "c.safetensors").write_bytes(b"\xff" * 20)
+    with pytest.raises(UserError, match="c.safetensors: --scale-input: not a safetensors scale"):
+        scales.read_metadata(tmp_path / "c.safetensors")
 
 
 def test_output_must_differ_from_model(tmp_path):
@@ -207,6 +274,12 @@ def test_defaults_are_the_schemas(tmp_path):
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["smoothquant", "--input", "m", "--output", "o"])
-    spec = _spec(tmp_path)
-    for key in ("smoothing_strength", "num_samples", "seq_length", "seed"):
+    scales_args = parser.parse_args(["scales", "--input", "m", "--output", "o", "--calib", "c"])
+    spec = _spec(tmp_path, smoothing_strength=0.5)
+    model = _model_dir(tmp_path)
+    sspec = ScalesSpec(model=model, output=tmp_path / "s.safetensors", calib=spec.calib)
+    for key in ("num_samples", "seq_length", "seed"):
         assert getattr(args, key) == getattr(spec, key) == default(f"quantize.{key}"), key
+    for key in ("smoothing_strength", "num_samples", "seq_length", "seed"):
+        want = default(f"quantize.{key}")
+        assert getattr(scales_args, key) == getattr(sspec, key) == want, key

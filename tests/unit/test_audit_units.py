@@ -82,6 +82,8 @@ def test_config_keys_of_arguments():
     assert R.config_key("lr", "train", out) == "train.sft.lr"
     assert R.config_key("output_len", "bench_static", []) == "bench.static.output_len"
     assert R.config_key("gate_mode", "bench_static", []) == "gates.mode"
+    scales = ["results/m/sft/quant/scales/smoothquant.safetensors"]
+    assert R.config_key("seq_length", "quantize_scales", scales) == "quantize.seq_length"
 
 
 def test_pins_met_by_local_builds_and_env_packages_read(tmp_path):

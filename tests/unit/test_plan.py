@@ -81,7 +81,7 @@ def test_supported_pair_passes_and_unsupported_scheme_differs_per_model(tmp_path
     cfg = filled(
         {
             "model": {"name": "qwen2.5-7b", "source": "hf", "path": hf_dir(tmp_path)},
-            "quantize": {"schemes": ["w4a16"]},
+            "quantize": {"schemes": ["w4a16-gptq"]},
         }
     )
     plan.check_plan(cfg, CATALOG, "c.yaml")

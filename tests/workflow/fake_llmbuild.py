@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".png", ".txt", ".html"}
+FILE_SUFFIXES = {".json", ".jsonl", ".csv", ".png", ".txt", ".html", ".safetensors"}
 
 
 def make(flag: str, value: str) -> None:
@@ -28,8 +28,25 @@ def make(flag: str, value: str) -> None:
         p.write_text(" ".join(sys.argv[1:]) + "\n")
 
 
-INPUT_FLAGS = ("--input", "--data", "--tokenizer", "--calib", "--hf-source", "--reference", "--hf")
-OUTPUT_FLAGS = ("--output", "--train-log", "--records", "--verdict", "--html")
+INPUT_FLAGS = (
+    "--input",
+    "--data",
+    "--tokenizer",
+    "--calib",
+    "--hf-source",
+    "--reference",
+    "--hf",
+    "--scale-input",
+)
+OUTPUT_FLAGS = (
+    "--output",
+    "--train-log",
+    "--records",
+    "--verdict",
+    "--html",
+    "--compare",
+    "--table",
+)
 
 
 def record(args: list[str], started: float) -> None:
@@ -70,6 +87,8 @@ def main() -> None:
             "--marker",
             "--verdict",
             "--html",
+            "--compare",
+            "--table",
         ):
             make(a, args[i + 1])
     if args[0] not in ("envs",):

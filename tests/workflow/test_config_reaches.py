@@ -27,13 +27,29 @@ pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from llmbuild.cli import build_parser  # noqa: E402
+from llmbuild.quantize.scales import FORMAT as SCALES_FORMAT  # noqa: E402
 
 BENCH = {"bench_static", "bench_dynamic"}
 CONSUMERS = {"eval_accuracy"} | BENCH
 PARITY = {"gate_parity_hf2mg", "gate_parity_mg2hf"}
 TOKENIZE = {"tokenize_pretrain", "tokenize_sft"}
+# two LoRA adapters: the context of the LoRA keys (none by default, so they reach nothing)
+LORA_CTX = {
+    "train": {
+        "lora": {
+            "adapters": [
+                {"name": "upper", "task": "uppercase"},
+                {"name": "rev", "task": "reverse"},
+            ]
+        }
+    }
+}
+LORA_SERVE = {"serve", "eval_lora", "bench_dynamic"}
 # the steps that read the base model's directory (the served base's benchmarks as tokenizer)
 BASE_HF = {"hf2mg", "gate_parity_hf2mg", "mg2hf", "dataset_generate", "serve"} | TOKENIZE | BENCH
+
+# w8a8 (smoothed from the scale file) beside a scheme that calibrates itself
+CALIBRATING = {"quantize": {"schemes": ["w8a8", "w4a16-gptq"]}}
 
 # key -> (new value, rules whose arguments change[, context overlay applied to both runs]).
 FLAGS: dict[str, tuple] = {
@@ -61,7 +77,7 @@ FLAGS: dict[str, tuple] = {
     "data.sft.seed": (1, {"synth_task"}),
     "data.seq_length": (32, TOKENIZE),
     "data.overlong": ("truncate", {"tokenize_sft"}),
-    "data.workers": (2, TOKENIZE),
+    "data.workers": (3, TOKENIZE),
     "data.eod_token": ("<|end|>", TOKENIZE),
     "train.nodes": (2, {"train"}, {"train": {"tp": 2}}),
     "train.tp": (2, {"hf2mg", "train"}),
@@ -73,10 +89,13 @@ FLAGS: dict[str, tuple] = {
         {"train": {"pretrain": {"micro_batch_size": 8}, "sft": {"micro_batch_size": 16}}},
     ),
     "train.save_interval": (10, {"train"}),
-    "quantize.smoothing_strength": (0.7, {"quantize"}),
-    "quantize.num_samples": (8, {"quantize"}),
-    "quantize.seq_length": (64, {"quantize"}),
-    "quantize.seed": (1, {"quantize"}),
+    # the strength shapes the scale file only (w8a8 reads it through the file's bytes); the
+    # calibration knobs reach the scale file and the schemes that calibrate themselves
+    "quantize.smoothing_strength": (0.7, {"quantize_scales"}),
+    "quantize.num_samples": (8, {"quantize_scales", "quantize"}, CALIBRATING),
+    "quantize.seq_length": (64, {"quantize_scales", "quantize"}, CALIBRATING),
+    "quantize.seed": (1, {"quantize_scales", "quantize"}, CALIBRATING),
+    "quantize.calib": ("in/sft.jsonl", {"quantize_scales", "quantize"}, CALIBRATING),
     "serve.max_num_seqs": (4, {"serve"}),
     "serve.max_model_len": (256, {"serve"}),
     "serve.max_num_batched_tokens": (1024, {"serve"}),
@@ -123,10 +142,10 @@ FLAGS: dict[str, tuple] = {
     "bench.dynamic.api": ("chat", {"bench_dynamic"}),
     "bench.dynamic.output_mode": ("natural", {"bench_dynamic"}),
     "bench.dynamic.speculative": (True, {"bench_dynamic"}),
-    "bench.dynamic.lora_mix": ("sft=1", {"bench_dynamic"}),
+    "bench.dynamic.lora_mix": ("upper=3,rev=1", {"bench_dynamic"}, LORA_CTX),
     "bench.dynamic.seed": (1, {"bench_dynamic"}),
-    "plot.slo_ttft_ms": (1000, {"plot_bench"} | BENCH),
-    "plot.slo_tpot_ms": (100, {"plot_bench"} | BENCH),
+    "plot.slo_ttft_ms": (1000, {"plot_bench", "plot_dynamic"} | BENCH),
+    "plot.slo_tpot_ms": (100, {"plot_bench", "plot_dynamic"} | BENCH),
     "plot.slo_e2el_ms": (5000, BENCH),
     "gates.mode": ("warn", BENCH),
     "gates.max_failed_fraction": (0.1, CONSUMERS),
@@ -136,7 +155,25 @@ FLAGS: dict[str, tuple] = {
     "gates.min_rate_fraction": (0.9, BENCH),
     "gates.max_lag_ms": (50, BENCH),
     "envs.python": ("python3.11", {"env"}),
+    "serve.max_loras": (1, {"serve"}, LORA_CTX),
+    "serve.max_lora_rank": (16, {"serve"}, LORA_CTX),
+    "train.lora.rank": (16, {"train_lora", "serve"}, LORA_CTX),
+    "train.lora.alpha": (32, {"train_lora"}, LORA_CTX),
+    "train.lora.dropout": (0.1, {"train_lora"}, LORA_CTX),
+    "train.lora.target_modules": (["linear_qkv", "linear_fc2"], {"train_lora"}, LORA_CTX),
+    "train.lora.iters": (50, {"train_lora", "gate_train_lora"}, LORA_CTX),
+    "train.lora.seq_length": (96, {"train_lora", "tokenize_lora"}, LORA_CTX),
 }
+for _key, _value in {
+    "lr": 0.003,
+    "min_lr": 0.00001,
+    "warmup_iters": 5,
+    "micro_batch_size": 8,
+    "global_batch_size": 64,
+    "weight_decay": 0.1,
+    "seed": 7,
+}.items():
+    FLAGS[f"train.lora.{_key}"] = (_value, {"train_lora"}, LORA_CTX)
 for _phase, _tok in (("pretrain", "tokenize_pretrain"), ("sft", "tokenize_sft")):
     for _key, _value in {
         "lr": 0.003,
@@ -180,15 +217,21 @@ STRUCTURE: dict[str, tuple] = {
     "data.pretrain.path": ("in/corpus.txt", {"tokenize_pretrain", "tiny_model"}, {"synth_corpus"}),
     "data.sft.path": (
         "in/sft2.jsonl",
-        {"tokenize_sft", "quantize"},
+        {"tokenize_sft", "quantize_scales"},
         set(),
         {"data": {"sft": {"path": "in/sft.jsonl", "heldout": "in/heldout.jsonl"}}},
     ),
     "data.sft.heldout": ("in/heldout.jsonl", {"eval_accuracy"}, {"synth_task"}),
     "data.dpo.path": ("in/pref.jsonl", {"tokenize_dpo"}, {"synth_task"}, DPO),
-    "quantize.schemes": ([], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
+    "quantize.schemes": ([], {"gate_summary", "plot_bench", "plot_dynamic", "eval_summary"}, "*"),
+    # another build's scale file: no scale job here, w8a8 folds that file in
+    "quantize.scale_input": ("in/scales.safetensors", {"quantize"}, {"quantize_scales"}),
     "serve.stack": ("serve-vllm", {"serve"}, {"env"}),
-    "eval.variants": (["sft"], {"gate_summary", "plot_bench", "eval_summary"}, "*"),
+    "eval.variants": (
+        ["sft"],
+        {"gate_summary", "plot_bench", "plot_dynamic", "eval_summary"},
+        "*",
+    ),
     "bench.dataset.type": (
         "sharegpt",
         {"bench_dynamic"},
@@ -203,6 +246,12 @@ STRUCTURE: dict[str, tuple] = {
         {"bench": {"dataset": {"type": "sharegpt", "path": "in/sharegpt.json"}}},
     ),
     "bench.dynamic.enabled": (False, {"gate_summary"}, "*"),
+    # a sweep adds its services, benchmarks and plots, and changes no other step
+    "sweeps": (
+        {"s": {"serve": {"a": {"max_num_seqs": 2}}, "bench": {"b": {"concurrency": [1]}}}},
+        set(),
+        {"serve_sweep", "bench_sweep", "plot_sweep"},
+    ),
     # external environments: no env jobs, and the device checks move to results/checks/
     "envs.mode": ("external", "*", {"env", "device_check"}),
     # a device adds its environment check (results/<model>/checks/<device>.json), which
@@ -215,6 +264,36 @@ STRUCTURE: dict[str, tuple] = {
         {"tokenize_pretrain", "train", "gate_train"},
     ),
     "serve.device": ("cuda", {"serve"}, {"device_check"}),
+    # adapters add their data, training, conversion, the LoRA service and its consumers, and
+    # the HF conversion of the phase they adapt (pretrain)
+    "train.lora.adapters": (
+        LORA_CTX["train"]["lora"]["adapters"],
+        {"eval_summary", "gate_summary"},
+        {
+            "synth_lora_task",
+            "tokenize_lora",
+            "train_lora",
+            "gate_train_lora",
+            "lora2hf",
+            "mg2hf",
+            "gate_parity_mg2hf",
+            "eval_lora",
+        }
+        | LORA_SERVE,
+    ),
+    # from sft: the adapters train on it, the service serves it (its HF conversion exists)
+    "train.lora.from": (
+        "sft",
+        {"train_lora", "lora2hf"} | LORA_SERVE,
+        {"mg2hf", "gate_parity_mg2hf"},
+        LORA_CTX,
+    ),
+    "train.lora.merge": (
+        True,
+        {"eval_summary", "gate_summary"},
+        {"lora2hf", "serve", "eval_lora"},
+        LORA_CTX,
+    ),
 }
 
 
@@ -267,6 +346,8 @@ def workdir(tmp_path_factory):
     for name in ("sharegpt.json", "sharegpt2.json"):
         (inputs / name).write_text("[]")
     (inputs / "template.jinja").write_text("{{ messages }}")
+    meta = json.dumps({"__metadata__": {"format": SCALES_FORMAT, "smoothing_strength": "0.5"}})
+    (inputs / "scales.safetensors").write_bytes(len(meta).to_bytes(8, "little") + meta.encode())
     return wd
 
 

@@ -104,6 +104,7 @@ def test_full_build_made_every_target(built):
         "results/tiny-llama/sft/quant/w8a8/content.txt",
         "results/tiny-llama/bench/sft-w8a8/dynamic.csv",
         "results/tiny-llama/bench/datasets/generated.jsonl",
+        "results/tiny-llama/plots/dynamic.png",
     ]:
         assert (built / rel).exists(), rel
     # every artifact gets its record (the eval summary is made by `llmbuild eval summary`)
@@ -125,6 +126,7 @@ def test_bench_setting_reruns_only_benchmarks_and_plots(built):
         "bench_static": 3,
         "bench_dynamic": 3,
         "plot_bench": 1,
+        "plot_dynamic": 1,
         "gate_summary": 1,
         "audit_page": 1,
         "all": 1,
@@ -143,6 +145,7 @@ def test_dynamic_bench_setting_reruns_only_benchmarks_and_plots(built):
         "bench_static": 3,
         "bench_dynamic": 3,
         "plot_bench": 1,
+        "plot_dynamic": 1,
         "gate_summary": 1,
         "audit_page": 1,
         "all": 1,
@@ -158,6 +161,7 @@ def test_bench_dataset_setting_regenerates_it_and_reruns_only_benchmarks(built):
         "bench_static": 3,
         "bench_dynamic": 3,
         "plot_bench": 1,
+        "plot_dynamic": 1,
         "gate_summary": 1,
         "audit_page": 1,
         "all": 1,
@@ -167,6 +171,7 @@ def test_bench_dataset_setting_regenerates_it_and_reruns_only_benchmarks(built):
 def test_smoothing_strength_reruns_only_the_quantized_branch(built):
     jobs = planned(built, change={"quantize": {"smoothing_strength": 0.7}})
     assert jobs == {
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 2,
         "eval_accuracy": 1,
@@ -174,6 +179,7 @@ def test_smoothing_strength_reruns_only_the_quantized_branch(built):
         "bench_dynamic": 1,
         "eval_summary": 1,
         "plot_bench": 1,
+        "plot_dynamic": 1,
         "gate_quant": 1,
         "gate_summary": 1,
         "audit_page": 1,
@@ -193,6 +199,7 @@ def test_training_data_reruns_tokenization_and_downstream_only(built):
         "gate_quant": 1,
         "gate_summary": 1,
         "audit_page": 1,
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 4,
         "eval_accuracy": 2,
@@ -200,6 +207,7 @@ def test_training_data_reruns_tokenization_and_downstream_only(built):
         "bench_dynamic": 2,
         "eval_summary": 1,
         "plot_bench": 1,
+        "plot_dynamic": 1,
         "plot_loss": 1,
         "all": 1,
     }
@@ -218,6 +226,7 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
         os.utime(spec, (0, 0))
     assert jobs == {
         "env": 1,
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 2,
         "eval_accuracy": 1,
@@ -225,6 +234,7 @@ def test_environment_spec_change_reruns_exactly_its_rules(built):
         "bench_dynamic": 1,
         "eval_summary": 1,
         "plot_bench": 1,
+        "plot_dynamic": 1,
         "gate_quant": 1,
         "gate_summary": 1,
         "audit_page": 1,
@@ -269,6 +279,7 @@ def test_uneven_pipeline_split_reconverts_and_trains_under_torchrun(built):
         "gate_quant": 1,
         "gate_summary": 1,
         "audit_page": 1,
+        "quantize_scales": 1,
         "quantize": 1,
         "serve": 4,
         "eval_accuracy": 2,
@@ -276,6 +287,7 @@ def test_uneven_pipeline_split_reconverts_and_trains_under_torchrun(built):
         "bench_dynamic": 2,
         "eval_summary": 1,
         "plot_bench": 1,
+        "plot_dynamic": 1,
         "plot_loss": 1,
         "all": 1,
     }

@@ -29,6 +29,7 @@ DETERMINISTIC = (
     "hf2mg",
     "train",
     "mg2hf",
+    "quantize_scales",
     "quantize",
     "dataset_generate",
 )
@@ -41,6 +42,10 @@ NOT_DETERMINISTIC = {
     "bench_static": "measured latencies and throughput",
     "bench_dynamic": "measured latencies and throughput",
     "plot_bench": "draws measured figures",
+    "plot_dynamic": "draws measured figures",
+    "serve_sweep": "a running service; its endpoint file names a port and a process",
+    "bench_sweep": "measured latencies and throughput",
+    "plot_sweep": "draws measured figures",
     "plot_loss": "the log it draws carries per-step wall times",
     "gate_summary": "tabulates verdicts that carry measured figures",
     "env": "pip resolves and installs; the frozen list is compared instead",

@@ -101,8 +101,13 @@ def config_key(arg: str, rule: str, outputs: list[str]) -> str | None:
     keys = [k for k in _schema_keys() if k.rsplit(".", 1)[-1] == arg]
     if len(keys) <= 1:
         return keys[0] if keys else None
+    section = rule.split("_")[0]
+    hit = [k for k in keys if k.split(".")[0] == section]
+    if len(hit) == 1:  # quantize_scales' --seq-length is quantize.seq_length, in any phase
+        return hit[0]
     text = " ".join(outputs)
-    for phase in ("pretrain", "sft", "dpo"):  # train.<phase>.x: the phase is in the output path
+    # train.<phase>.x: the phase is in the output path
+    for phase in ("pretrain", "sft", "dpo", "lora"):
         if f"/{phase}/" in text or f"/{phase}_" in text or f"shards/{phase}" in text:
             hit = [k for k in keys if f".{phase}." in k]
             if len(hit) == 1:

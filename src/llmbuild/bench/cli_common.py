@@ -248,12 +248,21 @@ def _exclusive(endpoint: Any) -> Any:
 
 
 def cell_line(prefix: str, row: dict) -> str:
+    server = []  # the server's counters (llmbuild.serve.counters), where it has them
+    rate = row.get("prefix_cache_hit_rate", float("nan"))
+    if rate == rate:
+        server.append(f"prefix cache hits {rate:.1%}")
+    rate = row.get("spec_acceptance_rate", float("nan"))
+    if rate == rate:
+        server.append(f"draft acceptance {rate:.1%}")
     return (
         f"{prefix}: {row['successes']}/{row['successes'] + row['failures']} ok, "
-        f"p90 TTFT {_fmt(row['p90_ttft_ms'])} ms, p90 TPOT {_fmt(row['p90_tpot_ms'])} ms, "
+        f"p50/p90 TTFT {_fmt(row['median_ttft_ms'])}/{_fmt(row['p90_ttft_ms'])} ms, "
+        f"p90 TPOT {_fmt(row['p90_tpot_ms'])} ms, "
         f"output {_fmt(row['output_throughput'])} tok/s, "
         f"sent at {_fmt(row['achieved_request_rate'])} req/s, "
         f"p99 client lag {row['p99_sched_lag_ms']:.2f} ms"
+        + "".join(f", {s}" for s in server)
         + (f", first error: {row['first_error'][:200]}" if row["failures"] else "")
     )
 

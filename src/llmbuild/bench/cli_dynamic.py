@@ -15,6 +15,7 @@ from llmbuild.schema import default
 def _dynamic(args: argparse.Namespace) -> int:
     from llmbuild.bench.dynamic import DynamicConfig, run_dynamic
     from llmbuild.progress import RateLog
+    from llmbuild.serve.counters import CellCounters
 
     started = time.time()
     cfg = DynamicConfig(
@@ -41,10 +42,14 @@ def _dynamic(args: argparse.Namespace) -> int:
             logs[rate] = RateLog(f"rate {rate:g}", total=total, unit="requests", stream=sys.stdout)
         logs[rate].update(n)
 
+    counters = CellCounters(endpoint.base_url)
+
     def on_cell(row: dict) -> None:
+        counters.add(row)
         print(common.cell_line(f"rate {row['request_rate']:g} req/s", row), flush=True)
 
     def run(frec) -> list[dict]:
+        counters.start()
         name = Path(args.data).name
         return run_dynamic(
             endpoint, cfg, entries, name, slo, args.request_timeout, frec, on_request, on_cell

@@ -15,6 +15,7 @@ def _static(args: argparse.Namespace) -> int:
     from llmbuild.bench.prompts import PromptMaker, load_tokenizer
     from llmbuild.bench.static import StaticConfig, run_static
     from llmbuild.progress import RateLog
+    from llmbuild.serve.counters import CellCounters
 
     started = time.time()
     cfg = StaticConfig(
@@ -45,11 +46,15 @@ def _static(args: argparse.Namespace) -> int:
             )
         logs[cell].update(n)
 
+    counters = CellCounters(endpoint.base_url)
+
     def on_cell(row: dict) -> None:
+        counters.add(row)
         prefix = f"c={row['concurrency']} in={row['input_len']} out={row['output_len']}"
         print(common.cell_line(prefix, row), flush=True)
 
     def run(frec) -> list[dict]:
+        counters.start()
         return run_static(
             endpoint, cfg, maker, slo, args.request_timeout, frec, on_request, on_cell
         )

@@ -16,6 +16,7 @@ delay the ones after it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import time
@@ -26,7 +27,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from llmbuild.bench.client import Endpoint, make_session, stream_completion
+from llmbuild.bench.client import Endpoint, Request, open_pool, prepare
 from llmbuild.bench.datasets import Entry, assign_prompts
 from llmbuild.bench.metrics import SLO, VALIDITY_COLUMNS, compute_metrics, validity
 from llmbuild.bench.records import RequestRecord, RequestSpec
@@ -126,42 +127,79 @@ async def run_schedule(
     on_done: Callable[[int], None] | None = None,
 ) -> tuple[list[RequestRecord], float]:
     """Send ``specs[i]`` at ``arrivals[i]`` s after the start; records in spec order and the
-    cell's wall time (start to the last answer)."""
+    cell's wall time (start to the last answer).
+
+    Every request's bytes are made before the clock starts. The pacer sleeps until the next
+    due time, then sends everything due, itself, on an idle connection (a request's task only
+    waits for its answer); late requests are sent at once and their lateness recorded
+    (``sched_lag``), never skipped. With ``max_concurrency`` a request also waits for a free
+    slot (``queue_wait``), then its task sends it."""
     if len(specs) != len(arrivals):
         raise UserError("one arrival time per request", field="arrivals")
+    workload = workload or Workload()
+    api, speculative = workload.api, workload.speculative
     records: list[RequestRecord | None] = [None] * len(specs)
     sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     done = 0
-    async with make_session(max_concurrency or 0, timeout_s) as session:
-        t0 = time.perf_counter()
+    async with open_pool(endpoint, timeout_s) as pool:
+        reqs = [
+            Request(pool, prepare(pool, endpoint, spec, workload), spec, endpoint) for spec in specs
+        ]
+        dues = [float(at) for at in arrivals]
+        t0 = 0.0
 
-        async def one(i: int) -> None:
+        def finish(i: int, rec: RequestRecord, released: float) -> None:
             nonlocal done
-            due = float(arrivals[i])
-            released = due
-            if sem is not None:
-                await sem.acquire()
-                released = max(due, time.perf_counter() - t0)
-            try:
-                rec = await stream_completion(session, endpoint, specs[i], t0, workload)
-            finally:
-                if sem is not None:
-                    sem.release()
-            rec.scheduled_time = due
-            rec.queue_wait = released - due
+            rec.scheduled_time = dues[i]
+            rec.queue_wait = released - dues[i]
             rec.sched_lag = rec.start_time - released
             records[i] = rec
             done += 1
             if on_done is not None:
                 on_done(done)
 
+        async def answer(i: int) -> None:
+            finish(i, await reqs[i].result(), dues[i])
+
+        def answered(i: int, _: object) -> None:
+            finish(i, reqs[i].rec, dues[i])
+            if done == len(dues):
+                all_done.set_result(None)
+
+        async def limited(i: int) -> None:
+            assert sem is not None
+            async with sem:
+                released = max(dues[i], time.perf_counter() - t0)
+                reqs[i].send(t0, api, speculative)
+                rec = await reqs[i].result()
+            finish(i, rec, released)
+
         tasks = []
-        for i, at in enumerate(arrivals):
-            delay = t0 + float(at) - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
+        all_done = asyncio.get_running_loop().create_future()
+        written = 0  # requests the pacer wrote itself, settled by a callback
+        clock = time.perf_counter
+        # What exists now is never garbage during the cell: keep the collector's full passes
+        # from walking it (pauses that would show as scheduling lag).
+        gc.collect()
+        gc.freeze()
+        try:
+            t0 = clock()
+            for i, due in enumerate(dues):
+                delay = t0 + due - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if sem is not None:
+                    tasks.append(asyncio.create_task(limited(i)))
+                elif reqs[i].send(t0, api, speculative):
+                    written += 1
+                    reqs[i].response.done.add_done_callback(partial(answered, i))  # type: ignore[union-attr]
+                else:  # no idle connection: a task opens one
+                    tasks.append(asyncio.create_task(answer(i)))
+            await asyncio.gather(*tasks)
+            if written and done < len(dues):
+                await all_done
+        finally:
+            gc.unfreeze()
         duration = time.perf_counter() - t0
     return records, duration  # type: ignore[return-value]
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from llmbuild.bench.client import Endpoint, make_session, run_concurrent, stream_completion
+from llmbuild.bench.client import Endpoint, open_pool, run_concurrent, stream_completion
 from llmbuild.bench.metrics import SLO, VALIDITY_COLUMNS, compute_metrics, validity
 from llmbuild.bench.prompts import PromptMaker
 from llmbuild.bench.records import RequestRecord, RequestSpec
@@ -173,7 +173,7 @@ async def run_cell(
     A round's requests are all due when it starts: each one's scheduling lag is how long
     after the round's start the client actually sent it."""
     records: list[RequestRecord] = []
-    async with make_session(concurrency, timeout_s) as session:
+    async with open_pool(endpoint, timeout_s) as session:
         t0 = time.perf_counter()
         for specs in rounds:
             base = len(records)

@@ -1,15 +1,14 @@
-"""Batched encoding: many documents per call into the fast tokenizer's Rust ``encode_batch``.
+"""Batched encoding: many documents per call, in worker processes, ids back as numpy blocks.
 
 Megatron-LM's preprocess_data.py (and data/handlers.py's per-document path) calls the
-tokenizer once per document and pickles every id back as a Python list. Here:
-
-- pretraining text (``id_blocks``): batches of about ``BATCH_CHARS`` characters go to
-  ``workers`` single-threaded processes that hold only the backend tokenizer and send back one
-  numpy block of ids per batch; the caller reads the input and writes the blocks, with at most
-  two batches per worker in flight, so memory stays a few batches however large the input;
-- conversations (``Background`` + ``encoded``): rendering the chat template is Python, so it
-  runs in a thread while ``encode_batch`` (which releases the GIL) spreads each batch over
-  ``workers`` Rust threads in another, and the caller computes the labels.
+tokenizer once per document and pickles every id back as a Python list. Here batches of about
+``BATCH_CHARS`` characters go to ``workers`` single-threaded processes (``id_blocks``), each
+holding only what encodes (``TiktokenBlocks``: tiktoken's engine under a plan that provably
+gives the tokenizer's ids, data/fastbpe.py; else ``HFBlocks``: the fast tokenizer's Rust
+``encode_batch``; for conversations tokenize.SFTBlocks, which also renders the chat template
+and labels), and send back one block per batch. The caller reads the input and writes the
+blocks, with at most two batches per worker in flight, so memory stays a few batches however
+large the input.
 
 The ids are exactly those of ``tok(text)``: the backend is the tokenizer's own, with no
 truncation or padding, and ``fast_backend`` refuses a tokenizer whose backend disagrees with it
@@ -20,8 +19,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +30,6 @@ import numpy as np
 T = TypeVar("T")
 BATCH_CHARS = 1 << 20  # characters of text per encode_batch call
 BATCH_DOCS = 4096  # and at most this many documents
-DEPTH = 2  # batches waiting between two stages
 PROBES = ("Hello world", " leading space", "a\n\nb\tc  ", "Zahl 12345, ünïcödé ✓ 日本語", "")
 
 
@@ -80,88 +76,6 @@ def batches(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
         yield batch
 
 
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_END = object()
-
-
-class Background:
-    """Iterate ``source`` in a thread, at most ``depth`` items ahead of the consumer.
-
-    An exception in the thread is raised in the consumer; closing the consumer (or leaving a
-    ``with`` block) stops the thread.
-    """
-
-    def __init__(self, source: Iterable[T], depth: int = DEPTH) -> None:
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(source,), daemon=True)
-        self.thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, source: Iterable[Any]) -> None:
-        try:
-            for item in source:
-                if not self._put(item):
-                    return
-        except BaseException as exc:  # handed to the consumer
-            self._put(_Failed(exc))
-            return
-        self._put(_END)
-
-    def __iter__(self) -> Iterator[Any]:
-        try:
-            while True:
-                try:
-                    item = self.q.get(timeout=0.1)
-                except queue.Empty:
-                    if self.stop.is_set():  # closed (by a consumer that gave up)
-                        return
-                    continue
-                if item is _END:
-                    return
-                if isinstance(item, _Failed):
-                    raise item.exc
-                yield item
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.stop.set()
-
-    def __enter__(self) -> Background:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def encoded(
-    backend: Any,
-    groups: Iterable[list[T]],
-    add_special_tokens: bool,
-    offsets: bool,
-    text: Callable[[T], str] | None = None,
-) -> Iterator[tuple[list[T], list[Any]]]:
-    """(group, the encodings of its texts) per group; ``text`` picks an item's text (default:
-    the item); ``offsets=False`` skips computing character offsets."""
-    encode = backend.encode_batch if offsets else backend.encode_batch_fast
-    for group in groups:
-        texts = group if text is None else [text(item) for item in group]
-        yield group, encode(texts, add_special_tokens=add_special_tokens)
-
-
 def ids_block(
     backend: Any, texts: list[str], add_special_tokens: bool, eod: int, dtype: Any
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -175,47 +89,81 @@ def ids_block(
     return np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
 
 
+class HFBlocks:
+    """Builds ``ids_block`` over the backend tokenizer (picklable: the tokenizer as JSON)."""
+
+    engine = "tokenizers"
+
+    def __init__(self, backend_json: str, add_special_tokens: bool, eod: int, dtype: Any):
+        self.backend_json, self.special = backend_json, add_special_tokens
+        self.eod, self.dtype = eod, np.dtype(dtype).str
+
+    def build(self) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(self.backend_json)
+        dtype = np.dtype(self.dtype)
+        return lambda texts: ids_block(backend, texts, self.special, self.eod, dtype)
+
+
+class TiktokenBlocks:
+    """Builds the same blocks with tiktoken's engine under a proven plan (data/fastbpe.py)."""
+
+    engine = "tiktoken"
+
+    def __init__(self, plan: Any, eod: int, dtype: Any):
+        self.plan, self.eod, self.dtype = plan, eod, np.dtype(dtype).str
+
+    def build(self) -> Callable[[list[str]], tuple[np.ndarray, np.ndarray]]:
+        from llmbuild.data.fastbpe import Encoder
+
+        encoder = Encoder(self.plan)
+        eod, dtype = self.eod, np.dtype(self.dtype)
+        eod_block = np.asarray([eod], dtype=np.int64)
+
+        def block(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            parts: list[np.ndarray] = []
+            lengths = np.empty(len(texts), dtype=np.int64)
+            for k, text in enumerate(texts):
+                ids = encoder.encode(text)
+                n = ids.size
+                parts.append(ids)
+                if n == 0 or ids[-1] != eod:
+                    parts.append(eod_block)
+                    n += 1
+                lengths[k] = n
+            return np.concatenate(parts).astype(dtype, copy=False), lengths
+
+        return block
+
+
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(tokenizer_json: str, add_special_tokens: bool, eod: int, dtype: str) -> None:
+def _init_worker(blocks: Any) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker process
-    from tokenizers import Tokenizer
-
-    _WORKER.update(
-        backend=Tokenizer.from_str(tokenizer_json),
-        special=add_special_tokens,
-        eod=eod,
-        dtype=np.dtype(dtype),
-    )
+    _WORKER["block"] = blocks.build()
 
 
-def _worker_block(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    w = _WORKER
-    return ids_block(w["backend"], texts, w["special"], w["eod"], w["dtype"])
+def _worker_block(batch: list[Any]) -> Any:
+    return _WORKER["block"](batch)
 
 
-def id_blocks(
-    backend: Any,
-    text_batches: Iterable[list[str]],
-    add_special_tokens: bool,
-    eod: int,
-    dtype: Any,
-    workers: int,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``ids_block`` of each batch, in order. With several workers the batches go to that
-    many single-threaded processes (spawned; each holds only the backend tokenizer, so they
-    start in a fraction of a second), at most two each in flight; the GIL is never shared."""
+def id_blocks(blocks: Any, batches: Iterable[list[Any]], workers: int) -> Iterator[Any]:
+    """``blocks.build()``'s function of each batch, in order (HFBlocks, TiktokenBlocks:
+    ids concatenated and lengths; tokenize.SFTBlocks: ids and labels per conversation). With
+    several workers the batches go to that many single-threaded processes (spawned; each
+    builds its own function), at most two each in flight; the GIL is never shared."""
     if workers <= 1:
-        for texts in text_batches:
-            yield ids_block(backend, texts, add_special_tokens, eod, dtype)
+        block = blocks.build()
+        for batch in batches:
+            yield block(batch)
         return
-    args = (backend.to_str(), add_special_tokens, eod, np.dtype(dtype).str)
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=args) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(blocks,)) as pool:
         pending: deque[Any] = deque()
-        for texts in text_batches:
-            pending.append(pool.apply_async(_worker_block, (texts,)))
+        for batch in batches:
+            pending.append(pool.apply_async(_worker_block, (batch,)))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:

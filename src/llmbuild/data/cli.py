@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,13 +52,30 @@ def _synth_task(args: argparse.Namespace) -> int:
     return 0
 
 
+# Below this much input, text is encoded in this process: worker processes would take longer
+# to start than the work takes (the output is the same either way).
+SMALL_INPUT = 4 << 20
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """--workers, else the CPUs this process may use; one for a small input."""
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"must be >= 1, got {args.workers}", field="--workers")
+    workers = args.workers or len(os.sched_getaffinity(0))
+    path = Path(args.input)
+    if path.is_file() and path.stat().st_size < SMALL_INPUT:
+        return 1
+    return workers
+
+
 def _tokenize(args: argparse.Namespace) -> int:
     from llmbuild.data import batched, formats
     from llmbuild.data import tokenize as tk
     from llmbuild.data.specials import load_tokenizer, resolve_special_tokens
 
     started = time.time()
-    batched.set_threads(args.workers)  # before the tokenizer first runs
+    workers = _workers(args)
+    batched.set_threads(workers)  # before the tokenizer first runs
     if args.seq_length < 8:
         raise UserError("must be >= 8", field="--seq-length")
     if not (Path(args.tokenizer) / "tokenizer.json").is_file():
@@ -73,7 +91,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     tally = formats.Tally()
     with atomic_dir(args.output) as tmp:
         progress = lambda docs, toks: rate.update(docs, toks, tally.fraction)  # noqa: E731
-        common = dict(workers=args.workers, progress=progress, specials=specials, tok=tok)
+        common = dict(workers=workers, progress=progress, specials=specials, tok=tok)
         if args.kind == "pretrain":
             docs = formats.read_pretrain(args.input, args.text_key, tally)
             stats = tk.tokenize_pretrain(docs, args.tokenizer, tmp, args.seq_length, **common)
@@ -107,6 +125,8 @@ def _tokenize(args: argparse.Namespace) -> int:
                     "data.overlong: truncate"
                 )
             raise UserError(f"no usable documents: {why}", path=args.input)
+        if stats.engine:
+            print(f"{what}: encoded with {stats.engine}", file=sys.stderr, flush=True)
         done = rate.line(stats.documents, stats.tokens, tally.fraction)
         print(f"{what}: {done}", file=sys.stderr, flush=True)
         tk.write_meta(tmp, stats, args.tokenizer, args.seq_length, specials=specials, tok=tok)
@@ -176,7 +196,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overlong", default=default("data.overlong"), help="sft: drop, truncate or error"
     )
-    p.add_argument("--workers", type=int, default=default("data.workers"))
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default("data.workers"),
+        help="processes that encode; default: the CPUs this process may use; an input "
+        "under 4 MB is encoded in this one",
+    )
     p.add_argument(
         "--eod-token",
         default=default("data.eod_token"),

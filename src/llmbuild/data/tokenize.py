@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from llmbuild.data import batched
+from llmbuild.data import batched, fastbpe
 from llmbuild.data.handlers import IGNORE_INDEX, Encoder, encode_stream, span_labels
 from llmbuild.data.shards import ShardWriter, optimal_dtype
 from llmbuild.data.specials import SpecialTokens, load_tokenizer, resolve_special_tokens
@@ -41,6 +41,7 @@ class TokenizeStats:
     max_length: int = 0
     lengths: list[int] = field(default_factory=list, repr=False)
     bos_documents: int = 0  # documents whose first id is the BOS id
+    engine: str = ""  # what encoded the text, and why (not in meta.json: the bytes are equal)
 
     def as_dict(self, seq_length: int) -> dict[str, Any]:
         n = max(self.documents + self.dropped, 1)
@@ -76,22 +77,44 @@ def _per_document(
     return batched.batches(stream, lambda _: 256)
 
 
+def pretrain_engine(
+    tok: Any, eod: int, dtype: Any, samples: Iterable[str] = ()
+) -> tuple[batched.HFBlocks | batched.TiktokenBlocks | None, str]:
+    """How pretraining text is encoded, and why: tiktoken's engine where it provably gives
+    the tokenizer's ids (data/fastbpe.py), else the fast tokenizer's Rust backend, else
+    (None) the per-document path."""
+    samples = list(samples)
+    backend = batched.fast_backend(tok, add_special_tokens=True, samples=samples)
+    if backend is None:
+        return None, "per document: the tokenizer has no fast backend that encodes alike"
+    plan, why = fastbpe.plan_for(tok, backend, add_special_tokens=True, samples=samples)
+    if plan is not None:
+        return batched.TiktokenBlocks(plan, eod, dtype), f"tiktoken ({plan.name} split, exact)"
+    return batched.HFBlocks(backend.to_str(), True, eod, dtype), f"tokenizers: {why}"
+
+
 def _pretrain_blocks(
-    docs: Iterable[str], tokenizer_dir: str, tok: Any, eod: int, workers: int, dtype: Any
+    docs: Iterable[str],
+    tokenizer_dir: str,
+    tok: Any,
+    eod: int,
+    workers: int,
+    dtype: Any,
+    stats: TokenizeStats,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids concatenated, lengths) per batch of documents: each document's ids with the
     tokenizer's own special tokens, then the EOD unless the post-processor appended it (as
     handlers.Encoder.pretrain)."""
     docs = iter(docs)
     head = list(islice(docs, 4))
-    backend = batched.fast_backend(tok, add_special_tokens=True, samples=head)
+    blocks, stats.engine = pretrain_engine(tok, eod, dtype, head)
     docs = chain(head, docs)
-    if backend is None:
+    if blocks is None:
         for lists in _per_document(Encoder.pretrain, docs, tokenizer_dir, workers, eod, tok):
             lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
             yield np.fromiter(chain.from_iterable(lists), dtype, int(lengths.sum())), lengths
         return
-    yield from batched.id_blocks(backend, batched.batches(docs, len), True, eod, dtype, workers)
+    yield from batched.id_blocks(blocks, batched.batches(docs, len), workers)
 
 
 def tokenize_pretrain(
@@ -111,7 +134,8 @@ def tokenize_pretrain(
     writer = ShardWriter(out_dir / PRETRAIN_PREFIX, optimal_dtype(specials.vocab_size))
     eod, bos = specials.eod_id, specials.bos_id
     try:
-        for flat, lengths in _pretrain_blocks(docs, tokenizer_dir, tok, eod, workers, writer.dtype):
+        blocks = _pretrain_blocks(docs, tokenizer_dir, tok, eod, workers, writer.dtype, stats)
+        for flat, lengths in blocks:
             writer.add_flat(flat, lengths)
             if bos is not None:
                 starts = np.cumsum(lengths) - lengths
@@ -130,31 +154,83 @@ def tokenize_pretrain(
     return stats
 
 
+class SFTBlocks:
+    """Conversations -> (ids, labels) of each, where a worker process can do it all: the chat
+    template rendered (handlers.Encoder.render_spans), the text encoded by tiktoken under a
+    proven plan (each token's start from the byte lengths of those before it) or by the
+    tokenizer's backend with offsets, the labels where a token starts inside an assistant
+    span (handlers.span_labels). Picklable: the tokenizer is loaded again in a worker."""
+
+    def __init__(
+        self, tokenizer_dir: str, eod: int, plan: Any, backend_json: str, tok: Any = None
+    ) -> None:
+        self.tokenizer_dir, self.eod, self.plan = tokenizer_dir, eod, plan
+        self.backend_json, self.tok = backend_json, tok
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "tok": None}
+
+    def build(self) -> Callable[[list[Any]], list[tuple[np.ndarray, np.ndarray]]]:
+        from tokenizers import Tokenizer
+
+        Encoder.init(self.tokenizer_dir, self.eod, self.tok)
+        bos = Encoder.tokenizer.bos_token_id
+        backend = Tokenizer.from_str(self.backend_json)
+        fast = fastbpe.Encoder(self.plan) if self.plan is not None else None
+
+        def labelled(text: str, spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+            ranks = fast.ranks(text) if fast is not None else None
+            if ranks is None:
+                enc = backend.encode(text, add_special_tokens=False)
+                ids = np.asarray(enc.ids, dtype=np.int64)
+                return ids, span_labels(ids, enc.offsets, spans)
+            assert fast is not None
+            ids = fast.plan.ids[ranks]
+            starts = fastbpe.starts_in_bytes(fast, ranks)
+            trained = np.zeros(len(ids), dtype=bool)
+            for s, e in fastbpe.byte_spans(text, spans):
+                trained |= (starts >= s) & (starts < e)
+            return ids, np.where(trained, ids, IGNORE_INDEX)
+
+        def block(convs: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+            out = []
+            for conv in convs:
+                ids, labels = labelled(*Encoder.render_spans(conv))
+                while bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
+                    ids, labels = ids[1:], labels[1:]  # a template that writes BOS twice
+                out.append((ids, labels))
+            return out
+
+        return block
+
+
+def _conv_chars(conv: list[dict[str, str]]) -> int:
+    return sum(len(m.get("content") or "") for m in conv)
+
+
 def _sft_batches(
-    convs: Iterable[list[dict[str, str]]], tokenizer_dir: str, tok: Any, eod: int, workers: int
+    convs: Iterable[list[dict[str, str]]],
+    tokenizer_dir: str,
+    tok: Any,
+    eod: int,
+    workers: int,
+    stats: TokenizeStats | None = None,
 ) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
-    """Conversations -> (ids, labels) as handlers.Encoder.conversation makes them."""
+    """Conversations -> (ids, labels) as handlers.Encoder.conversation makes them, in
+    ``workers`` processes (SFTBlocks) when the tokenizer has a fast backend."""
     Encoder.init(tokenizer_dir, eod, tok)
     backend = batched.fast_backend(tok, add_special_tokens=False)
     if backend is None:
+        if stats is not None:
+            stats.engine = "per document: the tokenizer has no fast backend that encodes alike"
         for block in _per_document(Encoder.conversation, convs, tokenizer_dir, workers, eod, tok):
             yield [(np.asarray(ids), np.asarray(labels)) for ids, labels in block]
         return
-    batched.set_threads(workers)
-    bos = tok.bos_token_id
-    rendered = map(Encoder.render_spans, convs)
-    with batched.Background(batched.batches(rendered, lambda r: len(r[0]))) as groups:
-        encoding = batched.encoded(backend, groups, False, offsets=True, text=lambda r: r[0])
-        with batched.Background(encoding) as encs:
-            for group, encodings in encs:
-                block = []
-                for (_, spans), enc in zip(group, encodings, strict=True):
-                    ids = np.asarray(enc.ids, dtype=np.int64)
-                    labels = span_labels(ids, enc.offsets, spans)
-                    while bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
-                        ids, labels = ids[1:], labels[1:]  # a template that writes BOS twice
-                    block.append((ids, labels))
-                yield block
+    plan, why = fastbpe.plan_for(tok, backend, add_special_tokens=False, offsets=True)
+    if stats is not None:
+        stats.engine = f"tiktoken ({plan.name} split, exact)" if plan else f"tokenizers: {why}"
+    blocks = SFTBlocks(tokenizer_dir, eod, plan, backend.to_str(), tok)
+    yield from batched.id_blocks(blocks, batched.batches(convs, _conv_chars), workers)
 
 
 def tokenize_instructions(
@@ -181,7 +257,7 @@ def tokenize_instructions(
     lab_w = ShardWriter(out_dir / SFT_PREFIXES["labels"], np.int32)
     n = -1
     try:
-        for block in _sft_batches(convs, tokenizer_dir, tok, specials.eod_id, workers):
+        for block in _sft_batches(convs, tokenizer_dir, tok, specials.eod_id, workers, stats):
             keep_ids, keep_labels = [], []
             for ids, labels in block:
                 n += 1

@@ -109,8 +109,18 @@ def _accuracy(args: argparse.Namespace) -> int:
 SUMMARY_FIELDS = ("accuracy", "n", "correct", "failed_requests", "model", "served_dtype")
 
 
+def result_name(path: str | Path) -> str:
+    """A result's row in the summary: its directory below ``eval/`` (``sft``;
+    ``lora/upper/adapter`` for an adapter through the LoRA service), else the directory's name."""
+    parts = Path(path).parent.parts
+    if "eval" in parts[:-1]:
+        at = len(parts) - 1 - parts[::-1].index("eval")
+        return "/".join(parts[at + 1 :])
+    return parts[-1]
+
+
 def _summary(args: argparse.Namespace) -> int:
-    """One row per variant (the result file's directory name) of the accuracy results."""
+    """One row per variant (the result file's directory below eval/) of the accuracy results."""
     from llmbuild.atomic import atomic_file
 
     started = time.time()
@@ -120,7 +130,7 @@ def _summary(args: argparse.Namespace) -> int:
             rec = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: not an accuracy result ({exc})") from None
-        rows[Path(path).parent.name] = {k: rec.get(k) for k in SUMMARY_FIELDS}
+        rows[result_name(path)] = {k: rec.get(k) for k in SUMMARY_FIELDS}
     with atomic_file(args.output) as fh:
         json.dump(rows, fh, indent=2)
         fh.write("\n")

@@ -48,6 +48,27 @@ class SmoothingScales:
         return save(tensors, metadata=meta)
 
 
+def read_metadata(path: str | Path, *, field: str = "--scale-input") -> dict[str, str]:
+    """A scale file's metadata from its safetensors header, without torch (for planning)."""
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                raise ValueError(f"header length {size}")
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"not a safetensors scale file ({exc})", path=path, field=field) from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise UserError(
+            f"format {got!r}, expected {FORMAT!r}; make it with `llmbuild quantize scales`",
+            path=path,
+            field=field,
+        )
+    return {str(k): str(v) for k, v in meta.items()}
+
+
 def load(path: Path) -> SmoothingScales:
     from safetensors import safe_open
 

@@ -8,19 +8,9 @@ from pathlib import Path
 
 from llmbuild import hfdir
 from llmbuild.errors import UserError
+from llmbuild.quantize.schemes import Scheme, get
 from llmbuild.schema import default
 
-# scheme -> (compressed-tensors preset, needs activation calibration, weight bits)
-SCHEMES: dict[str, tuple[str, bool, int]] = {
-    "W8A8": ("W8A8", True, 8),  # int8 per-channel weights, int8 per-token dynamic activations
-    "W8A16": ("W8A16", False, 8),  # int8 per-channel weights, activations unquantized
-    "W4A16": ("W4A16", False, 4),  # int4 group-128 weights, activations unquantized
-}
-NOT_YET = {
-    "KV-INT8": "KV-cache int8 is not implemented yet",
-    "KV_CACHE_INT8": "KV-cache int8 is not implemented yet",
-}
-ALGORITHMS = ("rtn", "gptq")
 # Files the quantized directory must carry besides its weights (the seeds' warning).
 REQUIRED_OUTPUT = (
     "config.json",
@@ -29,19 +19,6 @@ REQUIRED_OUTPUT = (
     "tokenizer_config.json",
     "special_tokens_map.json",
 )
-
-
-def check_scheme(scheme: str) -> str:
-    key = scheme.upper()
-    if key in NOT_YET:
-        raise UserError(
-            f"{scheme!r}: {NOT_YET[key]}; use one of {', '.join(SCHEMES)}", field="--scheme"
-        )
-    if key not in SCHEMES:
-        raise UserError(
-            f"unsupported scheme {scheme!r}; use one of {', '.join(SCHEMES)}", field="--scheme"
-        )
-    return key
 
 
 def check_model_dir(model: Path) -> None:
@@ -63,17 +40,50 @@ def _schema(key: str):
     return field(default_factory=functools.partial(default, f"quantize.{key}"))
 
 
+def check_strength(s: float | None) -> None:
+    if s is not None and not (0.0 < s < 1.0):
+        raise UserError(
+            f"{s} is outside (0, 1); 0.5 is the recommended start", field="--smoothing-strength"
+        )
+
+
+def _check_calibration(calib: Path | None, num_samples: int, seq_length: int, needed: bool):
+    if num_samples < 1:
+        raise UserError(f"{num_samples} must be >= 1", field="--num-samples")
+    if seq_length < 8:
+        raise UserError(f"{seq_length} must be >= 8", field="--seq-length")
+    if calib is None and needed:
+        raise UserError(
+            'a calibration file is required (JSONL of Alpaca records or {"text": ...})',
+            field="--calib",
+        )
+    if calib is not None and not Path(calib).is_file():
+        raise UserError("calibration file not found", path=calib, field="--calib")
+
+
+def _check_output(model: Path, output: Path) -> None:
+    if Path(output).resolve() == Path(model).resolve():
+        raise UserError(
+            "output would overwrite the input model; choose another directory",
+            path=output,
+            field="--output",
+        )
+
+
 @dataclass(frozen=True)
 class QuantSpec:
-    """One quantization run. ``smoothing_strength`` None means no SmoothQuant; the defaults a
-    config key sets are the schema's."""
+    """One quantization run of one scheme (llmbuild.quantize.schemes).
+
+    Smoothing (w8a8 only) comes from ``scale_input`` (a file `llmbuild quantize scales`
+    made) or is computed here with ``smoothing_strength`` (and written to ``scale_output``
+    when given); a scheme without smoothing refuses both. The defaults a config key sets are
+    the schema's."""
 
     model: Path
     output: Path
-    scheme: str = "W8A8"
+    scheme: str = "w8a8"
     calib: Path | None = None
-    smoothing_strength: float | None = _schema("smoothing_strength")
-    algorithm: str = "rtn"
+    smoothing_strength: float | None = None
     num_samples: int = _schema("num_samples")
     seq_length: int = _schema("seq_length")
     seed: int = _schema("seed")
@@ -82,55 +92,78 @@ class QuantSpec:
     dampening_frac: float = 0.01
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scheme", check_scheme(self.scheme))
-        s = self.smoothing_strength
-        if s is not None and not (0.0 < s < 1.0):
-            raise UserError(
-                f"{s} is outside (0, 1); 0.5 is the recommended start", field="--smoothing-strength"
+        s = get(self.scheme)
+        object.__setattr__(self, "scheme", s.name)
+        check_strength(self.smoothing_strength)
+        smooth_args = [
+            flag
+            for flag, v in (
+                ("--scale-input", self.scale_input),
+                ("--scale-output", self.scale_output),
+                ("--smoothing-strength", self.smoothing_strength),
             )
-        if self.algorithm not in ALGORITHMS:
+            if v is not None
+        ]
+        if not s.smoothing and smooth_args:
+            kind = "weight-only" if s.weight_only else "a KV-cache scheme"
             raise UserError(
-                f"unknown algorithm {self.algorithm!r}; use one of {', '.join(ALGORITHMS)}",
-                field="--algorithm",
+                f"{s.name} is {kind} and gets no SmoothQuant smoothing; drop "
+                f"{' and '.join(smooth_args)}",
+                field=smooth_args[0],
             )
-        if self.num_samples < 1:
-            raise UserError(f"{self.num_samples} must be >= 1", field="--num-samples")
-        if self.seq_length < 8:
-            raise UserError(f"{self.seq_length} must be >= 8", field="--seq-length")
-        if not (0.0 <= self.dampening_frac < 1.0):
-            raise UserError(f"{self.dampening_frac} must be in [0, 1)", field="--dampening-frac")
-        if self.smoothing_strength is None and (self.scale_input or self.scale_output):
+        if s.smoothing and self.scale_input is None and self.smoothing_strength is None:
             raise UserError(
-                "smoothing scales need SmoothQuant", field="--scale-input/--scale-output"
+                f"{s.name} needs SmoothQuant scales: pass --scale-input FILE (made by "
+                "`llmbuild quantize scales`) or --smoothing-strength to compute them here",
+                field="--scale-input",
             )
         if self.scale_input is not None and not Path(self.scale_input).is_file():
             raise UserError(
-                "scale file not found; make it with --scale-output first",
+                "scale file not found; make it with `llmbuild quantize scales` first",
                 path=self.scale_input,
                 field="--scale-input",
             )
-        if self.calib is None and self.needs_calibration:
+        if self.scale_input is not None and self.scale_output is not None:
             raise UserError(
-                'a calibration file is required (JSONL of Alpaca records or {"text": ...})',
-                field="--calib",
+                "scales read from --scale-input are not written again; drop --scale-output",
+                field="--scale-output",
             )
-        if self.calib is not None and not Path(self.calib).is_file():
-            raise UserError("calibration file not found", path=self.calib, field="--calib")
-        if Path(self.output).resolve() == Path(self.model).resolve():
-            raise UserError(
-                "output would overwrite the input model; choose another directory",
-                path=self.output,
-                field="--output",
-            )
+        if not (0.0 <= self.dampening_frac < 1.0):
+            raise UserError(f"{self.dampening_frac} must be in [0, 1)", field="--dampening-frac")
+        _check_calibration(self.calib, self.num_samples, self.seq_length, self.needs_calibration)
+        _check_output(self.model, self.output)
 
     @property
-    def preset(self) -> str:
-        return SCHEMES[self.scheme][0]
+    def spec(self) -> Scheme:
+        return get(self.scheme)
 
     @property
     def computes_scales(self) -> bool:
-        return self.smoothing_strength is not None and self.scale_input is None
+        return self.spec.smoothing and self.scale_input is None
 
     @property
     def needs_calibration(self) -> bool:
-        return self.computes_scales or self.algorithm == "gptq"
+        return self.computes_scales or self.spec.calibrates
+
+
+@dataclass(frozen=True)
+class ScalesSpec:
+    """SmoothQuant scales of a model, computed from calibration data, as their own file."""
+
+    model: Path
+    output: Path
+    calib: Path
+    smoothing_strength: float = _schema("smoothing_strength")
+    num_samples: int = _schema("num_samples")
+    seq_length: int = _schema("seq_length")
+    seed: int = _schema("seed")
+
+    def __post_init__(self) -> None:
+        check_strength(self.smoothing_strength)
+        _check_calibration(self.calib, self.num_samples, self.seq_length, True)
+        if Path(self.output).suffix != ".safetensors":
+            raise UserError(
+                "a scale file is safetensors: name it *.safetensors",
+                path=self.output,
+                field="--output",
+            )

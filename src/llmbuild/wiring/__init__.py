@@ -15,6 +15,7 @@ from llmbuild.wiring.convert import ConvertWiring
 from llmbuild.wiring.data import DataWiring
 from llmbuild.wiring.eval import EvalWiring
 from llmbuild.wiring.gates import GatesWiring
+from llmbuild.wiring.lora import LoraWiring
 from llmbuild.wiring.model import ModelWiring
 from llmbuild.wiring.plot import PlotWiring
 from llmbuild.wiring.quantize import QuantizeWiring
@@ -36,6 +37,7 @@ class Wiring(
     BenchWiring,
     PlotWiring,
     ClusterWiring,
+    LoraWiring,
 ):
     """Every stage's wiring over one (validated) config."""
 
@@ -50,4 +52,5 @@ class Wiring(
         ]
         if self.config["bench"]["dynamic"]["enabled"]:
             targets += [f"results/{m}/bench/{v}/dynamic.csv" for v in self.served]
-        return targets
+            targets.append(f"results/{m}/plots/dynamic.png")
+        return targets + self.sweep_plots() + self.lora_targets(m)

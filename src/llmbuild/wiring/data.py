@@ -53,6 +53,10 @@ class DataWiring(Base):
         sft = self.config["data"]["sft"]
         return sft["format"] if sft["path"] else "alpaca"
 
+    def tokenize_workers(self, wildcards: Any, threads: int) -> int:
+        """data.workers, else the rule's threads."""
+        return self.config["data"]["workers"] or threads
+
     def tokenize_flags(self, phase: str) -> str:
         data = self.config["data"]
         if phase == "pretrain":
@@ -63,6 +67,6 @@ class DataWiring(Base):
             own = join(f"--format {self.sft_format()}", cli_flags(data, ["overlong"]))
         return join(
             f"--seq-length {self.shard_seq_length(phase)}",
-            cli_flags(data, ["workers", "eod_token"]),
+            cli_flags(data, ["eod_token"]),
             own,
         )

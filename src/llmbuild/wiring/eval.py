@@ -15,4 +15,5 @@ class EvalWiring(Base):
         )
 
     def eval_results(self, wildcards: Any) -> list[str]:
-        return [f"results/{wildcards.model}/eval/{v}/accuracy.json" for v in self.served]
+        served = [f"results/{wildcards.model}/eval/{v}/accuracy.json" for v in self.served]
+        return served + self.lora_eval_results(wildcards.model)  # type: ignore[attr-defined]

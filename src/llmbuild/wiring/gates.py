@@ -22,7 +22,9 @@ class GatesWiring(Base):
     def variant_gates(self, wildcards: Any) -> list[str]:
         """What proves a served variant's model before a service starts on it: the parity of
         its reconversion; for a quantized variant's benchmark also its accuracy gate (its
-        evaluation then comes first)."""
+        evaluation then comes first); the LoRA variants' in wiring/lora.py."""
+        if self.is_lora_variant(wildcards.variant):  # type: ignore[attr-defined]
+            return self.lora_variant_gates(wildcards)  # type: ignore[attr-defined]
         phase, _, scheme = wildcards.variant.partition("-")
         gates = [] if phase == "base" else [self.parity_gate(wildcards.model, phase)]
         if scheme and getattr(wildcards, "consumer", None) == "bench":
@@ -39,4 +41,4 @@ class GatesWiring(Base):
         out += [self.gate_path(model, "requests", f"{v}-eval") for v in self.served]
         kinds = ["static"] + (["dynamic"] if self.config["bench"]["dynamic"]["enabled"] else [])
         out += [self.gate_path(model, "bench", f"{v}-{k}") for v in self.served for k in kinds]
-        return out
+        return out + self.lora_gates(model)  # type: ignore[attr-defined]

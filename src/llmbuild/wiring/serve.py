@@ -1,13 +1,16 @@
 """The serve stage's wiring: the served model of a variant, the proofs a service waits for, its
-flags.
+flags; and the services of the sweeps (one per served variant and serve setting).
 """
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Mapping
 from typing import Any
 
 from llmbuild import plan
-from llmbuild.wiring.base import Base, cli_flags
+from llmbuild.serve import sweep
+from llmbuild.wiring.base import Base, cli_flags, join
 
 SERVE_KEYS = (
     "device",
@@ -31,6 +34,8 @@ SERVE_KEYS = (
 
 class ServeWiring(Base):
     def serve_model(self, wildcards: Any) -> str:
+        if self.is_lora_variant(wildcards.variant):  # type: ignore[attr-defined]
+            return self.lora_serve_model(wildcards)  # type: ignore[attr-defined]
         if wildcards.variant == "base" and self.config["model"]["source"] == "hf":
             return self.config["model"]["path"]
         return plan.variant_model_dir(self.config, wildcards.model, wildcards.variant)
@@ -39,13 +44,54 @@ class ServeWiring(Base):
         inputs: dict[str, Any] = {
             "model": self.serve_model(wildcards),
             "proofs": self.variant_gates(wildcards),
+            "adapters": self.lora_adapter_dirs(wildcards),  # type: ignore[attr-defined]
         }
         if self.config["serve"]["chat_template"]:
             inputs["chat_template"] = self.config["serve"]["chat_template"]
         return inputs
 
-    def serve_flags(self) -> str:
-        return cli_flags(self.config["serve"], SERVE_KEYS)
+    def serve_flags(self, overrides: Mapping[str, Any] | None = None) -> str:
+        """The service's knobs: serve.* (with ``overrides``, a sweep's serve setting)."""
+        return cli_flags({**self.config["serve"], **(overrides or {})}, SERVE_KEYS)
+
+    # --- sweeps ---------------------------------------------------------------------------
+
+    def sweep_serve_inputs(self, wildcards: Any) -> dict[str, Any]:
+        """A sweep service's model and proofs (a quantized variant's accuracy gate too, as
+        for a benchmark's service), and the draft model of a draft_model setting."""
+        inputs = self.serve_inputs(wildcards)
+        scheme = wildcards.variant.partition("-")[2]
+        if scheme:
+            inputs["proofs"] = [
+                *inputs["proofs"],
+                self.gate_path(wildcards.model, "quant", wildcards.variant),
+            ]
+        spec = sweep.speculative(self.config, wildcards.sweep, wildcards.setting)
+        if spec and spec["method"] == "draft_model":
+            inputs["draft"] = self._draft_dir(wildcards)
+        return inputs
+
+    def _draft_dir(self, wildcards: Any) -> str:
+        draft = sweep.draft_variant(wildcards.variant)
+        if draft == "base" and self.config["model"]["source"] == "hf":
+            return self.config["model"]["path"]
+        return plan.variant_model_dir(wildcards.model, draft)
+
+    def sweep_serve_flags(self, wildcards: Any) -> str:
+        """The serve setting's knobs over serve.*, and its speculative decoding."""
+        values = sweep.serve_values(self.config, wildcards.sweep, wildcards.setting)
+        spec = sweep.speculative(self.config, wildcards.sweep, wildcards.setting)
+        extra = ""
+        if spec:
+            draft = self._draft_dir(wildcards) if spec["method"] == "draft_model" else None
+            extra = "--speculative-config " + shlex.quote(sweep.speculative_json(spec, draft))
+        return join(cli_flags(values, SERVE_KEYS), extra)
+
+    @staticmethod
+    def sweep_endpoint(wildcards: Any) -> str:
+        """The service a sweep's benchmark talks to: its (variant, serve setting)'s."""
+        w = wildcards
+        return f"results/{w.model}/sweeps/{w.sweep}/{w.variant}/{w.setting}/service.json"
 
     @staticmethod
     def endpoint(consumer: str) -> Any:

@@ -64,6 +64,10 @@ class TrainWiring(Base):
         keys = PHASE_KEYS + (("beta",) if wildcards.phase == "dpo" else ())
         return cli_flags(self.config["train"][wildcards.phase], keys, {"iters": "train_iters"})
 
+    def train_device_flags(self) -> str:
+        """The device alone (`train lora` trains in one go: no checkpoint cadence)."""
+        return cli_flags(self.config["train"], ["device"])
+
     def train_run_flags(self) -> str:
         """The device, the data-parallel size (tp and pp are the layout's, shared with
         hf2mg) and the checkpoint cadence (what a killed job resumes from)."""
