@@ -161,6 +161,7 @@ def vllm_worker(a: argparse.Namespace) -> int:
     async def get_request(*args, **kwargs):
         gen = original_get_request(*args, **kwargs)
         clock.armed, state["on"] = True, True
+        state["cpu"] = time.process_time()
         async for item in gen:
             yield item
 
@@ -172,6 +173,7 @@ def vllm_worker(a: argparse.Namespace) -> int:
         out = await original_func(*args, **kwargs)
         if state["on"]:
             sends.append(out)
+            state["cpu_end"] = time.process_time()
         return out
 
     funcs[a.backend] = watched
@@ -190,10 +192,9 @@ def vllm_worker(a: argparse.Namespace) -> int:
         )
         sends.clear()
         state["on"] = False
-        cpu = time.process_time()
         with contextlib.redirect_stdout(io.StringIO()):
             S.main(args)
-        cpu_ms = (time.process_time() - cpu) * 1000 / n
+        cpu_ms = (state["cpu_end"] - state["cpu"]) * 1000 / n  # its schedule's run only
         assert clock.start is not None and len(sends) == n, (clock.start, len(sends), n)
         t0 = clock.start[1]
         starts = np.asarray([o.start_time for o in sends]) - t0
@@ -203,6 +204,11 @@ def vllm_worker(a: argparse.Namespace) -> int:
         out["cpu_ms"] = cpu_ms
         return out
 
+    if a.fixed:
+        r = trial(a.fixed)
+        print(json.dumps(r), flush=True)
+        print(json.dumps({"ceiling": a.fixed if r["ok"] else 0.0}), flush=True)
+        return 0
     best = search(trial, a.start, a.bisect, lambda r: print(json.dumps(r), flush=True))
     print(json.dumps({"ceiling": best}), flush=True)
     return 0
@@ -212,7 +218,7 @@ def run_vllm(a: argparse.Namespace, base_url: str, work: Path, show: Callable) -
     cmd = [a.vllm_python, str(Path(__file__).resolve()), "--vllm-worker"]
     cmd += ["--base-url", base_url.removesuffix("/v1"), "--work", str(work)]
     cmd += ["--seconds", str(a.seconds), "--tokens", str(a.tokens), "--start", str(a.start)]
-    cmd += ["--bisect", str(a.bisect)]
+    cmd += ["--bisect", str(a.bisect)] + (["--fixed", str(a.fixed)] if a.fixed else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
@@ -268,6 +274,13 @@ def main() -> int:
     ap.add_argument("--bisect", type=int, default=4, help="bisection steps after doubling")
     ap.add_argument("--vllm-python", default=str(ROOT / ".envs/serve-cpu/bin/python"))
     ap.add_argument("--no-vllm", action="store_true", help="only our client")
+    ap.add_argument(
+        "--fixed",
+        type=float,
+        default=None,
+        help="no search: each client at this rate, --rounds times; compares client CPU per "
+        "request (what bounds the ceiling, and what a loaded machine does not distort)",
+    )
     ap.add_argument("--vllm-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--base-url", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="mock-model", help=argparse.SUPPRESS)
@@ -287,6 +300,8 @@ def main() -> int:
     )
     ours: list[float] = []
     theirs: list[float] = []
+    cpu_ours: list[float] = []
+    cpu_theirs: list[float] = []
     mock_cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, endpoint = start_mock(Path(tmp))
@@ -301,15 +316,33 @@ def main() -> int:
 
             for k in range(a.rounds):
                 print(f"round {k + 1}: ours", flush=True)
-                ours.append(search(trial, a.start, a.bisect, lambda r: line("ours", r)))
+                if a.fixed:
+                    r = trial(a.fixed)
+                    line("ours", r)
+                    cpu_ours.append(r["cpu_ms"])
+                else:
+                    ours.append(search(trial, a.start, a.bisect, lambda r: line("ours", r)))
                 if not a.no_vllm:
                     print(f"round {k + 1}: vLLM's", flush=True)
-                    show = lambda r: line("vllm", r)  # noqa: E731
+
+                    def show(r: dict) -> None:
+                        line("vllm", r)
+                        cpu_theirs.append(r["cpu_ms"])
+
                     theirs.append(run_vllm(a, endpoint.base_url, Path(tmp), show))
         finally:
             proc.terminate()
             proc.wait(10)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    if a.fixed:
+        mine = statistics.median(cpu_ours)
+        print(f"client CPU per request at {a.fixed:g} req/s: ours {mine:.3f} ms", end="")
+        if cpu_theirs:
+            other = statistics.median(cpu_theirs)
+            print(f", vLLM's {other:.3f} ms: ratio {other / mine:.2f}x (medians of {a.rounds})")
+        else:
+            print()
+        return 0
     med = statistics.median(ours)
     print(f"ours:   {med:7.0f} req/s (median of {ours})")
     if mock_cpu:
@@ -323,7 +356,8 @@ def main() -> int:
     if theirs:
         vmed = statistics.median(theirs)
         print(f"vLLM's: {vmed:7.0f} req/s (median of {theirs})")
-        print(f"ratio ours / vLLM's: {med / vmed:.2f}x")
+        ratio = f"{med / vmed:.2f}x" if vmed > 0 else "undefined (vLLM's passed no rate)"
+        print(f"ratio ours / vLLM's: {ratio}")
     return 0
 
 

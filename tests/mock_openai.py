@@ -79,6 +79,7 @@ class MockOpenAI:
         self.config = config or MockConfig()
         self.counters = Counters()
         self._rng = random.Random(self.config.seed)
+        self._whole: dict[tuple, bytes] = {}  # zero-delay answers by what shapes them
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -197,6 +198,13 @@ class MockOpenAI:
         # With no delays every chunk is due at once: one write (one send) for the whole
         # stream, so the mock spends little per request when it measures a client's ceiling.
         batch: list[bytes] | None = [] if cfg.ttft_s == 0 and cfg.itl_s == 0 and not cut else None
+        usage = cfg.send_usage and (body.get("stream_options") or {}).get("include_usage")
+        key = (chat, body.get("model"), n_tokens, k, bool(usage), prompt_tokens)
+        if batch is not None and key in self._whole:  # the same answer as before, made once
+            writes.extend([time.perf_counter()] * n_chunks)
+            await resp.write_eof(self._whole[key])
+            cnt.completed += 1
+            return resp
         for i in range(n_chunks):
             # absolute deadlines, so sleep overshoot does not accumulate over the chunks
             if batch is None:
@@ -230,7 +238,7 @@ class MockOpenAI:
                 batch.append(_sse(chunk))
             writes.append(time.perf_counter())
         tail = b""
-        if cfg.send_usage and (body.get("stream_options") or {}).get("include_usage"):
+        if usage:
             tail = _sse(
                 {
                     "id": "cmpl-mock",
@@ -244,7 +252,7 @@ class MockOpenAI:
             )
         tail += b"data: [DONE]\n\n"
         if batch is not None:
-            tail = b"".join(batch) + tail
+            tail = self._whole[key] = b"".join(batch) + tail
         await resp.write_eof(tail)  # the last chunk and the end of the body in one send
         cnt.completed += 1
         return resp

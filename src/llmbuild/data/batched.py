@@ -5,8 +5,8 @@ tokenizer once per document and pickles every id back as a Python list. Here bat
 ``BATCH_CHARS`` characters go to ``workers`` single-threaded processes (``id_blocks``), each
 holding only what encodes (``TiktokenBlocks``: tiktoken's engine under a plan that provably
 gives the tokenizer's ids, data/fastbpe.py; else ``HFBlocks``: the fast tokenizer's Rust
-``encode_batch``; for conversations tokenize.SFTBlocks, which also renders the chat template
-and labels), and send back one block per batch. The caller reads the input and writes the
+``encode_batch``; for rendered conversations tokenize.SFTBlocks, which also labels), and send
+back one block per batch. The caller reads the input and writes the
 blocks, with at most two batches per worker in flight, so memory stays a few batches however
 large the input.
 

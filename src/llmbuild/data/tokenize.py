@@ -155,26 +155,19 @@ def tokenize_pretrain(
 
 
 class SFTBlocks:
-    """Conversations -> (ids, labels) of each, where a worker process can do it all: the chat
-    template rendered (handlers.Encoder.render_spans), the text encoded by tiktoken under a
-    proven plan (each token's start from the byte lengths of those before it) or by the
-    tokenizer's backend with offsets, the labels where a token starts inside an assistant
-    span (handlers.span_labels). Picklable: the tokenizer is loaded again in a worker."""
+    """Rendered conversations (text, assistant spans) -> (ids, labels) of each, in a worker
+    process: the text encoded by tiktoken under a proven plan (each token's start from the
+    byte lengths of those before it) or by the tokenizer's backend with offsets, the labels
+    where a token starts inside an assistant span (as handlers.span_labels). The caller
+    renders the chat template (Python, needs transformers); a worker needs neither."""
 
-    def __init__(
-        self, tokenizer_dir: str, eod: int, plan: Any, backend_json: str, tok: Any = None
-    ) -> None:
-        self.tokenizer_dir, self.eod, self.plan = tokenizer_dir, eod, plan
-        self.backend_json, self.tok = backend_json, tok
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "tok": None}
+    def __init__(self, plan: Any, backend_json: str, bos: int | None) -> None:
+        self.plan, self.backend_json, self.bos = plan, backend_json, bos
 
     def build(self) -> Callable[[list[Any]], list[tuple[np.ndarray, np.ndarray]]]:
         from tokenizers import Tokenizer
 
-        Encoder.init(self.tokenizer_dir, self.eod, self.tok)
-        bos = Encoder.tokenizer.bos_token_id
+        bos = self.bos
         backend = Tokenizer.from_str(self.backend_json)
         fast = fastbpe.Encoder(self.plan) if self.plan is not None else None
 
@@ -192,20 +185,16 @@ class SFTBlocks:
                 trained |= (starts >= s) & (starts < e)
             return ids, np.where(trained, ids, IGNORE_INDEX)
 
-        def block(convs: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        def block(rendered: list[tuple[str, list[tuple[int, int]]]]) -> list[Any]:
             out = []
-            for conv in convs:
-                ids, labels = labelled(*Encoder.render_spans(conv))
+            for text, spans in rendered:
+                ids, labels = labelled(text, spans)
                 while bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos:
                     ids, labels = ids[1:], labels[1:]  # a template that writes BOS twice
                 out.append((ids, labels))
             return out
 
         return block
-
-
-def _conv_chars(conv: list[dict[str, str]]) -> int:
-    return sum(len(m.get("content") or "") for m in conv)
 
 
 def _sft_batches(
@@ -229,8 +218,9 @@ def _sft_batches(
     plan, why = fastbpe.plan_for(tok, backend, add_special_tokens=False, offsets=True)
     if stats is not None:
         stats.engine = f"tiktoken ({plan.name} split, exact)" if plan else f"tokenizers: {why}"
-    blocks = SFTBlocks(tokenizer_dir, eod, plan, backend.to_str(), tok)
-    yield from batched.id_blocks(blocks, batched.batches(convs, _conv_chars), workers)
+    blocks = SFTBlocks(plan, backend.to_str(), tok.bos_token_id)
+    rendered = map(Encoder.render_spans, convs)
+    yield from batched.id_blocks(blocks, batched.batches(rendered, lambda r: len(r[0])), workers)
 
 
 def tokenize_instructions(
