@@ -94,3 +94,24 @@ def test_check_against_wrong_model():
     )
     with pytest.raises(UserError, match="made for another architecture"):
         sc.check_against(m, missing, "s.safetensors")
+
+
+def test_file_bytes_are_a_function_of_the_content(tmp_path):
+    """The same scales give the same bytes whatever order the metadata came in (the audit
+    rebuilds the scale file byte for byte), and safetensors reads them as written."""
+    from safetensors import safe_open
+
+    s = _scales(0.5)
+    other = sc.SmoothingScales(
+        strength=0.5,
+        scales=dict(reversed(list(s.scales.items()))),
+        balance=s.balance,
+        extra=dict(reversed(list({"b": "2", "a": "1", **s.extra}.items()))),
+    )
+    s.extra = {"a": "1", "b": "2", **s.extra}
+    assert s.to_bytes() == other.to_bytes()
+    p = tmp_path / "s.safetensors"
+    p.write_bytes(s.to_bytes())
+    with safe_open(str(p), framework="pt") as fh:
+        assert fh.metadata()["smoothing_strength"] == "0.5"
+        torch.testing.assert_close(fh.get_tensor("norm"), s.scales["norm"], rtol=0, atol=0)

@@ -76,7 +76,7 @@ def test_scenario_plans(workdir, scenario, quick):
         assert "model tiny" not in joined
         assert f"convert hf2mg --input results/models/{family} --output results/{name}/" in joined
         assert f"--tokenizer results/models/{family}" in joined
-        quantized = [c for c in cmds if " quantize smoothquant " in c]
+        quantized = [c for c in cmds if " quantize run " in c]
         assert bool(quantized) == (family != "mistral")
     if scenario == "tp2.yaml":
         trains = [c for c in cmds if " train run " in c]

@@ -32,20 +32,32 @@ class SmoothingScales:
             raise ValueError("scales and balance name different layers")
 
     def to_bytes(self) -> bytes:
+        """The safetensors file, written here so that its bytes are a function of its content:
+        safetensors' own writer puts the metadata keys in hash order, which changes from one
+        process to the next (and the audit rebuilds deterministic steps byte for byte)."""
         import torch
-        from safetensors.torch import save
 
-        tensors = {
-            k: v.detach().to(torch.float32).contiguous().cpu()
-            for k, v in sorted(self.scales.items())
-        }
         meta = {
             "format": FORMAT,
             "smoothing_strength": repr(float(self.strength)),
             "balance_layers": json.dumps(self.balance, sort_keys=True),
             **self.extra,
         }
-        return save(tensors, metadata=meta)
+        header: dict[str, object] = {"__metadata__": dict(sorted(meta.items()))}
+        blobs, offset = [], 0
+        for name in sorted(self.scales):
+            data = self.scales[name].detach().to(torch.float32).contiguous().cpu().numpy()
+            raw = data.astype("<f4").tobytes()
+            header[name] = {
+                "dtype": "F32",
+                "shape": list(data.shape),
+                "data_offsets": [offset, offset + len(raw)],
+            }
+            blobs.append(raw)
+            offset += len(raw)
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors pads
+        return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def read_metadata(path: str | Path, *, field: str = "--scale-input") -> dict[str, str]:

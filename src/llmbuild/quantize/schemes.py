@@ -10,7 +10,7 @@ scheme          recipe (llm-compressor 0.14)                                  ca
 w8a8            the SmoothQuant scale file folded in, then                    w8a8
                 QuantizationModifier W8A8 (int8 per-channel weights, int8
                 per-token dynamic activations), round to nearest
-w8a16           QuantizationModifier W8A16 (int8 per-channel weights)         w8a16
+w8a16           QuantizationModifier W8A16 (int8 weights, group 128)          w8a16
 w4a16-gptq      GPTQModifier W4A16 (int4, group 128, symmetric)               w4a16
 w4a16-awq       AWQModifier, then QuantizationModifier W4A16_ASYM             w4a16
                 (int4, group 128, asymmetric with zero points)
@@ -69,7 +69,7 @@ SCHEMES: dict[str, Scheme] = {
             smoothing=True,
             description="SmoothQuant, int8 per-channel weights, int8 per-token activations",
         ),
-        Scheme("w8a16", "w8a16", "W8A16", "rtn", description="int8 per-channel weights"),
+        Scheme("w8a16", "w8a16", "W8A16", "rtn", description="int8 weights, group 128"),
         Scheme(
             "w4a16-gptq",
             "w4a16",
