@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# written this session, not yet run green on a whole build: `make test-pending` runs it
+pytestmark = [pytest.mark.e2e, pytest.mark.pending]
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "results" / "tiny-llama"
 CONFIGS = ["config/config.yaml", "config/scenarios/lora.yaml"]

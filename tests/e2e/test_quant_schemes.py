@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# written this session, not yet run green on a whole build: `make test-pending` runs it
+pytestmark = [pytest.mark.e2e, pytest.mark.pending]
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 from llmbuild.quantize import schemes  # noqa: E402

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from test_gates import MODEL, ROOT, built, copy, snakemake  # noqa: F401
 
-pytestmark = pytest.mark.e2e
+# written this session, not yet run green on a whole build: `make test-pending` runs it
+pytestmark = [pytest.mark.e2e, pytest.mark.pending]
 
 
 def digests(root: Path) -> dict[str, str]:
