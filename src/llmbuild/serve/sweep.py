@@ -27,6 +27,7 @@ BENCH_KEYS = ("concurrency", "input_len", "output_len", "epochs", "prefix_len", 
 WORKLOAD_KEYS = ("api", "output_mode")
 WORKLOAD_DEFAULTS = {"api": "completions", "output_mode": "forced"}
 
+
 @dataclass(frozen=True)
 class Service:
     """One service of a sweep: a served variant under one serve setting."""
