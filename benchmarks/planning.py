@@ -149,13 +149,17 @@ def main() -> int:
     if not built_trivial.exists():
         built_trivial.mkdir()
         run(
-            snakemake(built_trivial, "--config", f"jobs={n_default}", snakefile=trivial / "Snakefile"),
+            snakemake(
+                built_trivial, "--config", f"jobs={n_default}", snakefile=trivial / "Snakefile"
+            ),
             trivial,
         )
     commands = {
         f"no-op run, finished default ({n_default} jobs)": (snakemake(wd), wd),
         f"trivial graph no-op ({n_default} jobs)": (
-            snakemake(built_trivial, "--config", f"jobs={n_default}", snakefile=trivial / "Snakefile"),
+            snakemake(
+                built_trivial, "--config", f"jobs={n_default}", snakefile=trivial / "Snakefile"
+            ),
             trivial,
         ),
         f"dry run, default + sweep ({n_sweep} jobs)": (snakemake(wd, *sweep_args), wd),
