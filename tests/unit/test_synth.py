@@ -13,7 +13,7 @@ def test_corpus_is_deterministic_and_seeded():
     assert len(a) == 50 and all(doc.endswith(".") for doc in a)
 
 
-@pytest.mark.parametrize("task", ["uppercase", "reverse", "sort"])
+@pytest.mark.parametrize("task", ["uppercase", "reverse", "sort", "missing"])
 def test_task_answers_are_exact_and_split_is_disjoint(task):
     train, heldout = task_split(TaskSpec(task, num_train=300, num_heldout=50, seed=3))
     assert len(train) == 300 and len(heldout) == 50
@@ -25,6 +25,7 @@ def test_task_answers_are_exact_and_split_is_disjoint(task):
             "uppercase": [c.upper() for c in letters],
             "reverse": letters[::-1],
             "sort": sorted(letters),
+            "missing": sorted(set("0123456789") - set(letters)),
         }[task]
         assert ex.output == " ".join(want)
 

@@ -55,8 +55,9 @@ def one(cmds: list[str], *words: str) -> str:
 
 
 def test_lora_graph(workdir):
-    jobs = plan(workdir)
-    for task, name in (("uppercase", "upper"), ("sort", "sort")):
+    # on the pretrained model (the schema's default; the scenario adapts the SFT model)
+    jobs = plan(workdir, {"train": {"lora": {"from": "pretrain"}}})
+    for task, name in (("missing", "miss"), ("sort", "sort")):
         for split in ("train", "heldout"):
             c = one(jobs["synth_lora_task"], f"{M}/lora/{name}/data/{split}.jsonl")
             assert f"--task {task}" in c
@@ -73,17 +74,18 @@ def test_lora_graph(workdir):
         assert f"--endpoint {M}/serve/lora/eval.json" in c
         c = one(jobs["eval_lora"], f"{M}/eval/lora/{name}/base/accuracy.json")
         assert "--model pretrain" in c and f"--input {M}/lora/{name}/data/heldout.jsonl" in c
+        assert f"--endpoint {M}/serve/pretrain/eval.json" in c  # its own plain service
     # one service per consumer, each with the pretrained model and both adapters
     for consumer in ("eval", "bench"):
         c = one(jobs["serve"], f"--endpoint {M}/serve/lora/{consumer}.json")
         assert f"--input {M}/pretrain/hf" in c and "--served-model-name pretrain" in c
-        assert f"--lora-module upper={M}/lora/upper/peft --lora-module sort={M}/lora/sort/peft" in c
+        assert f"--lora-module miss={M}/lora/miss/peft --lora-module sort={M}/lora/sort/peft" in c
         assert "--max-lora-rank 8 --max-loras 2" in c
     for c in jobs["serve"]:
         if "/serve/lora/" not in c:
             assert "--lora-module" not in c and "--max-lora" not in c
     c = one(jobs["bench_dynamic"], f"--output {M}/bench/lora/dynamic.csv")
-    assert "--lora-mix upper=1,sort=1,pretrain=1" in c
+    assert "--lora-mix miss=1,sort=1,pretrain=1" in c
     assert all("--lora-mix" not in c for c in jobs["bench_dynamic"] if "/bench/lora/" not in c)
     # the model the adapters adapt is converted (and proven) for serving
     one(jobs["mg2hf"], f"--output {M}/pretrain/hf")

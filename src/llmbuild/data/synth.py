@@ -140,10 +140,17 @@ def _sort(rng: random.Random, min_len: int, max_len: int) -> Example:
     return Example("Sort the digits.", _spaced(digits), _spaced(sorted(digits)))
 
 
+def _missing(rng: random.Random, min_len: int, max_len: int) -> Example:
+    digits = rng.sample(string.digits, rng.randint(min_len, min(max_len, 9)))
+    gone = sorted(set(string.digits) - set(digits))
+    return Example("Which digits are missing?", _spaced(digits), _spaced(gone))
+
+
 TASKS: dict[str, Callable[[random.Random, int, int], Example]] = {
     "uppercase": _uppercase,
     "reverse": _reverse,
     "sort": _sort,
+    "missing": _missing,
 }
 
 

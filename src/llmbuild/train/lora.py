@@ -291,6 +291,8 @@ def _train(
             tokens=tokens_done,
             elapsed=round(now - run_start, 4),
             tokens_per_s=round(int(stats[2]) / max(dt, 1e-9), 2),
+            tokens_per_s_per_device=round(int(stats[2]) / max(dt, 1e-9) / backend.world_size, 2),
+            devices=backend.world_size,
             phase="lora",
         )
         if rank0:

