@@ -117,6 +117,7 @@ def test_calib_path_checked(tmp_path):
 
 
 def test_variant_dirs_of_hyphenated_schemes():
-    assert plan.variant_model_dir("m", "sft-w4a16-gptq") == "results/m/sft/quant/w4a16-gptq"
+    cfg = {"train": {"phases": ["pretrain", "sft"]}}
+    assert plan.variant_model_dir(cfg, "m", "sft-w4a16-gptq") == "results/m/sft/quant/w4a16-gptq"
     cfg = filled({"quantize": {"schemes": ["w8a8", "w4a16-awq", "kv-fp8"]}})
     assert plan.served_variants(cfg) == ["base", "sft", "sft-w8a8", "sft-w4a16-awq", "sft-kv-fp8"]

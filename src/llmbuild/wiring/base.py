@@ -55,7 +55,8 @@ class Base:
         self.model = config["model"]["name"]
         self.served = plan.served_variants(dict(config))
         train = config["train"]
-        self.train_ranks = train["tp"] * train["pp"] * train["dp"]
+        # tp/pp are filled from the catalog at planning (plan.fill_layout); unset: 1
+        self.train_ranks = (train["tp"] or 1) * (train["pp"] or 1) * train["dp"]
 
     def sources(self, group: str) -> list[str]:
         """llmbuild's source files that ``llmbuild <group>`` runs (inputs of its rules)."""

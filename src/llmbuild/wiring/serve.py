@@ -75,7 +75,7 @@ class ServeWiring(Base):
         draft = sweep.draft_variant(wildcards.variant)
         if draft == "base" and self.config["model"]["source"] == "hf":
             return self.config["model"]["path"]
-        return plan.variant_model_dir(wildcards.model, draft)
+        return plan.variant_model_dir(self.config, wildcards.model, draft)
 
     def sweep_serve_flags(self, wildcards: Any) -> str:
         """The serve setting's knobs over serve.*, and its speculative decoding."""
