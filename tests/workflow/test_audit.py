@@ -112,7 +112,9 @@ def test_changed_parameter_is_named_with_its_config_key(built):
     assert proc.returncode == 1
     found = [f for f in findings(proc) if f["check"] == "params"]
     assert found and all(f["field"] == "--smoothing-strength" for f in found), found
-    assert {f["artifact"] for f in found} == {"results/tiny-llama/sft/quant/w8a8"}
+    # the strength shapes the SmoothQuant scale file (w8a8 reads it through that file's bytes)
+    scales = "results/tiny-llama/sft/quant/scales/smoothquant.safetensors"
+    assert {f["artifact"] for f in found} == {scales}
     assert "0.7" in found[0]["message"] and "quantize.smoothing_strength" in found[0]["message"]
 
 
