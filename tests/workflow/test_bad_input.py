@@ -121,7 +121,10 @@ def _hf_dir(path, weights="model.safetensors"):
         ),
         ({"serve": {"chat_template": "nope.jinja"}}, "serve.chat_template: nope.jinja does not"),
         ({"envs": {"python": "no-such-python3"}}, "envs.python: interpreter 'no-such-python3'"),
-        ({"eval": {"variants": ["tuned"]}}, "eval.variants: unknown served variant 'tuned'"),
+        (
+            {"eval": {"variants": ["tuned"]}},
+            "eval.variants: 'tuned' is not a served variant of this chain (train.phases: pretrain, sft)",
+        ),
         ({"serve": {"dtype": "fp32"}}, "serve.dtype: 'fp32' is not one of"),
     ],
 )
