@@ -123,7 +123,8 @@ def _hf_dir(path, weights="model.safetensors"):
         ({"envs": {"python": "no-such-python3"}}, "envs.python: interpreter 'no-such-python3'"),
         (
             {"eval": {"variants": ["tuned"]}},
-            "eval.variants: 'tuned' is not a served variant of this chain (train.phases: pretrain, sft)",
+            "eval.variants: 'tuned' is not a served variant of this chain "
+            "(train.phases: pretrain, sft)",
         ),
         ({"serve": {"dtype": "fp32"}}, "serve.dtype: 'fp32' is not one of"),
     ],
