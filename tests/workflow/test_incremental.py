@@ -253,7 +253,8 @@ TRAIN_SFT_1 = (
     " --data results/tiny-llama/shards/sft --output results/tiny-llama/sft/mcore"
     " --train-log results/tiny-llama/sft/train_log.jsonl --train-iters 400 --lr 0.001"
     " --min-lr 0.0001 --warmup-iters 20 --micro-batch-size 32 --global-batch-size 32"
-    " --seq-length 64 --weight-decay 0.01 --seed 1234 --device cpu --tp 1 --pp 1"
+    " --seq-length 64 --weight-decay 0.01 --seed 1234 --device cpu --dp 1 --save-interval 50"
+    " --tp 1 --pp 1"
     " --threads 2 > logs/tiny-llama/sft/train.log 2>&1"
 )
 
