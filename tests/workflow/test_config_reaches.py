@@ -281,11 +281,12 @@ STRUCTURE: dict[str, tuple] = {
         }
         | LORA_SERVE,
     ),
-    # from sft: the adapters train on it, the service serves it (its HF conversion exists)
+    # from sft: the adapters train on it, the service serves it (its HF conversion exists, and
+    # its base is evaluated by sft's own service, so pretrain's evaluation service goes too)
     "train.lora.from": (
         "sft",
         {"train_lora", "lora2hf"} | LORA_SERVE,
-        {"mg2hf", "gate_parity_mg2hf"},
+        {"mg2hf", "gate_parity_mg2hf", "serve"},
         LORA_CTX,
     ),
     "train.lora.merge": (
