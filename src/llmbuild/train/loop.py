@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +77,30 @@ def non_finite(loss: float, grad_norm: float | None, applied: bool) -> str | Non
     return None
 
 
-def _stop(a: TrainArgs, work: Path, step: int, what: str) -> UserError:
+def _stop(a: TrainArgs, work: Path, step: int, what: str, phase: str) -> UserError:
     """Mark ``.partial`` stopped (rank 0) and the error every rank raises."""
     reason = f"step {step}: {what}"
     if S.rank() == 0:
         mark_stopped(work, step, reason)
     return UserError(
-        f"{reason}; training stopped (lower train.{a.mode}.lr, check the data); nothing "
+        f"{reason}; training stopped (lower train.{phase}.lr, check the data); nothing "
         f"saved, a rerun starts over from {a.input}"
     )
+
+
+@dataclass
+class Progress:
+    """Where a run of steps stands: what it resumed from and what it has done."""
+
+    start_step: int = 0
+    tokens: int = 0
+    elapsed_before: float = 0.0  # training seconds of the runs this one resumes
+    first_loss: float | None = None
+    last_loss: float = float("nan")
+    run_start: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.run_start
 
 
 def run(
@@ -140,14 +155,10 @@ def _train(
     provenance_args: dict[str, Any],
 ) -> TrainResult:
     import torch
-    from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     rank0 = backend.rank == 0
-    tdev = backend.torch_device
     t = S.build(a, desc, backend)
     ddp, optimizer, scheduler, num_micro = t.ddp, t.optimizer, t.scheduler, t.num_micro
-
     log_path = work / LOG_NAME
     start_step, tokens_done, elapsed_before = 0, 0, 0.0
     if resume:
@@ -172,13 +183,54 @@ def _train(
             f"{a.micro_batch_size} x dp {backend.dp}, seq {a.seq_length})"
         )
     source = S.batch_source(a, meta, work, say)
+    p = Progress(start_step, tokens_done, elapsed_before)
+    steps(a, t, source, backend, work, say, p, phase=a.mode)
 
+    total_elapsed = p.elapsed()
+    steps_run = a.train_iters - start_step
+    if start_step < a.train_iters:
+        S.save(work, a.train_iters, t, p.tokens, total_elapsed, final=True)
+    if rank0:
+        publish(a, desc, work, total_elapsed, started, provenance_args)
+    if backend.world_size > 1:
+        torch.distributed.barrier()
+    return TrainResult(
+        steps=a.train_iters,
+        resumed_from=start_step,
+        final_loss=p.last_loss,
+        first_loss=p.first_loss,
+        tokens=p.tokens,
+        elapsed=total_elapsed,
+        seconds_per_step=(time.time() - p.run_start) / max(steps_run, 1),
+    )
+
+
+def steps(
+    a: TrainArgs,
+    t: S.Trainer,
+    source: Any,
+    backend: Any,
+    work: Path,
+    say: Callable[[str], None],
+    p: Progress,
+    *,
+    phase: str,
+) -> None:
+    """Steps ``p.start_step`` .. ``a.train_iters`` of every mode (pretrain, SFT, DPO, LoRA):
+    one JSONL record per step (rank 0), a log line every ``log_interval`` with rate and ETA,
+    a checkpoint every ``save_interval``, and a stop on every rank at a non-finite step."""
+    import torch
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    rank0 = backend.rank == 0
+    tdev = backend.torch_device
+    ddp, optimizer, scheduler, num_micro = t.ddp, t.optimizer, t.scheduler, t.num_micro
+    log_path = work / LOG_NAME
     forward_backward = get_forward_backward_func()
     dp_rank = parallel_state.get_data_parallel_rank()
-    first_loss: float | None = None
-    last_loss = float("nan")
-    run_start = time.time()
-    t_prev = run_start
+    start_step = p.start_step
+    p.run_start = t_prev = time.time()
     ddp.train()
     for step in range(start_step, a.train_iters):
         base = step * a.global_batch_size + dp_rank * num_micro * a.micro_batch_size
@@ -224,24 +276,24 @@ def _train(
         # the same on every rank (loss all-reduced, grad norm reduced by the optimizer): all stop
         bad = non_finite(loss, None if grad_norm is None else float(grad_norm), bool(ok))
         if bad is not None:
-            raise _stop(a, work, step + 1, bad)
-        tokens_done += int(stats[2])
+            raise _stop(a, work, step + 1, bad, phase)
+        p.tokens += int(stats[2])
         now = time.time()
         dt = now - t_prev
         t_prev = now
-        first_loss = loss if first_loss is None else first_loss
-        last_loss = loss
+        p.first_loss = loss if p.first_loss is None else p.first_loss
+        p.last_loss = loss
         rec = StepRecord(
             step=step + 1,
             loss=loss,
             lr=lr_used,
             grad_norm=None if grad_norm is None else float(grad_norm),
-            tokens=tokens_done,
-            elapsed=round(elapsed_before + now - run_start, 4),
+            tokens=p.tokens,
+            elapsed=round(p.elapsed_before + now - p.run_start, 4),
             tokens_per_s=round(int(stats[2]) / max(dt, 1e-9), 2),
             tokens_per_s_per_device=round(int(stats[2]) / max(dt, 1e-9) / backend.world_size, 2),
             devices=backend.world_size,
-            phase=a.mode,
+            phase=phase,
         )
         line = asdict(rec)
         for k, name in enumerate(t.metrics):  # e.g. DPO's reward margin and accuracy
@@ -251,7 +303,7 @@ def _train(
                 fh.write(json.dumps(line) + "\n")
         done = step + 1 - start_step
         if done == 1 or (step + 1) % a.log_interval == 0 or step + 1 == a.train_iters:
-            rate = done / max(now - run_start, 1e-9)
+            rate = done / max(now - p.run_start, 1e-9)
             eta = (a.train_iters - step - 1) / rate if rate > 0 else float("inf")
             gn = "n/a" if grad_norm is None else f"{grad_norm:.3f}"
             say(
@@ -263,24 +315,6 @@ def _train(
                 + ("" if ok else " (step skipped: inf/nan)")
             )
         if a.save_interval and (step + 1) % a.save_interval == 0 and step + 1 < a.train_iters:
-            S.save(work, step + 1, t, tokens_done, elapsed_before + time.time() - run_start)
+            S.save(work, step + 1, t, p.tokens, p.elapsed())
             say(f"checkpoint {step + 1} -> {work}")
             t_prev = time.time()  # the next step's rate excludes the save
-
-    total_elapsed = elapsed_before + time.time() - run_start
-    steps_run = a.train_iters - start_step
-    if start_step < a.train_iters:
-        S.save(work, a.train_iters, t, tokens_done, total_elapsed, final=True)
-    if rank0:
-        publish(a, desc, work, total_elapsed, started, provenance_args)
-    if backend.world_size > 1:
-        torch.distributed.barrier()
-    return TrainResult(
-        steps=a.train_iters,
-        resumed_from=start_step,
-        final_loss=last_loss,
-        first_loss=first_loss,
-        tokens=tokens_done,
-        elapsed=total_elapsed,
-        seconds_per_step=(time.time() - run_start) / max(steps_run, 1),
-    )

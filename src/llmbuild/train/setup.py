@@ -72,8 +72,16 @@ class Trainer:
 DPO_METRICS = ("reward_margin", "reward_accuracy")
 
 
-def build(a: TrainArgs, desc: M.ModelDescription, backend: Any) -> Trainer:
-    """The model, optimizer and schedule of this rank (after ``device.init_backend``)."""
+def build(
+    a: TrainArgs,
+    desc: M.ModelDescription,
+    backend: Any,
+    adapt: Callable[[Any], None] | None = None,
+) -> Trainer:
+    """The model, optimizer and schedule of this rank (after ``device.init_backend``).
+
+    ``adapt(model)`` runs before the model is wrapped in DDP (LoRA: load the base weights,
+    freeze them and add the adapters, so that DDP and the optimizer see only the adapters)."""
     from megatron.core.distributed import DistributedDataParallel as DDP
     from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
@@ -95,6 +103,8 @@ def build(a: TrainArgs, desc: M.ModelDescription, backend: Any) -> Trainer:
         calculate_per_token_loss=True,
     )
     model.to(backend.torch_device)
+    if adapt is not None:
+        adapt(model)
     ddp = DDP(
         config,
         DistributedDataParallelConfig(use_distributed_optimizer=False, grad_reduce_in_fp32=True),
