@@ -36,8 +36,8 @@ from llmbuild.train import data as D
 from llmbuild.train import setup as S
 from llmbuild.train.loop import Progress, TrainResult, steps
 from llmbuild.train.resume import (
-    LOG_NAME,
     TrainArgs,
+    finish,
     partial_dir,
     prepare_work,
     run_identity,
@@ -212,9 +212,6 @@ def _publish(
     provenance_args: dict[str, Any],
 ) -> None:
     """The adapter files and the log into ``work``, then ``work`` renamed to ``--output``."""
-    from llmbuild import provenance
-    from llmbuild.atomic import atomic_file
-
     want = desc.args.num_layers * len(lo.target_modules) * 2
     if len(tensors) != want:  # every stage's layers gathered, nothing twice
         raise UserError(f"gathered {len(tensors)} LoRA tensors, expected {want}", path=work)
@@ -229,18 +226,4 @@ def _publish(
         "num_layers": desc.args.num_layers,
     }
     write_adapter(work, lo, tensors, trained)
-    with atomic_file(a.train_log) as fh, open(work / LOG_NAME) as src:
-        shutil.copyfileobj(src, fh)
-    for artifact in (work, a.train_log):
-        provenance.write(
-            artifact,
-            command="llmbuild train lora",
-            args=provenance_args,
-            inputs=[a.input, a.data],
-            started=started,
-            extra={"elapsed_training_s": round(elapsed, 3)},
-        )
-    out = Path(a.output)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(work, out)
+    finish(a, work, "llmbuild train lora", elapsed, started, provenance_args)

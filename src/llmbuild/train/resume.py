@@ -237,9 +237,6 @@ def publish(
     provenance_args: dict[str, Any],
 ) -> None:
     """The log file, then ``<output>.partial`` renamed to ``<output>`` (rank 0)."""
-    from llmbuild import provenance
-    from llmbuild.atomic import atomic_file
-
     shutil.rmtree(work / "data_cache", ignore_errors=True)
     prune(work, a.train_iters)
     # The layout this checkpoint was written with (the loaded one's may differ).
@@ -258,12 +255,28 @@ def publish(
         },
     )
     M.save_description(work, trained)
+    finish(a, work, "llmbuild train run", elapsed, started, provenance_args)
+
+
+def finish(
+    a: TrainArgs,
+    work: Path,
+    command: str,
+    elapsed: float,
+    started: float,
+    provenance_args: dict[str, Any],
+) -> None:
+    """The step log beside the output, provenance for both, then ``work`` renamed into
+    ``--output`` (rank 0, after the outputs are in ``work``)."""
+    from llmbuild import provenance
+    from llmbuild.atomic import atomic_file
+
     with atomic_file(a.train_log) as fh, open(work / LOG_NAME) as src:
         shutil.copyfileobj(src, fh)
     for artifact in (work, a.train_log):
         provenance.write(
             artifact,
-            command="llmbuild train run",
+            command=command,
             args=provenance_args,
             inputs=[a.input, a.data],
             started=started,
