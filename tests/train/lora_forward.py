@@ -1,4 +1,4 @@
-"""Run by test_lora.py (one process, or under torchrun): megatron-core's logits of a base
+"""Run by test_lora_training.py (one process, or under torchrun): megatron-core's logits of a base
 checkpoint with a trained LoRA adapter applied (``mcore/lora.py``: inject, then load the
 adapter's global tensors into this rank's slices). Rank 0 of the last pipeline stage saves
 them.

@@ -105,3 +105,20 @@ def test_digester_matches_path_digest_and_covers_every_file(tmp_path):
     (out / ".snakemake_timestamp").write_text("1")
     (out / ".metadata").write_bytes(b"hidden but content")
     assert provenance.path_digest(out) == before
+
+
+def test_test_modules_of_one_pytest_run_have_distinct_names():
+    """pytest (rootdir import mode) refuses two test files of one name in one run: each run of
+    `make test` (the driver's, each stack's, the end-to-end one) holds distinct names."""
+    import re
+    from collections import Counter
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    makefile = (root / "Makefile").read_text()
+    runs = [m.split() for m in re.findall(r"^TESTS_\w+ := (.+)$", makefile, re.M)]
+    runs += [m.split() for m in re.findall(r'-m "[^"]*" ((?:tests/\w+ ?)+)$', makefile, re.M)]
+    assert len(runs) >= 5, runs
+    for dirs in runs:
+        names = Counter(p.name for d in dirs for p in (root / d).rglob("test_*.py"))
+        assert not [n for n, c in names.items() if c > 1], (dirs, names.most_common(3))
