@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import validate
 
 # The package's source, as the rules name it (their src= inputs): `src` when the working
@@ -19,7 +18,7 @@ if (
     SRC_DIR = "src"
 sys.path.insert(0, SRC_DIR)
 from llmbuild.errors import UserError  # noqa: E402
-from llmbuild import plan  # noqa: E402
+from llmbuild import plan, schema  # noqa: E402
 from llmbuild.wiring import Wiring  # noqa: E402
 
 CONFIG_SOURCE = plan.display_path(
@@ -29,7 +28,7 @@ SCHEMA = Path(workflow.basedir) / "src" / "llmbuild" / "schema.yaml"
 CATALOG = Path(workflow.basedir) / "config" / "catalog.yaml"
 
 try:
-    plan.check_config(config, yaml.safe_load(SCHEMA.read_text()), CONFIG_SOURCE)
+    plan.check_config(config, schema.load(), CONFIG_SOURCE)
     validate(config, str(SCHEMA), set_default=True)
     plan.check_plan(config, CATALOG, CONFIG_SOURCE)
     # the cluster the profile names (Slurm's partition, its nodes): once, not in each job

@@ -19,9 +19,9 @@ SCHEME_COLUMN = {
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    import yaml
+    from llmbuild.schema import read_yaml
 
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(Path(path).read_text())
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise UserError("must be a mapping with a 'models' mapping", path=path, field="models")
     return data["models"]

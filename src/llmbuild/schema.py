@@ -14,11 +14,17 @@ from typing import Any
 PATH = Path(__file__).with_name("schema.yaml")
 
 
-@functools.cache
-def load() -> dict[str, Any]:
+def read_yaml(text: str) -> Any:
+    """YAML's safe loader, libyaml's C one where PyYAML has it (planning reads the schema and
+    the catalog at every Snakemake start, jobs included)."""
     import yaml
 
-    return yaml.safe_load(PATH.read_text())
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.cache
+def load() -> dict[str, Any]:
+    return read_yaml(PATH.read_text())
 
 
 def node(key: str) -> dict[str, Any]:

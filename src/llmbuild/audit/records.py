@@ -69,9 +69,9 @@ def _norm(v: Any) -> Any:
 
 @functools.cache
 def _schema_keys() -> tuple[str, ...]:
-    import yaml
+    from llmbuild import schema as S
 
-    schema = yaml.safe_load((Path(provenance.__file__).parent / "schema.yaml").read_text())
+    schema = S.load()
 
     def walk(node: dict, prefix: str) -> list[str]:
         if "$ref" in node:
