@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests" / "workflow"))  # snakefork: Snakemake runs, forked
+import snakefork  # noqa: E402
 
 
 def tool(bindir: Path, name: str, body: str) -> None:
@@ -44,7 +45,7 @@ def plan(workdir: Path, overlay: dict, *args: str, path_first: Path | None = Non
     env = dict(os.environ)
     if path_first is not None:
         env["PATH"] = f"{path_first}:{env['PATH']}"
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir, env=env)
+    return snakefork.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir, env=env)
 
 
 def error_lines(proc) -> list[str]:

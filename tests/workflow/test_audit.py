@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+import snakefork
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def snakemake(wd: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-d", str(wd), "--cores", "2"]
     cmd += ["--resources", "serve_slots=1", "--latency-wait", "5", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=wd)
+    proc = snakefork.run(cmd, capture_output=True, text=True, timeout=600, cwd=wd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 

@@ -2,11 +2,11 @@
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import snakefork
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def plan_with(tmp_path, overlay):
         "config/config.yaml",
         "bad.yaml",
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return snakefork.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
 def error_lines(proc):

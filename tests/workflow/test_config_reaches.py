@@ -14,13 +14,13 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import snakefork
 import yaml
 
 pytestmark = pytest.mark.workflow
@@ -373,7 +373,7 @@ def dry_run(workdir: Path, overlay: dict) -> dict[str, dict]:
         "config/config.yaml",
         name,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
+    proc = snakefork.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
     assert proc.returncode == 0, (overlay, proc.stdout[-2000:], proc.stderr[-2000:])
     jobs = {}
     rule = output = None

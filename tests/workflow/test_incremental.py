@@ -8,13 +8,13 @@ planned job set compared with exactly what must rerun.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import snakefork
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def snakemake(workdir, *args, check=True):
         "5",
         *args,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=workdir)
+    proc = snakefork.run(cmd, capture_output=True, text=True, timeout=600, cwd=workdir)
     if check and proc.returncode:
         raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

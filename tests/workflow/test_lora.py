@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import snakefork
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def plan(workdir: Path, extra: dict | None = None, *args: str) -> dict[str, list
         files.append("extra.yaml")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
     cmd += ["-n", "-p", "--forceall", "--cores", "2", *args, "--configfile", *files]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
+    proc = snakefork.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     jobs: dict[str, list[str]] = {}
     rule = None

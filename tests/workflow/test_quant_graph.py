@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import snakefork
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def plan(workdir: Path, *configs: str, extra: dict | None = None, targets=()):
         files.append("extra.yaml")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
     cmd += ["-n", "-p", "--forceall", "--cores", "2", "--configfile", *files, *targets]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
+    return snakefork.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
 
 
 def commands(proc, verb: str) -> list[str]:

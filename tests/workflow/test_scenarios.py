@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import snakefork
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def plan(workdir: Path, *overlays: str, extra: dict | None = None):
         files.append("extra.yaml")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
     cmd += ["-n", "-p", "--forceall", "--cores", "2", "--configfile", *files]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
+    return snakefork.run(cmd, capture_output=True, text=True, timeout=300, cwd=workdir)
 
 
 def shell_commands(proc) -> list[str]:

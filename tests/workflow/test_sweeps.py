@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import snakefork
 
 pytestmark = pytest.mark.workflow
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ SWEEPS = {
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir)]
     cmd += ["--cores", "2", "--resources", "serve_slots=1", "--latency-wait", "5", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=workdir)
+    return snakefork.run(cmd, capture_output=True, text=True, timeout=600, cwd=workdir)
 
 
 def overlay(workdir: Path, change: dict) -> list[str]:
