@@ -25,6 +25,7 @@ from llmbuild.bench.metrics import VALIDITY_COLUMNS  # noqa: E402
 from llmbuild.bench.prompts import PromptMaker, load_tokenizer  # noqa: E402
 from llmbuild.bench.static import StaticConfig, run_static  # noqa: E402
 from llmbuild.bench.workload import ModelMix, Workload  # noqa: E402
+from llmbuild.serve.counters import COLUMNS as SERVER_COLUMNS  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -282,8 +283,10 @@ def test_dataset_and_dynamic_cli_end_to_end(
     rows = list(csv.DictReader(out.open()))
     header = list(rows[0])
     assert tuple(header[: len(CONFIG_COLUMNS)]) == CONFIG_COLUMNS
-    assert tuple(header[-len(VALIDITY_COLUMNS) - 3 : -3]) == VALIDITY_COLUMNS
-    assert tuple(header[-3:]) == ("reused_prompts", "valid", "invalid_reason")
+    at = header.index(VALIDITY_COLUMNS[0])
+    assert tuple(header[at : at + len(VALIDITY_COLUMNS)]) == VALIDITY_COLUMNS
+    rest = header[at + len(VALIDITY_COLUMNS) :]
+    assert tuple(rest) == ("reused_prompts", *SERVER_COLUMNS, "valid", "invalid_reason")
     assert all(r["valid"] == "True" and r["invalid_reason"] == "" for r in rows)
     assert json.loads((tmp_path / "v.json").read_text())["subject"] == "mock-model dynamic"
     assert [r["request_rate"] for r in rows] == ["20.0", "40.0"]

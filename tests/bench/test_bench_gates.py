@@ -26,6 +26,7 @@ from llmbuild.bench.metrics import (  # noqa: E402
 )
 from llmbuild.bench.prompts import PromptMaker, load_tokenizer  # noqa: E402
 from llmbuild.errors import UserError  # noqa: E402
+from llmbuild.serve.counters import COLUMNS as SERVER_COLUMNS  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
@@ -145,7 +146,11 @@ def test_healthy_run_passes_and_writes_the_verdict(tmp_path, tokenizer_dir, data
     rows = list(csv.DictReader((out_dir / "static.csv").open()))
     header = list(rows[0])
     assert tuple(header[-len(GATE_COLUMNS) :]) == GATE_COLUMNS
-    assert tuple(header[-len(GATE_COLUMNS) - len(VALIDITY_COLUMNS) : -2]) == VALIDITY_COLUMNS
+    # the validity columns, then the server's counters (none from the mock), then the verdict
+    at = header.index(VALIDITY_COLUMNS[0])
+    assert tuple(header[at : at + len(VALIDITY_COLUMNS)]) == VALIDITY_COLUMNS
+    after = header[at + len(VALIDITY_COLUMNS) : -len(GATE_COLUMNS)]
+    assert tuple(after) == SERVER_COLUMNS
     assert rows[0]["valid"] == "True" and rows[0]["invalid_reason"] == ""
     v = json.loads((out_dir / "v.json").read_text())
     assert (v["gate"], v["subject"], v["status"]) == ("bench_validity", "mock-model static", "pass")
