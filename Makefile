@@ -4,6 +4,8 @@ CORES ?= 2
 VENV := .venv
 SNAKEMAKE := $(VENV)/bin/snakemake --profile profiles/local --cores $(CORES)
 STACKS := train quantize bench plot
+# make test leaves out the tests marked slow; make test-full runs them too
+SLOW := and not slow
 # Each stack's tests run in that stack's environment (the serve tests run in the driver and
 # start vLLM from .envs/serve-cpu, so the serving stack carries no test tools).
 TESTS_train := tests/data tests/convert tests/train
@@ -11,7 +13,7 @@ TESTS_quantize := tests/quantize
 TESTS_bench := tests/bench tests/eval
 TESTS_plot := tests/plot
 
-.PHONY: setup envs demo report test test-fast test-slurm test-pending lint clean
+.PHONY: setup envs demo report test test-full test-fast test-slurm test-pending lint clean
 
 # The driver: Snakemake, pytest and linters, plus this package (for planning the graph).
 $(VENV)/.ready: envs/driver.txt pyproject.toml
@@ -43,10 +45,15 @@ lint: setup
 # unit + workflow tests in the driver, then each stack's tests in its own environment, then
 # the whole graph end to end on the embedded default, then once more through a real Slurm.
 test: envs lint
-	$(VENV)/bin/python -m pytest -q -m "not gpu and not slurm" tests/unit tests/workflow tests/serve tests/cluster
-	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q -m "not gpu" $(TESTS_$(s)) && ) true
-	$(VENV)/bin/python -m pytest -q -m "e2e and not pending" tests/e2e
+	$(VENV)/bin/python -m pytest -q -m "not gpu and not slurm $(SLOW)" tests/unit tests/workflow tests/serve tests/cluster
+	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q -m "not gpu $(SLOW)" $(TESTS_$(s)) && ) true
+	$(VENV)/bin/python -m pytest -q -m "e2e and not pending $(SLOW)" tests/e2e
 	$(MAKE) test-slurm
+
+# make test and the variants it leaves to faster tests (marker slow: each family, writer and
+# layout; the serving stack's own tests beside the graph's)
+test-full:
+	$(MAKE) test SLOW=
 
 # A single-node Slurm on this machine (installed and started by scripts/slurm-up.sh, as root),
 # then the default graph through profiles/slurm in results/slurm/, compared with the local

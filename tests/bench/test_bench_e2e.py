@@ -23,7 +23,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# make test-full: the default graph benchmarks real vLLM services (tests/e2e/test_demo.py); a
+# crash mid-run is tested on the mock (test_bench_dynamic, test_bench_gates) and in the graph
+# (tests/e2e/test_gates.py)
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = ROOT / ".envs" / "serve-cpu" / "bin"

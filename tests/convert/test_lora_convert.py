@@ -108,7 +108,7 @@ def _merged_by_hand(base_dir: Path, tensors: dict, nemo_names: bool = False):
     return model
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", pytest.param("qwen2", marks=pytest.mark.slow)])
 def test_peft_adapter_and_merged_model(arch, tmp_path):
     from peft import PeftModel
     from safetensors import safe_open

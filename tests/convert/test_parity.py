@@ -253,13 +253,15 @@ def test_backends_write_the_same_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     ("name", "tp", "pp", "split", "writer"),
     [
-        ("qwen2-tied", 2, 1, None, "numpy"),
-        ("qwen2-tied", 1, 2, None, "numpy"),
-        ("llama3.1", 2, 1, None, "numpy"),
-        ("llama3.1", 1, 2, None, "numpy"),
-        ("qwen2-tied", 1, 2, (1, 2), "numpy"),  # uneven pipeline split of 3 layers
+        # make test: tensor parallel (torch writer), an uneven pipeline split of 3 layers
         ("llama3.1", 2, 1, None, "torch"),
-        ("qwen2-tied", 1, 2, (1, 2), "torch"),
+        ("qwen2-tied", 1, 2, (1, 2), "numpy"),
+        # make test-full: each family and writer at each layout
+        pytest.param("qwen2-tied", 2, 1, None, "numpy", marks=pytest.mark.slow),
+        pytest.param("qwen2-tied", 1, 2, None, "numpy", marks=pytest.mark.slow),
+        pytest.param("llama3.1", 2, 1, None, "numpy", marks=pytest.mark.slow),
+        pytest.param("llama3.1", 1, 2, None, "numpy", marks=pytest.mark.slow),
+        pytest.param("qwen2-tied", 1, 2, (1, 2), "torch", marks=pytest.mark.slow),
     ],
 )
 def test_torchrun_parallel_logits_and_layout(name, tp, pp, split, writer, tmp_path):

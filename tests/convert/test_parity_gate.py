@@ -97,6 +97,7 @@ def test_hf2mg_llama_passes(models, tmp_path):
     assert prov["status"] == "pass" and prov["command"] == "llmbuild gates parity"
 
 
+@pytest.mark.slow  # the tied family's parity: also in test_parity (torchrun, uneven split)
 def test_hf2mg_qwen2_tied_passes(models, tmp_path):
     r, v = _gate(models / "qwen" / "hf", models / "qwen" / "mcore", "hf2mg", tmp_path / "v.json")
     _assert_pass(r, v)

@@ -97,6 +97,18 @@ def test_serving_dtype_and_prefix_caching_reach_vllm(build):
         # serve.enable_prefix_caching: false reaches vLLM as off (its own default is on)
         assert "'enable_prefix_caching': False" in log, variant
         assert f"--dtype {summary[variant]['served_dtype']}" in log
+    # the W8A8 service: the dtype this CPU's int8 kernel takes (bfloat16 with AMX), recorded
+    # with its reason and the CPU's flags, and vLLM's engine on that kernel
+    from llmbuild.serve.dtype import choose_dtype, cpu_features
+
+    w8a8 = MODEL / "sft" / "quant" / "w8a8"
+    expected = choose_dtype("auto", w8a8, "cpu", cpu_features())
+    prov = json.loads((MODEL / "serve/sft-w8a8/eval.json.provenance.json").read_text())
+    assert (prov["dtype"], prov["dtype_reason"]) == (expected.dtype, expected.reason)
+    assert set(prov["cpu"]) == {"model", "arch", "has_amx", "has_avx512_bf16"}
+    log = (ROOT / "logs/tiny-llama/serve/sft-w8a8/eval.log").read_text()
+    assert f"dtype=torch.{expected.dtype}" in log
+    assert "Selected CPUInt8ScaledMMLinearKernel for CompressedTensorsW8A8Int8" in log
 
 
 def test_training_logs_show_learning(build):

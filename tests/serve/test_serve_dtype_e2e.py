@@ -21,7 +21,8 @@ import pytest
 from llmbuild.serve.dtype import choose_dtype, cpu_features
 from llmbuild.serve.endpoint import wait_ready
 
-pytestmark = pytest.mark.e2e
+# make test-full: the default graph's W8A8 service is checked the same way in tests/e2e/test_demo.py
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

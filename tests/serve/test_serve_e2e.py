@@ -21,7 +21,9 @@ import pytest
 from llmbuild.serve.endpoint import pid_alive, wait_ready
 from llmbuild.serve.vllm import descendants
 
-pytestmark = pytest.mark.e2e
+# make test-full: the default graph's services chat (evaluation), stream (benchmarks) and stop
+# with the run (tests/e2e/test_demo.py)
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -167,6 +167,7 @@ def test_torchrun_every_rank_stops(work):
     assert (_partial(work, "inf-pp") / "llmbuild_stopped.json").is_file()
 
 
+@pytest.mark.slow  # normal runs: every training test
 def test_a_normal_run_is_unaffected(work):
     r = _run(_llmbuild(*_train(work, "mg", "ok", 3, "3e-3", "--save-interval", "1")))
     assert r.returncode == 0, r.stderr[-3000:]
