@@ -193,6 +193,14 @@ def test_child_env_is_offline_unbuffered_and_drops_the_legacy_kv_variable():
     assert base["VLLM_CPU_KVCACHE_SPACE"] == "40"  # not mutated
 
 
+def test_child_env_drops_a_service_jobs_zero_thread_count():
+    # Snakemake gives a job of threads 0 (a service) OMP_NUM_THREADS=0, which libgomp refuses
+    base = {"OMP_NUM_THREADS": "0", "MKL_NUM_THREADS": "0", "OPENBLAS_NUM_THREADS": "3"}
+    env = child_env(ServeConfig(model="/m"), base)
+    assert "OMP_NUM_THREADS" not in env and "MKL_NUM_THREADS" not in env
+    assert env["OPENBLAS_NUM_THREADS"] == "3"
+
+
 def test_dtype_choices_are_the_schemas():
     assert DTYPES == tuple(node("serve.dtype")["enum"])
 

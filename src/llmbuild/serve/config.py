@@ -296,6 +296,12 @@ def child_env(cfg: ServeConfig, base: Mapping[str, str]) -> dict[str, str]:
     env.setdefault("DO_NOT_TRACK", "1")
     # The model is a local directory: never look it up on a hub.
     env.setdefault("HF_HUB_OFFLINE", "1")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        # Snakemake sets these to a job's threads, and a service job has 0 (its consumers
+        # hold the cores): 0 is not a thread count (libgomp says so at every start); the
+        # server takes its threads from VLLM_CPU_OMP_THREADS_BIND / the CPUs it may use
+        if env.get(name, "").strip() in ("0", ""):
+            env.pop(name, None)
     if cfg.kv_cache_space_gib is not None:
         # The legacy variable would silently override --kv-cache-memory-bytes on CPU.
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)
