@@ -24,9 +24,10 @@ $(VENV)/.ready: envs/driver.txt pyproject.toml
 
 setup: $(VENV)/.ready
 
-# Each stack's environment is a node of the graph (.envs/<stack>/ready.json).
+# Each stack's environment is a node of the graph (.envs/<stack>/ready.json), installed by
+# the driver's uv (first on PATH) with pip's own settings.
 envs: setup
-	$(SNAKEMAKE) envs
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(SNAKEMAKE) envs
 
 demo: envs
 	@.envs/serve-cpu/bin/llmbuild serve cpu

@@ -122,3 +122,30 @@ def test_test_modules_of_one_pytest_run_have_distinct_names():
     for dirs in runs:
         names = Counter(p.name for d in dirs for p in (root / d).rglob("test_*.py"))
         assert not [n for n, c in names.items() if c > 1], (dirs, names.most_common(3))
+
+
+def test_pip_settings_reach_uv(tmp_path):
+    from llmbuild.envs.venv import uv_flags
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    listed = "\n".join(
+        [
+            f"global.find-links='{wheels}'",
+            f":env:.find-links='{wheels}'",  # the same, from PIP_FIND_LINKS: once
+            f"global.constraint='{tmp_path / 'missing.txt'}'",  # absent: left out
+            f"global.extra-index-url='file://{tmp_path} file:///nowhere/simple'",
+            "global.cert='/etc/ssl/certs/ca-certificates.crt'",  # not an index setting
+            "global.index-url='https://mirror.example/simple'",
+        ]
+    )
+    assert uv_flags(listed) == [
+        "--index-strategy",
+        "unsafe-best-match",
+        "--find-links",
+        str(wheels),
+        "--extra-index-url",
+        f"file://{tmp_path}",
+        "--index-url",
+        "https://mirror.example/simple",
+    ]
