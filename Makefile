@@ -18,8 +18,9 @@ TESTS_plot := tests/plot
 # The driver: Snakemake, pytest and linters, plus this package (for planning the graph).
 $(VENV)/.ready: envs/driver.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q -r envs/driver.txt
-	$(VENV)/bin/pip install --disable-pip-version-check -q --no-deps -e .
+	$(VENV)/bin/pip install --disable-pip-version-check -q $$(grep '^uv==' envs/driver.txt)
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -r envs/driver.txt
+	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.ready
