@@ -3,8 +3,10 @@
 `scripts/slurm-up.sh` starts a single-node Slurm on this machine; this test runs the graph with
 `--profile profiles/slurm` from scratch in its own working directory (`results/slurm/`, the
 repository's files linked in, `.envs/` shared: environments are made once, not per job), then
-checks the outputs as the local end-to-end test does and, when the local build of
-`make test`/`make demo` is there, that both builds agree.
+checks the outputs and, when the local build of `make test`/`make demo` is there, that both
+builds agree. `make test` runs it with tests/cluster/slurm-quick.yaml over the default (every
+job kind, few training steps, two served variants); LLMBUILD_SLURM_FULL=1 runs the default as
+it is (about 1.5 times the local build's wall time on 2 cores).
 """
 
 import csv
@@ -24,6 +26,9 @@ pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "results" / "slurm"
 LOCAL = ROOT / "results" / "tiny-llama"
+FULL = os.environ.get("LLMBUILD_SLURM_FULL") == "1"
+OVERLAY = [] if FULL else ["--configfile", "config/config.yaml", "tests/cluster/slurm-quick.yaml"]
+VARIANTS = ("base", "sft", "sft-w8a8") if FULL else ("sft", "sft-w8a8")
 KEEP_OUT = {"results", "logs", ".snakemake", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
 
 
@@ -45,7 +50,7 @@ def build():
     shutil.rmtree(ROOT / ".envs" / "checks", ignore_errors=True)
     # one vLLM at a time on this 2-core machine, as the local profile does
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm"]
-    cmd += ["--resources", "serve_slots=1"]
+    cmd += ["--resources", "serve_slots=1", *OVERLAY]
     started = time.time()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=3600)
     wall = time.time() - started
@@ -65,8 +70,9 @@ def test_jobs_went_through_slurm(build):
         re.search(r"slurm_logs/(?:rule_|group_[0-9a-f-]+_)(\w+?)/", ln).group(1) for ln in submitted
     ]
     # a service and its consumers are one Slurm job (a group job), every other job its own
-    assert units.count("eval_accuracy_serve") == 3, units
-    assert units.count("bench_dynamic_bench_static_serve") == 3, units
+    assert units.count("eval_accuracy_serve") == len(VARIANTS), units
+    bench = "bench_dynamic_bench_static_serve" if FULL else "bench_static_serve"
+    assert units.count(bench) == len(VARIANTS), units
     assert units.count("train") == 2 and units.count("device_check") == 1, units
     assert "serve" not in units
     # environments are made once, on the submitting host: no env job went to Slurm
@@ -106,13 +112,14 @@ def test_every_gate_passed(build):
 def test_services_and_their_consumers_ran_in_one_job(build):
     model, _ = build
     summary = json.loads((model / "eval" / "summary.json").read_text())
-    for variant in ("base", "sft", "sft-w8a8"):
+    for variant in VARIANTS:
         assert summary[variant]["n"] == 200
         with open(model / "bench" / variant / "static.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
-        assert [int(r["concurrency"]) for r in rows] == [1, 2, 4]
+        assert [int(r["concurrency"]) for r in rows] == ([1, 2, 4] if FULL else [2])
         assert all(int(r["failures"]) == 0 for r in rows)
-    assert summary["sft"]["accuracy"] >= 0.90
+    if FULL:
+        assert summary["sft"]["accuracy"] >= 0.90
     assert (model / "plots" / "bench.png").stat().st_size > 0
 
 
@@ -130,11 +137,19 @@ def test_same_results_as_the_local_run(build):
         pytest.skip("no local build of the default graph to compare with (make demo)")
     for part in ("shards/pretrain", "shards/sft", "data/task"):
         assert digest(model / part) == digest(LOCAL / part), part
+    for part in ("base/mcore", "base/hf"):
+        assert digest(model / part) == digest(LOCAL / part), part
     for phase in ("pretrain", "sft"):
         here = [json.loads(x)["loss"] for x in (model / phase / "train_log.jsonl").open()]
         there = [json.loads(x)["loss"] for x in (LOCAL / phase / "train_log.jsonl").open()]
+        if not FULL:  # the first step (learning rate 0 in warm-up) is the same in both runs
+            here, there = here[:1], there[:1]
+            if phase == "sft":  # it starts from a shorter pretraining here
+                continue
         assert here == there, phase  # the same threads, the same CPU: the same losses
-    for variant in ("base", "sft", "sft-w8a8"):
+    if not FULL:
+        return
+    for variant in VARIANTS:
         a = json.loads((model / "eval" / variant / "accuracy.json").read_text())
         b = json.loads((LOCAL / "eval" / variant / "accuracy.json").read_text())
         assert abs(a["accuracy"] - b["accuracy"]) <= 0.02, (variant, a["accuracy"], b["accuracy"])

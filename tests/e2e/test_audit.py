@@ -71,8 +71,31 @@ def test_flipped_byte_in_a_real_shard_is_named(build):
     assert ("bytes", "results/tiny-llama/shards/pretrain", shard.name) in hits, hits
 
 
-def test_deterministic_steps_rebuild_bit_identical(build, tmp_path):
-    proc, seconds = audit("--rebuild", "--scratch", str(tmp_path / "second"))
+# the deterministic steps up to training (make test; training's own bytes are compared run
+# against run in tests/train/test_train.py), and all of them, trainings included (test-full)
+UP_TO_TRAINING = (
+    "results/tiny-llama/data/corpus.jsonl",
+    "results/tiny-llama/base/hf",
+    "results/tiny-llama/shards/pretrain",
+    "results/tiny-llama/shards/sft",
+    "results/tiny-llama/base/mcore",
+)
+TRAINED = (
+    "results/tiny-llama/pretrain/mcore",
+    "results/tiny-llama/sft/mcore",
+    "results/tiny-llama/sft/hf",
+    "results/tiny-llama/sft/quant/w8a8",
+)
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [UP_TO_TRAINING, pytest.param(UP_TO_TRAINING + TRAINED, marks=pytest.mark.slow)],
+    ids=["up-to-training", "all"],
+)
+def test_deterministic_steps_rebuild_bit_identical(build, tmp_path, outputs):
+    targets = [] if outputs[-1] in TRAINED else list(outputs)
+    proc, seconds = audit("--rebuild", "--scratch", str(tmp_path / "second"), *targets)
     doc = json.loads(proc.stdout)
     print(
         f"rebuild of the deterministic steps: {seconds:.0f} s; identical: "
@@ -80,15 +103,5 @@ def test_deterministic_steps_rebuild_bit_identical(build, tmp_path):
     )
     assert [f for f in doc["findings"] if f["check"] == "rebuild"] == []
     same = set(doc["rebuilt_identical"])
-    for out in (
-        "results/tiny-llama/data/corpus.jsonl",
-        "results/tiny-llama/base/hf",
-        "results/tiny-llama/shards/pretrain",
-        "results/tiny-llama/shards/sft",
-        "results/tiny-llama/base/mcore",
-        "results/tiny-llama/pretrain/mcore",
-        "results/tiny-llama/sft/mcore",
-        "results/tiny-llama/sft/hf",
-        "results/tiny-llama/sft/quant/w8a8",
-    ):
+    for out in outputs:
         assert out in same, out
