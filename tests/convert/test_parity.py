@@ -396,6 +396,7 @@ def test_cli_roundtrip_complete_sharded_hf_dir(tmp_path):
     ).endswith("<|assistant|>\n")
 
 
+@pytest.mark.slow
 def test_cli_bf16_stays_bf16(tmp_path):
     tiny.make_model(tmp_path / "hf", arch="qwen2", layers=2, tied=True)
     from transformers import AutoModelForCausalLM

@@ -104,6 +104,7 @@ def test_hf2mg_qwen2_tied_passes(models, tmp_path):
     assert v["figures"]["architecture"] == "qwen2" and v["figures"]["vocab_size"] == 500
 
 
+@pytest.mark.slow  # parallel layouts: test_parity (torchrun)
 def test_hf2mg_tp2_pp2_layout_loads_at_1_1(models, tmp_path):
     mcore = models / "llama-tp2pp2" / "mcore"
     r, v = _gate(models / "llama" / "hf", mcore, "hf2mg", tmp_path / "v.json")
@@ -111,6 +112,7 @@ def test_hf2mg_tp2_pp2_layout_loads_at_1_1(models, tmp_path):
     assert (v["figures"]["saved_tp"], v["figures"]["saved_pp"]) == (2, 2)
 
 
+@pytest.mark.slow
 def test_hf2mg_bf16_cast_compares_rounded_weights(models, tmp_path):
     """fp32 source, bf16 checkpoint: the HF side is rounded as the conversion rounded, both
     run in fp32, so the plain fp32 tolerance holds."""

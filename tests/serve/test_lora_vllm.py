@@ -25,7 +25,9 @@ from llmbuild.errors import UserError
 from llmbuild.serve.endpoint import Endpoint, wait_ready
 from llmbuild.serve.vllm import descendants, kill_leftovers
 
-pytestmark = pytest.mark.e2e
+# make test-full: two vLLM starts (about 3 minutes on 2 cores); the LoRA service of the graph:
+# tests/e2e/test_lora.py (make test-pending)
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

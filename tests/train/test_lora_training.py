@@ -206,6 +206,7 @@ def parallel(work):
     return work
 
 
+@pytest.mark.slow  # the single-process adapter and its PEFT parity are in make test
 @pytest.mark.parametrize("name", ["pp2", "tp2"])
 def test_parallel_lora_trains_like_one_process(parallel, name):
     one, par = _log(parallel / "one.jsonl"), _log(parallel / f"{name}.jsonl")
@@ -219,6 +220,7 @@ def test_parallel_lora_trains_like_one_process(parallel, name):
         torch.testing.assert_close(got[key], ref[key], atol=2e-4, rtol=1e-3, msg=key)
 
 
+@pytest.mark.slow
 def test_tensor_parallel_forward_matches_peft(parallel):
     ids = _ids()
     _, tuned = _peft_logits(parallel, parallel / "tp2", ids)

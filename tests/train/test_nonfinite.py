@@ -150,6 +150,7 @@ def test_divergence_stops_at_its_step_and_a_rerun_starts_over(work):
     assert _error(r2) == msg
 
 
+@pytest.mark.slow  # one process stops the same way: the tests above
 def test_torchrun_every_rank_stops(work):
     """Two pipeline stages: the first stage computes no loss itself; the all-reduced NaN
     stops it as well as the last stage (no rank waits for a collective: the run ends)."""

@@ -17,7 +17,9 @@ import synth  # noqa: E402
 import test_parallel as P  # noqa: E402
 import tiny  # noqa: E402
 
-pytestmark = pytest.mark.parity
+# make test-full: three trainings under torchrun (single, TP2, DP2); the step loop and its
+# parallel launch are in make test through tests/train/test_parallel.py (an uneven pipeline)
+pytestmark = [pytest.mark.parity, pytest.mark.slow]
 
 ITERS = 4
 
