@@ -139,16 +139,12 @@ def test_same_results_as_the_local_run(build):
         assert digest(model / part) == digest(LOCAL / part), part
     for part in ("base/mcore", "base/hf"):
         assert digest(model / part) == digest(LOCAL / part), part
+    if not FULL:  # fewer steps draw other batches (the sample order spans the whole run)
+        return
     for phase in ("pretrain", "sft"):
         here = [json.loads(x)["loss"] for x in (model / phase / "train_log.jsonl").open()]
         there = [json.loads(x)["loss"] for x in (LOCAL / phase / "train_log.jsonl").open()]
-        if not FULL:  # the first step (learning rate 0 in warm-up) is the same in both runs
-            here, there = here[:1], there[:1]
-            if phase == "sft":  # it starts from a shorter pretraining here
-                continue
         assert here == there, phase  # the same threads, the same CPU: the same losses
-    if not FULL:
-        return
     for variant in VARIANTS:
         a = json.loads((model / "eval" / variant / "accuracy.json").read_text())
         b = json.loads((LOCAL / "eval" / variant / "accuracy.json").read_text())
