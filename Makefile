@@ -12,6 +12,12 @@ TESTS_train := tests/data tests/convert tests/train
 TESTS_quantize := tests/quantize
 TESTS_bench := tests/bench tests/eval
 TESTS_plot := tests/plot
+# The driver's and the train stack's tests mostly wait on one-threaded work (planning, imports
+# of torch and megatron in subprocesses): two workers, each test file on one of them (its
+# module fixtures made once). WORKERS=0 runs them in one process.
+WORKERS ?= 2
+XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
+XDIST_train = $(XDIST)
 
 .PHONY: setup envs demo report test test-full test-fast test-slurm test-pending lint clean
 
@@ -47,8 +53,8 @@ lint: setup
 # unit + workflow tests in the driver, then each stack's tests in its own environment, then
 # the whole graph end to end on the embedded default, then once more through a real Slurm.
 test: envs lint
-	$(VENV)/bin/python -m pytest -q -m "not gpu and not slurm $(SLOW)" tests/unit tests/workflow tests/serve tests/cluster
-	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q -m "not gpu $(SLOW)" $(TESTS_$(s)) && ) true
+	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not gpu and not slurm $(SLOW)" tests/unit tests/workflow tests/serve tests/cluster
+	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q $(XDIST_$(s)) -m "not gpu $(SLOW)" $(TESTS_$(s)) && ) true
 	$(VENV)/bin/python -m pytest -q -m "e2e and not pending $(SLOW)" tests/e2e
 	$(MAKE) test-slurm
 

@@ -73,6 +73,17 @@ def served_variants(config: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def bench_variants(config: dict[str, Any]) -> list[str]:
+    """The served variants benchmarked: bench.variants, or (null) every served one but the
+    untrained base, which has the trained model's shape and would repeat its figures (the
+    base alone when nothing else is served)."""
+    chosen = config["bench"].get("variants")
+    if chosen is not None:
+        return list(dict.fromkeys(chosen))
+    served = served_variants(config)
+    return [v for v in served if v != "base"] or served
+
+
 def _unknown_variant(config: dict[str, Any], variant: str) -> str:
     chain = phases(config)
     return (
@@ -293,6 +304,15 @@ def check_cross_fields(config: dict[str, Any], source: str) -> None:
     for variant in config["eval"]["variants"]:
         if variant.partition("-")[0] not in known:
             raise UserError(_unknown_variant(config, variant), path=source, field="eval.variants")
+    served = served_variants(config)
+    for variant in config["bench"].get("variants") or ():
+        if variant not in served:
+            raise UserError(
+                f"{variant!r} is not served (served: {', '.join(served)}); benchmark one of"
+                " them, or add it to eval.variants or quantize.schemes",
+                path=source,
+                field="bench.variants",
+            )
 
 
 # served names the LoRA service or the graph's variants use already

@@ -21,7 +21,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "qwen2.5-0.5b"
 RESULTS = ROOT / "results" / NAME
-CONFIGS = ["config/config.yaml", "config/scenarios/hf-qwen2.5.yaml", "config/scenarios/quick.yaml"]
+CONFIGS = [
+    "config/config.yaml",
+    "config/scenarios/hf-qwen2.5.yaml",
+    "config/scenarios/quick.yaml",
+    "tests/e2e/bench-quantized.yaml",
+]
 
 
 def snakemake(*args: str, timeout: int = 3600):
@@ -70,10 +75,12 @@ def test_served_and_benchmarked(build):
         acc = json.loads((RESULTS / "eval" / variant / "accuracy.json").read_text())
         assert acc["failed_requests"] == 0 and acc["n"] == 20
         assert acc["served_dtype"] in ("float32", "bfloat16")
-        with open(RESULTS / "bench" / variant / "static.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        assert rows and all(int(r["failures"]) == 0 for r in rows)
-        assert all(math.isfinite(float(r["request_goodput"])) for r in rows)
+    # bench.variants: the quantized variant alone (tests/e2e/bench-quantized.yaml)
+    assert not (RESULTS / "bench" / "sft").exists()
+    with open(RESULTS / "bench" / "sft-w8a8" / "static.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(int(r["failures"]) == 0 for r in rows)
+    assert all(math.isfinite(float(r["request_goodput"])) for r in rows)
     config = json.loads((RESULTS / "sft/quant/w8a8/config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
 

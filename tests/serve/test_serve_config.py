@@ -38,7 +38,24 @@ def test_minimal_cpu_argv_gets_the_default_kv_cache():
         "/m",
         "--kv-cache-memory-bytes",
         str(int(DEFAULT_CPU_KV_CACHE_GIB * 2**30)),
+        "--distributed-executor-backend",
+        "uni",
     ]
+
+
+def test_one_cpu_rank_runs_in_the_engine_process_unless_told_otherwise():
+    one = ServeConfig(model="/m")
+    argv = build_argv(one, "h", 1, python="py")
+    assert flag_value(argv, "--distributed-executor-backend") == "uni"
+    assert child_env(one, {})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    for cfg in (
+        ServeConfig(model="/m", device="cuda"),
+        ServeConfig(model="/m", tensor_parallel_size=2),
+        ServeConfig(model="/m", extra_args=("--distributed-executor-backend=mp",)),
+    ):
+        argv = build_argv(cfg, "h", 1, python="py")
+        assert argv.count("--distributed-executor-backend") == 0, cfg
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in child_env(cfg, {}), cfg
 
 
 def test_cuda_leaves_memory_to_vllm():

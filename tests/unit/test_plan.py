@@ -248,3 +248,17 @@ def test_a_dpo_phase_with_a_pipeline_is_refused():
     cfg = filled({"train": {"phases": ["sft", "dpo"], "pp": 2}})
     with pytest.raises(UserError, match="train.pp: a dpo phase trains with pp 1"):
         plan.check_plan(cfg, CATALOG, "c.yaml")
+
+
+def test_bench_variants_pick_among_the_served_ones():
+    cfg = filled()
+    assert plan.bench_variants(cfg) == ["sft", "sft-w8a8"]  # null: every served one but base
+    alone = filled({"eval": {"variants": ["base"]}, "quantize": {"schemes": []}})
+    assert plan.bench_variants(alone) == ["base"]
+    cfg = filled({"bench": {"variants": ["sft-w8a8"]}})
+    plan.check_plan(cfg, CATALOG, "c.yaml")
+    assert plan.bench_variants(cfg) == ["sft-w8a8"]
+    cfg = filled({"bench": {"variants": ["sft-w4a16-gptq"]}})  # not in quantize.schemes
+    with pytest.raises(UserError) as err:
+        plan.check_plan(cfg, CATALOG, "c.yaml")
+    assert "bench.variants" in str(err.value) and "served: base, sft, sft-w8a8" in str(err.value)

@@ -45,8 +45,8 @@ LORA_CTX = {
     }
 }
 LORA_SERVE = {"serve", "eval_lora", "bench_dynamic"}
-# the steps that read the base model's directory (the served base's benchmarks as tokenizer)
-BASE_HF = {"hf2mg", "gate_parity_hf2mg", "mg2hf", "dataset_generate", "serve"} | TOKENIZE | BENCH
+# the steps that read the base model's directory (served; not benchmarked: bench.variants)
+BASE_HF = {"hf2mg", "gate_parity_hf2mg", "mg2hf", "dataset_generate", "serve"} | TOKENIZE
 
 # w8a8 (smoothed from the scale file) beside a scheme that calibrates itself
 CALIBRATING = {"quantize": {"schemes": ["w8a8", "w4a16-gptq"]}}
@@ -227,11 +227,8 @@ STRUCTURE: dict[str, tuple] = {
     # another build's scale file: no scale job here, w8a8 folds that file in
     "quantize.scale_input": ("in/scales.safetensors", {"quantize"}, {"quantize_scales"}),
     "serve.stack": ("serve-vllm", {"serve"}, {"env"}),
-    "eval.variants": (
-        ["sft"],
-        {"gate_summary", "plot_bench", "plot_dynamic", "eval_summary"},
-        "*",
-    ),
+    "eval.variants": (["sft"], {"gate_summary", "eval_summary"}, "*"),
+    "bench.variants": (["sft"], {"gate_summary", "plot_bench", "plot_dynamic"}, "*"),
     "bench.dataset.type": (
         "sharegpt",
         {"bench_dynamic"},

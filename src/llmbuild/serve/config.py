@@ -86,6 +86,25 @@ _OWNED_FLAGS = frozenset(
     }
 )
 
+#: vLLM's variable that lets a CPU engine run its one worker in its own process (see
+#: in_process_worker).
+_IN_PROCESS_VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+def in_process_worker(cfg: ServeConfig) -> bool:
+    """Whether the engine runs its model in its own process instead of one more worker.
+
+    On CPU vLLM starts three interpreters by default (the API server, the engine core, and
+    one worker per rank), each importing torch and vLLM: a third of the cold start on 2 cores,
+    and every step crosses a process boundary. With one rank the engine core can run the
+    model itself (executor "uni", which vLLM's CPU platform allows only with
+    VLLM_ENABLE_V1_MULTIPROCESSING=0; the API server keeps its engine core process either
+    way): measured here, the cold start of the tiny default 70 s -> 52 s and 24 requests of 64
+    tokens 1.8 s -> 1.4 s. An executor named in serve.extra_args wins.
+    """
+    named = any(str(a).startswith("--distributed-executor-backend") for a in cfg.extra_args)
+    return cfg.device == "cpu" and cfg.tensor_parallel_size == 1 and not named
+
 
 def _flag(
     flag: str | None = None, help: str | None = None, metavar: str | None = None
@@ -284,6 +303,8 @@ def build_argv(cfg: ServeConfig, host: str, port: int, python: str | None = None
         opt("--max-lora-rank", cfg.max_lora_rank)
         opt("--max-loras", cfg.max_loras)
     opt("--speculative-config", cfg.speculative_config)
+    if in_process_worker(cfg):
+        argv += ["--distributed-executor-backend", "uni"]
     argv += [str(a) for a in cfg.extra_args]
     return argv
 
@@ -307,6 +328,8 @@ def child_env(cfg: ServeConfig, base: Mapping[str, str]) -> dict[str, str]:
         env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if cfg.cpu_omp_threads_bind is not None:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_omp_threads_bind
+    if in_process_worker(cfg):
+        env[_IN_PROCESS_VAR] = "0"
     if cfg.device == "cpu":
         # every interpreter of the server asks for AMX state first (amx_site/sitecustomize.py)
         paths = [str(AMX_SITE), *filter(None, [env.get("PYTHONPATH")])]

@@ -51,6 +51,6 @@ class Wiring(
             f"results/{m}/audit/index.html",
         ]
         if self.config["bench"]["dynamic"]["enabled"]:
-            targets += [f"results/{m}/bench/{v}/dynamic.csv" for v in self.served]
+            targets += [f"results/{m}/bench/{v}/dynamic.csv" for v in self.benched]
             targets.append(f"results/{m}/plots/dynamic.png")
         return targets + self.sweep_plots() + self.lora_targets(m)

@@ -54,6 +54,7 @@ class Base:
         self.src_dir = src_dir
         self.model = config["model"]["name"]
         self.served = plan.served_variants(dict(config))
+        self.benched = plan.bench_variants(dict(config))
         train = config["train"]
         # tp/pp are filled from the catalog at planning (plan.fill_layout); unset: 1
         self.train_ranks = (train["tp"] or 1) * (train["pp"] or 1) * train["dp"]

@@ -65,7 +65,7 @@ class BenchWiring(Base):
         )
 
     def bench_csvs(self, wildcards: Any) -> list[str]:
-        return [f"results/{wildcards.model}/bench/{v}/static.csv" for v in self.served]
+        return [f"results/{wildcards.model}/bench/{v}/static.csv" for v in self.benched]
 
     @staticmethod
     def keep_on_failure(kind: str) -> Any:
@@ -83,7 +83,7 @@ class BenchWiring(Base):
         return get
 
     def dynamic_csvs(self, wildcards: Any) -> list[str]:
-        return [f"results/{wildcards.model}/bench/{v}/dynamic.csv" for v in self.served]
+        return [f"results/{wildcards.model}/bench/{v}/dynamic.csv" for v in self.benched]
 
     # --- sweeps ---------------------------------------------------------------------------
 

@@ -40,5 +40,5 @@ class GatesWiring(Base):
         out += [self.gate_path(model, "quant", v) for v in self.served if v.partition("-")[2]]
         out += [self.gate_path(model, "requests", f"{v}-eval") for v in self.served]
         kinds = ["static"] + (["dynamic"] if self.config["bench"]["dynamic"]["enabled"] else [])
-        out += [self.gate_path(model, "bench", f"{v}-{k}") for v in self.served for k in kinds]
+        out += [self.gate_path(model, "bench", f"{v}-{k}") for v in self.benched for k in kinds]
         return out + self.lora_gates(model)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from llmbuild.wiring.base import Base, cli_flags, csv_list, join
 class PlotWiring(Base):
     def plot_bench_flags(self) -> str:
         return join(
-            f"--labels {csv_list(self.served)}",
+            f"--labels {csv_list(self.benched)}",
             cli_flags(self.config["plot"], ["slo_ttft_ms", "slo_tpot_ms"]),
         )
 
