@@ -100,7 +100,7 @@ def test_one_service_per_serve_setting_one_benchmark_per_bench_setting(planned):
     assert count["bench_sweep"] == 2 * 3 * 2 + 1 * 2 * 1
     assert count["plot_sweep"] == 2
     # the default graph's own jobs are untouched by the sweeps
-    assert (count["serve"], count["bench_static"], count["plot_bench"]) == (6, 3, 1)
+    assert (count["serve"], count["bench_static"], count["plot_bench"]) == (5, 2, 1)
 
 
 def _job(planned, rule, output_part):
