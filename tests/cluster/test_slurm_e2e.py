@@ -52,6 +52,9 @@ def build():
     # one vLLM at a time on this 2-core machine, as the local profile does
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm"]
     cmd += ["--resources", "serve_slots=1", *OVERLAY]
+    # a one-node test cluster answers squeue at once: look 1 s after a submission or a finished
+    # job instead of the profile's 5 (the executor adds 10 s per round in which none finished)
+    cmd += ["--slurm-init-seconds-before-status-checks", "1"]
     started = time.time()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=3600)
     wall = time.time() - started
