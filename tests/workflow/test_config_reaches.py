@@ -243,10 +243,11 @@ STRUCTURE: dict[str, tuple] = {
         {"bench": {"dataset": {"type": "sharegpt", "path": "in/sharegpt.json"}}},
     ),
     "bench.dynamic.enabled": (False, {"gate_summary"}, "*"),
-    # a sweep adds its services, benchmarks and plots, and changes no other step
+    # a sweep adds its services, benchmarks and plots, and its benchmarks' verdicts to the
+    # gate summary; it changes no other step
     "sweeps": (
         {"s": {"serve": {"a": {"max_num_seqs": 2}}, "bench": {"b": {"concurrency": [1]}}}},
-        set(),
+        {"gate_summary"},
         {"serve_sweep", "bench_sweep", "plot_sweep"},
     ),
     # external environments: no env jobs, and the device checks move to results/checks/

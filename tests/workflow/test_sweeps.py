@@ -103,6 +103,14 @@ def test_one_service_per_serve_setting_one_benchmark_per_bench_setting(planned):
     assert (count["serve"], count["bench_static"], count["plot_bench"]) == (5, 2, 1)
 
 
+def test_every_sweep_verdict_reaches_the_gate_summary(planned):
+    verdicts = {o for j in planned if j["rule"] == "bench_sweep" for o in j["output"].split(", ")}
+    verdicts = {o for o in verdicts if "/gates/sweeps/" in o}
+    assert len(verdicts) == 2 * 3 * 2 + 1 * 2 * 1
+    (summary,) = [j for j in planned if j["rule"] == "gate_summary"]
+    assert verdicts <= set(parsed(summary["shell"])["input"])
+
+
 def _job(planned, rule, output_part):
     (job,) = [j for j in planned if j["rule"] == rule and output_part in j["output"]]
     return job

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmbuild import plan
+from llmbuild.serve import sweep
 from llmbuild.wiring.base import Base
 
 
@@ -41,4 +42,10 @@ class GatesWiring(Base):
         out += [self.gate_path(model, "requests", f"{v}-eval") for v in self.served]
         kinds = ["static"] + (["dynamic"] if self.config["bench"]["dynamic"]["enabled"] else [])
         out += [self.gate_path(model, "bench", f"{v}-{k}") for v in self.benched for k in kinds]
+        # each sweep benchmark's validity verdict (rule bench_sweep)
+        out += [
+            f"results/{model}/gates/{run.service.dir}/{run.workload}.json"
+            for name in self.config.get("sweeps") or {}
+            for run in sweep.runs(self.config, name)
+        ]
         return out + self.lora_gates(model)  # type: ignore[attr-defined]
