@@ -44,7 +44,7 @@ class GatesWiring(Base):
         out += [self.gate_path(model, "bench", f"{v}-{k}") for v in self.benched for k in kinds]
         # each sweep benchmark's validity verdict (rule bench_sweep)
         out += [
-            f"results/{model}/gates/{run.service.dir}/{run.workload}.json"
+            self.gate_path(model, run.service.dir, run.workload)
             for name in self.config.get("sweeps") or {}
             for run in sweep.runs(self.config, name)
         ]
