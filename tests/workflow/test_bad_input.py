@@ -126,6 +126,10 @@ def _hf_dir(path, weights="model.safetensors"):
             "eval.variants: 'tuned' is not a served variant of this chain "
             "(train.phases: pretrain, sft)",
         ),
+        (
+            {"bench": {"variants": ["sft-w4a16-gptq"]}},
+            "bench.variants: 'sft-w4a16-gptq' is not served (served: base, sft, sft-w8a8)",
+        ),
         ({"serve": {"dtype": "fp32"}}, "serve.dtype: 'fp32' is not one of"),
     ],
 )
