@@ -99,8 +99,8 @@ def in_process_worker(cfg: ServeConfig) -> bool:
     and every step crosses a process boundary. With one rank the engine core can run the
     model itself (executor "uni", which vLLM's CPU platform allows only with
     VLLM_ENABLE_V1_MULTIPROCESSING=0; the API server keeps its engine core process either
-    way): measured here, the cold start of the tiny default 70 s -> 52 s and 24 requests of 64
-    tokens 1.8 s -> 1.4 s. An executor named in serve.extra_args wins.
+    way): benchmarks/serve_cold_start.py measures both. An executor named in serve.extra_args
+    wins.
     """
     named = any(str(a).startswith("--distributed-executor-backend") for a in cfg.extra_args)
     return cfg.device == "cpu" and cfg.tensor_parallel_size == 1 and not named
