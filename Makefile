@@ -22,10 +22,12 @@ XDIST_train = $(XDIST)
 .PHONY: setup envs demo report test test-full test-fast test-slurm test-pending lint clean
 
 # The driver: Snakemake, pytest and linters, plus this package (for planning the graph).
+# Installed with compiled bytecode, as pip does: where Python may not write it
+# (PYTHONDONTWRITEBYTECODE), every Snakemake process would compile its modules again.
 $(VENV)/.ready: envs/driver.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check -q $$(grep '^uv==' envs/driver.txt)
-	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python -r envs/driver.txt
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(VENV)/bin/python -r envs/driver.txt
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps -e .
 	touch $@
 

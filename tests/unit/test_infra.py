@@ -149,3 +149,34 @@ def test_pip_settings_reach_uv(tmp_path):
         "--index-url",
         "https://mirror.example/simple",
     ]
+
+
+ENSUREPIP = {"pip", "setuptools", "pkg_resources", "_distutils_hack"}
+
+
+def test_environments_carry_compiled_bytecode():
+    """Every installed module has its bytecode beside it (uv's --compile-bytecode, pip's
+    default): where Python may not write it (PYTHONDONTWRITEBYTECODE), each job would compile
+    torch, transformers or vLLM again. Only imported modules would have it otherwise."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    prefixes = [root / ".venv"]
+    prefixes += [p.parent for p in sorted((root / ".envs").glob("*/ready.json"))]
+    checked = 0
+    for prefix in prefixes:
+        for site in prefix.glob("lib/python3.*/site-packages"):
+            tag = "cpython-" + site.parent.name.removeprefix("python").replace(".", "")
+            # venv's own pip and setuptools come compiled by ensurepip: the installer's count
+            sources = [
+                p
+                for p in site.rglob("*.py")
+                if p.relative_to(site).parts[0] not in ENSUREPIP and "__editable__" not in p.name
+            ]
+            compiled = [
+                p for p in sources if (p.parent / "__pycache__" / f"{p.stem}.{tag}.pyc").exists()
+            ]
+            assert len(compiled) >= 0.95 * len(sources), (str(prefix), len(compiled), len(sources))
+            checked += 1
+    if not checked:
+        pytest.skip("no environment here yet (make setup)")
