@@ -53,3 +53,27 @@ use rule serve as serve_sweep with:
         flags=W.sweep_serve_flags,
         name=W.served_name,
         lora=W.lora_serve_flags,
+
+
+# MindIE Service's config.json for a served variant (mindie.enabled): the seeds' Ascend
+# serving, from the same serve.* keys and the mindie section, checked against MindIE's
+# documented keys. Written on a proven model; MindIE itself is not started here.
+rule mindie_config:
+    input:
+        unpack(W.mindie_inputs),
+        src=W.sources("mindie"),
+        env=W.env_marker("plot"),
+    output:
+        "results/{model}/mindie/{variant}/config.json",
+    log:
+        "logs/{model}/mindie/{variant}.log",
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=200,
+    params:
+        llmbuild=W.llmbuild("plot"),
+        flags=W.mindie_flags,
+    shell:
+        "{params.llmbuild} mindie config --model-dir {input.model} --output {output}"
+        " {params.flags} > {log} 2>&1"

@@ -21,6 +21,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "train": ("llmbuild.train.cli", "pretrain / SFT on megatron-core"),
     "quantize": ("llmbuild.quantize.cli", "quantize with llm-compressor"),
     "serve": ("llmbuild.serve.cli", "run an OpenAI-compatible vLLM service"),
+    "mindie": ("llmbuild.serve.mindie_cli", "MindIE Service's config.json (Ascend serving)"),
     "eval": ("llmbuild.eval.cli", "task accuracy through a service"),
     "bench": ("llmbuild.bench.cli", "benchmark a service"),
     "plot": ("llmbuild.plot.cli", "plots and report pieces"),

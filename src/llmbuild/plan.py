@@ -313,6 +313,34 @@ def check_cross_fields(config: dict[str, Any], source: str) -> None:
                 path=source,
                 field="bench.variants",
             )
+    check_mindie(config, source, served)
+
+
+def check_mindie(config: dict[str, Any], source: str, served: list[str]) -> None:
+    """mindie.* against the served variants and serve.* (what generate() would refuse)."""
+    from llmbuild.serve import mindie
+
+    m, serve = config["mindie"], config["serve"]
+    if not m["enabled"]:
+        return
+    for variant in m["variants"] or ():
+        if variant not in served:
+            raise UserError(
+                f"{variant!r} is not served (served: {', '.join(served)}); write MindIE's"
+                " config for one of them, or add it to eval.variants or quantize.schemes",
+                path=source,
+                field="mindie.variants",
+            )
+    settings = mindie.Settings(
+        model_dir="planned",
+        model_name=m["model_name"] or config["model"]["name"],
+        **{k: serve[k] for k in mindie.SERVE_KEYS},
+        **{k: m[k] for k in mindie.KEYS if k != "container_work_dir"},
+    )
+    try:
+        mindie.generate(settings)
+    except UserError as exc:
+        raise UserError(str(exc), path=source) from None
 
 
 # served names the LoRA service or the graph's variants use already

@@ -7,6 +7,8 @@ Runs in the repository (results/ is git-ignored); an up-to-date build is reused,
 import csv
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +162,31 @@ def test_plots_and_report(build):
 def test_noop_rerun_does_nothing(build):
     proc = snakemake("-n", timeout=600)
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_mindie_config_for_the_quantized_variant(build, tmp_path):
+    """mindie.enabled over the finished build: the W8A8 variant's MindIE config.json is the
+    only job (no other step reads mindie.*), and it passes the documented-keys check."""
+    overlay = tmp_path / "mindie.yaml"
+    mindie = {"enabled": True, "variants": ["sft-w8a8"], "container_work_dir": "/home/ma-user/work"}
+    overlay.write_text(json.dumps({"mindie": mindie}))
+    target = MODEL / "mindie" / "sft-w8a8" / "config.json"
+    try:
+        proc = snakemake(
+            str(target.relative_to(ROOT)), "--configfile", "config/config.yaml", str(overlay)
+        )
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        assert re.search(r"^mindie_config\s+1$", out, re.M) and re.search(
+            r"^total\s+1$", out, re.M
+        ), out
+        check = [str(ROOT / ".envs/plot/bin/llmbuild"), "mindie", "check", str(target)]
+        assert subprocess.run(check, capture_output=True, text=True).returncode == 0
+        backend = json.loads(target.read_text())["BackendConfig"]
+        model = backend["ModelDeployConfig"]["ModelConfig"][0]
+        assert model["modelWeightPath"] == "/home/ma-user/work/results/tiny-llama/sft/quant/w8a8"
+        assert model["modelName"] == "tiny-llama" and model["worldSize"] == 1
+        assert backend["ModelDeployConfig"]["maxSeqLen"] == 512  # serve.max_model_len
+    finally:  # not part of the default graph: leave the finished build as it was
+        shutil.rmtree(MODEL / "mindie", ignore_errors=True)
+        shutil.rmtree(ROOT / "logs" / "tiny-llama" / "mindie", ignore_errors=True)

@@ -131,6 +131,10 @@ def _hf_dir(path, weights="model.safetensors"):
             "bench.variants: 'sft-w4a16-gptq' is not served (served: base, sft, sft-w8a8)",
         ),
         ({"serve": {"dtype": "fp32"}}, "serve.dtype: 'fp32' is not one of"),
+        (
+            {"mindie": {"enabled": True, "nodes": 2}},
+            "mindie.nodes: 2 nodes do not divide serve.tensor_parallel_size 1",
+        ),
     ],
 )
 def test_bad_values_and_paths_stop_planning(tmp_path, overlay, says):

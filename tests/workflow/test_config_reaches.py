@@ -48,6 +48,9 @@ LORA_SERVE = {"serve", "eval_lora", "bench_dynamic"}
 # the steps that read the base model's directory (served; not benchmarked: bench.variants)
 BASE_HF = {"hf2mg", "gate_parity_hf2mg", "mg2hf", "dataset_generate", "serve"} | TOKENIZE
 
+# MindIE's config.json for every served variant (none by default)
+MINDIE_CTX = {"mindie": {"enabled": True}}
+
 # w8a8 (smoothed from the scale file) beside a scheme that calibrates itself
 CALIBRATING = {"quantize": {"schemes": ["w8a8", "w4a16-gptq"]}}
 
@@ -163,6 +166,16 @@ FLAGS: dict[str, tuple] = {
     "train.lora.target_modules": (["linear_qkv", "linear_fc2"], {"train_lora"}, LORA_CTX),
     "train.lora.iters": (50, {"train_lora", "gate_train_lora"}, LORA_CTX),
     "train.lora.seq_length": (96, {"train_lora", "tokenize_lora"}, LORA_CTX),
+    "mindie.model_name": ("DeepSeek-V3", {"mindie_config"}, MINDIE_CTX),
+    "mindie.nodes": (2, {"mindie_config"}, {**MINDIE_CTX, "serve": {"tensor_parallel_size": 4}}),
+    "mindie.npus_per_node": (4, {"mindie_config"}, MINDIE_CTX),
+    "mindie.ip_address": ("10.0.0.1", {"mindie_config"}, MINDIE_CTX),
+    "mindie.port": (2025, {"mindie_config"}, MINDIE_CTX),
+    "mindie.management_port": (2026, {"mindie_config"}, MINDIE_CTX),
+    "mindie.metrics_port": (2027, {"mindie_config"}, MINDIE_CTX),
+    "mindie.container_work_dir": ("/data/work", {"mindie_config"}, MINDIE_CTX),
+    "mindie.max_output_tokens": (64, {"mindie_config"}, MINDIE_CTX),
+    "mindie.max_prefill_batch_size": (2, {"mindie_config"}, MINDIE_CTX),
 }
 for _key, _value in {
     "lr": 0.003,
@@ -287,6 +300,8 @@ STRUCTURE: dict[str, tuple] = {
         {"mg2hf", "gate_parity_mg2hf", "serve"},
         LORA_CTX,
     ),
+    "mindie.enabled": (True, set(), {"mindie_config"}),
+    "mindie.variants": (["sft"], set(), {"mindie_config"}, MINDIE_CTX),
     "train.lora.merge": (
         True,
         {"eval_summary", "gate_summary"},

@@ -53,4 +53,4 @@ class Wiring(
         if self.config["bench"]["dynamic"]["enabled"]:
             targets += [f"results/{m}/bench/{v}/dynamic.csv" for v in self.benched]
             targets.append(f"results/{m}/plots/dynamic.png")
-        return targets + self.sweep_plots() + self.lora_targets(m)
+        return targets + self.sweep_plots() + self.lora_targets(m) + self.mindie_targets(m)

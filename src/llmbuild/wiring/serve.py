@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmbuild import plan
-from llmbuild.serve import sweep
+from llmbuild.serve import mindie, sweep
 from llmbuild.wiring.base import Base, cli_flags, join
 
 SERVE_KEYS = (
@@ -105,3 +105,33 @@ class ServeWiring(Base):
 
         get.__name__ = f"endpoint_{consumer}"
         return get
+
+    # --- MindIE ---------------------------------------------------------------------------
+
+    def mindie_variants(self) -> list[str]:
+        """The served variants a MindIE config.json is written for (mindie.variants, or every
+        served one); none unless mindie.enabled."""
+        m = self.config["mindie"]
+        if not m["enabled"]:
+            return []
+        return list(dict.fromkeys(m["variants"] if m["variants"] is not None else self.served))
+
+    def mindie_targets(self, model: str) -> list[str]:
+        return [f"results/{model}/mindie/{v}/config.json" for v in self.mindie_variants()]
+
+    def mindie_inputs(self, wildcards: Any) -> dict[str, Any]:
+        """The variant's model and what proves it, as for a benchmark's service (a quantized
+        variant's accuracy gate too)."""
+        proofs = list(self.variant_gates(wildcards))  # type: ignore[attr-defined]
+        if wildcards.variant.partition("-")[2]:
+            proofs.append(self.gate_path(wildcards.model, "quant", wildcards.variant))  # type: ignore[attr-defined]
+        return {"model": self.serve_model(wildcards), "proofs": proofs}
+
+    def mindie_flags(self, wildcards: Any) -> str:
+        m = self.config["mindie"]
+        name = m["model_name"] or self.config["model"]["name"]
+        return join(
+            f"--model-name {shlex.quote(name)}",
+            cli_flags(self.config["serve"], mindie.SERVE_KEYS),
+            cli_flags(m, mindie.KEYS),
+        )
