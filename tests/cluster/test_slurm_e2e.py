@@ -50,10 +50,11 @@ def build():
     # the device checks live beside the shared environments: redo them, as Slurm jobs
     shutil.rmtree(ROOT / ".envs" / "checks", ignore_errors=True)
     # one vLLM at a time on this 2-core machine, as the local profile does
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/slurm"]
-    cmd += ["--resources", "serve_slots=1", *OVERLAY]
     # a one-node test cluster answers squeue at once: look 1 s after a submission or a finished
-    # job instead of the profile's 5 (the executor adds 10 s per round in which none finished)
+    # job instead of the profile's 5, and at most 2 s apart after that (the executor adds 10 s
+    # per round in which none finished; snakemake_quick_poll.py caps it)
+    cmd = [sys.executable, str(Path(__file__).with_name("snakemake_quick_poll.py"))]
+    cmd += ["--profile", "profiles/slurm", "--resources", "serve_slots=1", *OVERLAY]
     cmd += ["--slurm-init-seconds-before-status-checks", "1"]
     started = time.time()
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=3600)
