@@ -79,4 +79,4 @@ test-pending: envs
 	$(VENV)/bin/python -m pytest -q -m pending tests/e2e
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake .llmbuild

@@ -94,3 +94,57 @@ def group_sources(group: str) -> tuple[str, ...]:
     from llmbuild.cli import GROUPS
 
     return closure(GROUPS[group][0])
+
+
+#: where each group's source stamp lives, below the working directory
+STAMP_DIR = ".llmbuild/sources"
+
+
+def stamp(group: str) -> str:
+    """The one graph input that stands for ``group``'s source files: STAMP_DIR/<group>.txt, a
+    line ``<sha256>  llmbuild/<path>`` per file of the closure. Written when the graph is
+    planned, only when its text changes, and dated as the newest of its files: an edited
+    source file makes the stamp newer than what the group's rules made (they rerun), an
+    untouched tree leaves it as it was.
+    One input instead of the closure's 15 to 40 files per job: planning a graph of a thousand
+    jobs reads, checks and prints tens of thousands of paths fewer."""
+    import os
+
+    return _stamp(group, os.getcwd())
+
+
+@functools.cache
+def _stamp(group: str, cwd: str) -> str:
+    import hashlib
+    import os
+
+    from llmbuild.atomic import atomic_file
+
+    root = PACKAGE_DIR.parent
+    text = "".join(
+        f"{hashlib.sha256((root / rel).read_bytes()).hexdigest()}  {rel}\n"
+        for rel in group_sources(group)
+    )
+    path = Path(cwd) / STAMP_DIR / f"{group}.txt"
+    try:
+        same = path.read_text() == text
+    except OSError:
+        same = False
+    if not same:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as fh:
+            fh.write(text)
+        # dated as its newest source file, as if the files themselves were the inputs: what
+        # was made after the last edit stays up to date when the stamp is first written
+        newest = max((root / rel).stat().st_mtime for rel in group_sources(group))
+        os.utime(path, (newest, newest))
+    return f"{STAMP_DIR}/{group}.txt"
+
+
+def read_stamp(path: str | Path) -> dict[str, str]:
+    """``llmbuild/<path>`` -> sha256 of a stamp written by :func:`stamp`."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        digest, _, rel = line.partition("  ")
+        out[rel] = digest
+    return out

@@ -30,7 +30,15 @@ FULL = os.environ.get("LLMBUILD_SLURM_FULL") == "1"
 OVERLAY = [] if FULL else ["--configfile", "config/config.yaml", "tests/cluster/slurm-quick.yaml"]
 VARIANTS = ("base", "sft", "sft-w8a8") if FULL else ("sft", "sft-w8a8")
 BENCHED = VARIANTS if FULL else ("sft-w8a8",)  # slurm-quick.yaml: bench.variants
-KEEP_OUT = {"results", "logs", ".snakemake", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+KEEP_OUT = {
+    "results",
+    "logs",
+    ".snakemake",
+    ".llmbuild",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+}
 
 
 def fresh_workdir() -> Path:

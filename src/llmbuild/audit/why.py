@@ -16,6 +16,7 @@ from pathlib import Path
 from llmbuild import provenance
 from llmbuild.audit import records as R
 from llmbuild.audit.graph import Job, Workflow, dry_run, metadata, parse_command
+from llmbuild.sources import STAMP_DIR, read_stamp
 
 
 @dataclass
@@ -50,7 +51,7 @@ def explain(job: Job, root: Path, planned: dict[str, Job], src: str) -> Cause:
         by = planned.get(f)
         cause.upstream.append(f"{f} (rule {by.rule})" if by else f)
     for f in _files(reason, "Updated input files"):
-        cause.fields.append(_input_change(f, rec, root, src))
+        cause.fields.append(_input_change(f, rec, root, src, out))
     if "Params have changed" in reason or "Code has changed" in reason:
         was = parse_command(meta.get("shellcmd")) if meta else None
         if was is None and rec is not None:
@@ -78,13 +79,15 @@ def explain(job: Job, root: Path, planned: dict[str, Job], src: str) -> Cause:
     return cause
 
 
-def _input_change(path: str, rec: dict | None, root: Path, src: str) -> str:
+def _input_change(path: str, rec: dict | None, root: Path, src: str, out: str) -> str:
     """One line: how an input newer than the output differs from what was recorded."""
     if path.endswith(".txt") and path.startswith("envs/"):
         return f"{path} changed (the environment's pins)"
     if path.endswith("ready.json") and ".envs/" in path:
         marker = root / path
         return f"{path}: environment rebuilt ({_env_summary(marker)})"
+    if path.startswith(STAMP_DIR + "/"):
+        return _source_change(path, rec, root, src, out)
     if "/llmbuild/" in path and path.endswith(".py"):
         rel = "llmbuild/" + path.split("/llmbuild/", 1)[1]
         was = ((rec or {}).get("source") or {}).get(rel)
@@ -102,6 +105,38 @@ def _input_change(path: str, rec: dict | None, root: Path, src: str) -> str:
     if was and was == now:
         return f"input {path}: newer date, same digest as recorded"
     return f"input {path}: newer than the output"
+
+
+def _source_change(stamp: str, rec: dict | None, root: Path, src: str, out: str) -> str:
+    """The source files of a group's stamp newer than the output, each with its digest in the
+    output's record (what its step imported) and now."""
+    try:
+        made = (root / out).stat().st_mtime
+        now = read_stamp(root / stamp)
+    except OSError:
+        return f"{stamp}: llmbuild's sources of this step changed"
+    was = (rec or {}).get("source") or {}
+    lines = []
+    for rel, digest in now.items():
+        path = Path(src) / rel
+        if not path.is_file() or path.stat().st_mtime <= made:
+            continue
+        if rel in was and was[rel] != digest:
+            lines.append(
+                f"source {_shown(src, rel)}: content changed ({was[rel][:12]} -> {digest[:12]})"
+            )
+        elif rel in was:
+            lines.append(f"source {_shown(src, rel)}: newer date, same content as recorded")
+        else:
+            lines.append(f"source {_shown(src, rel)} changed")
+    return "; ".join(lines[:4]) or f"{stamp}: llmbuild's sources of this step changed"
+
+
+def _shown(src: str, rel: str) -> str:
+    """src/llmbuild/x.py as the repository names it (the source directory relative to here)."""
+    import os
+
+    return os.path.relpath(Path(src) / rel) if Path(src).is_absolute() else f"{src}/{rel}"
 
 
 def _env_summary(marker: Path) -> str:

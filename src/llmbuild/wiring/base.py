@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmbuild import plan
-from llmbuild.sources import group_sources
+from llmbuild.sources import stamp
 
 
 def csv_list(values: Iterable[Any]) -> str:
@@ -60,8 +60,9 @@ class Base:
         self.train_ranks = (train["tp"] or 1) * (train["pp"] or 1) * train["dp"]
 
     def sources(self, group: str) -> list[str]:
-        """llmbuild's source files that ``llmbuild <group>`` runs (inputs of its rules)."""
-        return [f"{self.src_dir}/{rel}" for rel in group_sources(group)]
+        """What stands for llmbuild's source files that ``llmbuild <group>`` runs among the
+        inputs of its rules: the group's stamp (sources.stamp), rewritten when one changes."""
+        return [stamp(group)]
 
     def env_marker(self, stack: str) -> list[str] | str:
         """The graph node a rule depends on for its environment (none in external mode)."""
