@@ -335,7 +335,7 @@ def check_mindie(config: dict[str, Any], source: str, served: list[str]) -> None
         model_dir="planned",
         model_name=m["model_name"] or config["model"]["name"],
         **{k: serve[k] for k in mindie.SERVE_KEYS},
-        **{k: m[k] for k in mindie.KEYS if k != "container_work_dir"},
+        **{k: m[k] for k in mindie.KEYS},
     )
     try:
         mindie.generate(settings)

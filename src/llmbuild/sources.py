@@ -115,30 +115,35 @@ def stamp(group: str) -> str:
 
 @functools.cache
 def _stamp(group: str, cwd: str) -> str:
-    import hashlib
     import os
 
     from llmbuild.atomic import atomic_file
 
     root = PACKAGE_DIR.parent
-    text = "".join(
-        f"{hashlib.sha256((root / rel).read_bytes()).hexdigest()}  {rel}\n"
-        for rel in group_sources(group)
-    )
+    files = [(rel, root / rel) for rel in group_sources(group)]
+    text = "".join(f"{_digest(f)}  {rel}\n" for rel, f in files)
     path = Path(cwd) / STAMP_DIR / f"{group}.txt"
     try:
         same = path.read_text() == text
     except OSError:
         same = False
     if not same:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as fh:
             fh.write(text)
         # dated as its newest source file, as if the files themselves were the inputs: what
         # was made after the last edit stays up to date when the stamp is first written
-        newest = max((root / rel).stat().st_mtime for rel in group_sources(group))
+        newest = max(f.stat().st_mtime for _, f in files)
         os.utime(path, (newest, newest))
     return f"{STAMP_DIR}/{group}.txt"
+
+
+@functools.cache
+def _digest(path: Path) -> str:
+    """A source file's sha256 as provenance records it (once per planning, however many
+    groups' closures share the file)."""
+    from llmbuild.provenance import file_digest
+
+    return file_digest(path)
 
 
 def read_stamp(path: str | Path) -> dict[str, str]:

@@ -9,6 +9,7 @@ config makes now), an input file's digest then and now, the source file, the env
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +89,6 @@ def _input_change(path: str, rec: dict | None, root: Path, src: str, out: str) -
         return f"{path}: environment rebuilt ({_env_summary(marker)})"
     if path.startswith(STAMP_DIR + "/"):
         return _source_change(path, rec, root, src, out)
-    if "/llmbuild/" in path and path.endswith(".py"):
-        rel = "llmbuild/" + path.split("/llmbuild/", 1)[1]
-        was = ((rec or {}).get("source") or {}).get(rel)
-        now = R.source_now(src, rel)
-        if was and now and was != now:
-            return f"source {path}: content changed ({was[:12]} -> {now[:12]})"
-        if was == now and was:
-            return f"source {path}: newer date, same content as recorded"
-        return f"source {path} changed"
     was = ((rec or {}).get("inputs") or {}).get(path)
     p = root / path
     now = provenance.path_digest(p) if p.exists() else None
@@ -134,8 +126,6 @@ def _source_change(stamp: str, rec: dict | None, root: Path, src: str, out: str)
 
 def _shown(src: str, rel: str) -> str:
     """src/llmbuild/x.py as the repository names it (the source directory relative to here)."""
-    import os
-
     return os.path.relpath(Path(src) / rel) if Path(src).is_absolute() else f"{src}/{rel}"
 
 

@@ -194,21 +194,17 @@ def output_tokens(s: Settings) -> int:
 def weight_path(s: Settings) -> str:
     """modelWeightPath as the container sees it: the variant's directory below
     mindie.container_work_dir (the seeds mount the work directory there), else as here."""
+    path = Path(s.model_dir).absolute()
     if s.container_work_dir:
-        rel = Path(s.model_dir)
-        rel = (
-            rel.relative_to(Path.cwd())
-            if rel.is_absolute() and rel.is_relative_to(Path.cwd())
-            else rel
-        )
-        if rel.is_absolute():
+        if not path.is_relative_to(Path.cwd()):
             raise UserError(
                 f"{s.model_dir} is outside the working directory, which the container mounts;"
                 " leave mindie.container_work_dir null to write the path as it is",
                 field="mindie.container_work_dir",
             )
-        return f"{s.container_work_dir.rstrip('/')}/{rel.as_posix()}"
-    return str(Path(s.model_dir).absolute())
+        rel = path.relative_to(Path.cwd()).as_posix()
+        return f"{s.container_work_dir.rstrip('/')}/{rel}"
+    return str(path)
 
 
 def generate(s: Settings) -> dict[str, Any]:

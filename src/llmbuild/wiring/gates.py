@@ -32,6 +32,15 @@ class GatesWiring(Base):
             gates.append(self.gate_path(wildcards.model, "quant", wildcards.variant))
         return gates
 
+    def proven_variant_gates(self, wildcards: Any) -> list[str]:
+        """variant_gates, and a quantized variant's accuracy gate whatever reads the variant
+        (a sweep's service, MindIE's config), as for a benchmark's service."""
+        gates = self.variant_gates(wildcards)
+        quant = self.gate_path(wildcards.model, "quant", wildcards.variant)
+        if wildcards.variant.partition("-")[2] and quant not in gates:
+            gates = [*gates, quant]
+        return gates
+
     def all_gates(self, wildcards: Any) -> list[str]:
         """Every verdict of the default target's graph, for the summary table."""
         model = wildcards.model

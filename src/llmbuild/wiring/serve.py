@@ -60,12 +60,7 @@ class ServeWiring(Base):
         """A sweep service's model and proofs (a quantized variant's accuracy gate too, as
         for a benchmark's service), and the draft model of a draft_model setting."""
         inputs = self.serve_inputs(wildcards)
-        scheme = wildcards.variant.partition("-")[2]
-        if scheme:
-            inputs["proofs"] = [
-                *inputs["proofs"],
-                self.gate_path(wildcards.model, "quant", wildcards.variant),
-            ]
+        inputs["proofs"] = self.proven_variant_gates(wildcards)  # type: ignore[attr-defined]
         spec = sweep.speculative(self.config, wildcards.sweep, wildcards.setting)
         if spec and spec["method"] == "draft_model":
             inputs["draft"] = self._draft_dir(wildcards)
@@ -122,9 +117,7 @@ class ServeWiring(Base):
     def mindie_inputs(self, wildcards: Any) -> dict[str, Any]:
         """The variant's model and what proves it, as for a benchmark's service (a quantized
         variant's accuracy gate too)."""
-        proofs = list(self.variant_gates(wildcards))  # type: ignore[attr-defined]
-        if wildcards.variant.partition("-")[2]:
-            proofs.append(self.gate_path(wildcards.model, "quant", wildcards.variant))  # type: ignore[attr-defined]
+        proofs = self.proven_variant_gates(wildcards)  # type: ignore[attr-defined]
         return {"model": self.serve_model(wildcards), "proofs": proofs}
 
     def mindie_flags(self, wildcards: Any) -> str:
