@@ -20,6 +20,7 @@ sys.path.insert(0, SRC_DIR)
 from llmbuild.errors import UserError  # noqa: E402
 from llmbuild import plan, schema  # noqa: E402
 from llmbuild.wiring import Wiring  # noqa: E402
+from llmbuild.wiring.models import Models  # noqa: E402
 
 CONFIG_SOURCE = plan.display_path(
     (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
@@ -30,16 +31,25 @@ CATALOG = Path(workflow.basedir) / "config" / "catalog.yaml"
 try:
     plan.check_config(config, schema.load(), CONFIG_SOURCE)
     validate(config, str(SCHEMA), set_default=True)
-    plan.check_plan(config, CATALOG, CONFIG_SOURCE)
+    # each model's own config (models:, or the one of model:), planned as a one-model graph
+    CONFIGS = plan.plan_models(
+        config,
+        schema.load(),
+        CATALOG,
+        CONFIG_SOURCE,
+        fill=lambda cfg: validate(cfg, str(SCHEMA), set_default=True),
+    )
     # the cluster the profile names (Slurm's partition, its nodes): once, not in each job
     if workflow.is_main_process:
-        plan.check_cluster(config, workflow.resource_settings, CONFIG_SOURCE)
+        for cfg in CONFIGS.values():
+            plan.check_cluster(cfg, workflow.resource_settings, CONFIG_SOURCE)
 except UserError as exc:
     sys.exit(f"llmbuild: error: {exc}")
 
-W = Wiring(config, src_dir=SRC_DIR)
-MODEL = W.model
-SERVED = W.served
+# the rules call W; each call reaches the wiring of the job's {model} (llmbuild.wiring.models)
+W = Models(
+    {name: Wiring(cfg, src_dir=SRC_DIR) for name, cfg in CONFIGS.items()}, config
+)
 
 
 wildcard_constraints:

@@ -53,6 +53,36 @@ rule plot_dynamic:
         " {params.flags} --output {output} > {log} 2>&1"
 
 
+# Several models (models:): every model's benchmarked variants side by side, labelled
+# <model>/<variant>, in the same two pictures (kind: bench, the static benchmarks' p90
+# TTFT/TPOT vs SLO; dynamic, latency vs request rate).
+rule plot_compare:
+    input:
+        src=W.sources("plot"),
+        csvs=W.compare_csvs,
+        env=W.env_marker("plot"),
+    output:
+        report(
+            "results/compare/{kind}.png",
+            caption="../report/compare.rst",
+            category="Benchmarks",
+        ),
+    log:
+        "logs/compare/{kind}.log",
+    wildcard_constraints:
+        kind="bench|dynamic",
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        llmbuild=W.llmbuild("plot"),
+        flags=W.compare_flags,
+    shell:
+        "{params.llmbuild} plot {wildcards.kind} --input {input.csvs}"
+        " {params.flags} --output {output} > {log} 2>&1"
+
+
 # A sweep's runs: output throughput per user vs output throughput with the Pareto front, the
 # 4-graph comparison, and every row in one CSV with its sweep coordinates.
 rule plot_sweep:

@@ -21,21 +21,22 @@ rule train:
         phase="pretrain|sft|dpo",
     conda:
         "../envs/train.yaml"
-    threads: max(2, W.train_ranks)
+    threads: W.train_threads()
     resources:
         **W.train_cluster_resources(),
-        mem_mb=6000 * W.train_ranks,
+        mem_mb=W.train_mem_mb(),
     params:
         llmbuild=W.train_launcher(),
         flags=W.phase_flags,
         run=W.train_run_flags(),
         layout=W.layout_flags(),
+        rank_threads=W.train_rank_threads,
     shell:
         "{params.llmbuild} train run --mode {wildcards.phase} --input {input.load}"
-        f" --data {{input.data}} --output {{output.ckpt}} --train-log {{output.log}}"
+        " --data {input.data} --output {output.ckpt} --train-log {output.log}"
         " {params.flags}"
         " {params.run} {params.layout}"
-        f" --threads {W.train_rank_threads()} > {{log}} 2>&1"
+        " --threads {params.rank_threads} > {log} 2>&1"
 
 
 rule gate_train:
@@ -77,20 +78,21 @@ rule train_lora:
         "logs/{model}/lora/{adapter}/train.log",
     conda:
         "../envs/train.yaml"
-    threads: max(2, W.train_ranks)
+    threads: W.train_threads()
     resources:
         **W.train_cluster_resources(),
-        mem_mb=6000 * W.train_ranks,
+        mem_mb=W.train_mem_mb(),
     params:
         llmbuild=W.train_launcher(),
         flags=W.lora_train_flags(),
         device=W.train_device_flags(),
         layout=W.layout_flags(),
+        rank_threads=W.train_rank_threads,
     shell:
         "{params.llmbuild} train lora --input {input.load} --data {input.data}"
         " --output {output.adapter} --train-log {output.log} {params.flags}"
         " {params.device} {params.layout}"
-        f" --threads {W.train_rank_threads()} > {{log}} 2>&1"
+        " --threads {params.rank_threads} > {log} 2>&1"
 
 
 rule gate_train_lora:

@@ -6,6 +6,7 @@ model/quantization pair stops before any job runs.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -189,6 +190,117 @@ def check_plan(config: dict[str, Any], catalog_path: str | Path, source: str) ->
     check_paths(config, source)
     check_resume_layout(config, source)
     sweep.check(config, source, served_variants(config))
+
+
+# --- several models in one graph (models:) -----------------------------------------------
+
+# an entry's own model keys (merged over model:); its other keys are sections
+MODEL_KEYS = ("name", "source", "path", "tiny")
+# what every model of one graph shares: one device kind, one serving stack
+AGREE_KEYS = ("train.device", "train.nodes", "serve.device", "serve.stack")
+
+
+def merged(base: Any, over: Any) -> Any:
+    """``over`` merged over ``base``: mappings key by key, anything else replaced."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return copy.deepcopy(over)
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merged(out.get(key), value)
+    return out
+
+
+def model_config(config: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The one-model config of a ``models:`` entry: its model keys over model:, its sections
+    over the top-level ones."""
+    cfg = {k: copy.deepcopy(v) for k, v in config.items() if k != "models"}
+    cfg["model"] = merged(config["model"], {k: entry[k] for k in MODEL_KEYS if k in entry})
+    for key, value in entry.items():
+        if key not in MODEL_KEYS:
+            cfg[key] = merged(config.get(key, {}), value)
+    return cfg
+
+
+def _entry_sets(entry: dict[str, Any], field: str) -> bool:
+    parts = field.split(".")
+    cur: Any = {"model": {k: entry[k] for k in MODEL_KEYS if k in entry}, **entry}
+    for part in parts:
+        if not isinstance(cur, dict) or part not in cur:
+            return False
+        cur = cur[part]
+    return True
+
+
+def _entry_field(i: int, entry: dict[str, Any], field: str) -> str:
+    """models.<i>.<key> where the entry sets the key, else the top-level key."""
+    if not _entry_sets(entry, field):
+        return field
+    return f"models.{i}.{field.removeprefix('model.')}"
+
+
+def _for_model(exc: UserError, i: int, entry: dict[str, Any], source: str) -> UserError:
+    """A one-model config's error, pointed at the models: entry that made it."""
+    field = exc.field or ""
+    where = _entry_field(i, entry, field) if field else ""
+    detail = exc.detail
+    if not where.startswith("models."):
+        detail += f" (for model {entry['name']!r}, models.{i})"
+    return UserError(detail, path=exc.path or source, field=where or None)
+
+
+def plan_models(
+    config: dict[str, Any],
+    schema: dict[str, Any],
+    catalog_path: str | Path,
+    source: str,
+    fill: Any,
+) -> dict[str, dict[str, Any]]:
+    """Each model's own config, checked and planned (check_plan), by name. Without models:
+    the config itself is the one model's. ``fill`` fills a config's schema defaults in place
+    (Snakemake's validate): an entry's sections may add list items whose defaults are unset."""
+    entries = config.get("models")
+    if not entries:
+        check_plan(config, catalog_path, source)
+        return {config["model"]["name"]: config}
+    out: dict[str, dict[str, Any]] = {}
+    for i, entry in enumerate(entries):
+        name = entry["name"]
+        if name in out:
+            raise UserError(
+                f"{name!r} is listed twice; name each model once (its results/<name>/)",
+                path=source,
+                field=f"models.{i}.name",
+            )
+        cfg = model_config(config, entry)
+        try:
+            check_config(cfg, schema, source)
+            fill(cfg)
+            check_plan(cfg, catalog_path, source)
+        except UserError as exc:
+            raise _for_model(exc, i, entry, source) from None
+        out[name] = cfg
+    _check_agree(list(out.values()), entries, source)
+    return out
+
+
+def _get(config: dict[str, Any], key: str) -> Any:
+    section, field = key.split(".")
+    return config[section][field]
+
+
+def _check_agree(configs: list[dict[str, Any]], entries: list[dict[str, Any]], source: str) -> None:
+    first = configs[0]
+    for key in AGREE_KEYS:
+        for i, cfg in enumerate(configs[1:], start=1):
+            if _get(cfg, key) != _get(first, key):
+                raise UserError(
+                    f"{_get(cfg, key)!r} differs from {_get(first, key)!r} of model "
+                    f"{entries[0]['name']!r}: the models of one graph train and serve on "
+                    "one device kind with one serving stack; make them agree, or plan a "
+                    "graph per device",
+                    path=source,
+                    field=_entry_field(i, entries[i], key),
+                )
 
 
 LAYOUT_KEYS = ("tp", "pp", "dp")

@@ -135,6 +135,42 @@ def _hf_dir(path, weights="model.safetensors"):
             {"mindie": {"enabled": True, "nodes": 2}},
             "mindie.nodes: 2 nodes do not divide serve.tensor_parallel_size 1",
         ),
+        # several models: the entry's own key, or the top-level one and which model
+        (
+            {
+                "models": [
+                    {"name": "tiny-llama"},
+                    {"name": "qwen2.5-0.5b", "source": "hf", "path": "nope"},
+                ]
+            },
+            "models.1.path: nope does not exist",
+        ),
+        (
+            {"models": [{"name": "tiny-llama"}, {"name": "tiny-llama", "train": {"dp": 2}}]},
+            "models.1.name: 'tiny-llama' is listed twice",
+        ),
+        (
+            {"models": [{"name": "tiny-llama", "train": {"sft": {"lr": -1}}}]},
+            "models.0.train.sft.lr: -1",
+        ),
+        (
+            {
+                "models": [
+                    {"name": "tiny-llama"},
+                    {"name": "mistral-7b", "source": "hf", "path": "in/hf"},
+                ]
+            },
+            "quantize.schemes: model 'mistral-7b' does not support w8a8",
+        ),
+        (
+            {
+                "models": [
+                    {"name": "tiny-llama"},
+                    {"name": "b", "quantize": {"schemes": []}, "train": {"device": "cuda"}},
+                ]
+            },
+            "models.1.train.device: 'cuda' differs from 'cpu' of model 'tiny-llama'",
+        ),
     ],
 )
 def test_bad_values_and_paths_stop_planning(tmp_path, overlay, says):

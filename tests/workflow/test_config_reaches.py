@@ -300,6 +300,37 @@ STRUCTURE: dict[str, tuple] = {
         {"mg2hf", "gate_parity_mg2hf", "serve"},
         LORA_CTX,
     ),
+    # a second model: every one of its jobs and the comparison plots appear, and not one
+    # argument of the first model's jobs changes
+    "models": (
+        [{"name": "tiny-llama"}, {"name": "tiny-llama-2", "quantize": {"schemes": []}}],
+        set(),
+        {
+            "synth_corpus",
+            "synth_task",
+            "tiny_model",
+            "dataset_generate",
+            "tokenize_pretrain",
+            "tokenize_sft",
+            "hf2mg",
+            "gate_parity_hf2mg",
+            "train",
+            "gate_train",
+            "mg2hf",
+            "gate_parity_mg2hf",
+            "serve",
+            "eval_accuracy",
+            "eval_summary",
+            "bench_static",
+            "bench_dynamic",
+            "gate_summary",
+            "plot_bench",
+            "plot_dynamic",
+            "plot_loss",
+            "audit_page",
+            "plot_compare",
+        },
+    ),
     "mindie.enabled": (True, set(), {"mindie_config"}),
     "mindie.variants": (["sft"], set(), {"mindie_config"}, MINDIE_CTX),
     "train.lora.merge": (
@@ -415,14 +446,10 @@ def baseline(workdir: Path, context: dict) -> dict[str, dict]:
         return _BASELINES[key]
 
 
-_ARITH = re.compile(r"\$\(\( (\d+) > (\d+) \? (\d+) / (\d+) : 1 \)\)")
-
-
 def parse(shell: str | None) -> dict | None:
     """The command's executable prefix and llmbuild's parsed arguments."""
     if shell in (None, "None"):
         return None
-    shell = _ARITH.sub(lambda m: str(max(int(m[3]) // int(m[4]), 1)), shell)
     words = shlex.split(shell.split(" > ")[0])
     if words[0] == "exec":
         words = words[1:]

@@ -87,6 +87,22 @@ def test_scenario_plans(workdir, scenario, quick):
     if scenario == "w4a16.yaml":
         assert "--scheme w4a16" in joined and "--served-model-name sft-w4a16" in joined
         assert "w8a8" not in joined
+    if scenario == "models.yaml":
+        # two models, each with its own source, chain and scheme, and the plots across them
+        def modes(name):
+            trains = [c for c in cmds if " train run " in c and f"--output results/{name}/" in c]
+            return sorted(c.split("--mode ")[1].split()[0] for c in trains)
+
+        assert modes("tiny-llama") == ["pretrain", "sft"]
+        assert modes("qwen2.5-0.5b") == ["sft"]
+        assert "model tiny --input results/tiny-llama/" in joined
+        assert (
+            "convert hf2mg --input results/models/qwen2.5 --output results/qwen2.5-0.5b/" in joined
+        )
+        assert "--scheme w8a8 --input results/tiny-llama/sft/hf" in joined
+        assert "--scheme w4a16-gptq --input results/qwen2.5-0.5b/sft/hf" in joined
+        compare = next(c for c in cmds if "--output results/compare/bench.png" in c)
+        assert "--labels tiny-llama/sft,tiny-llama/sft-w8a8,qwen2.5-0.5b/sft," in compare
     if scenario == "external-envs.yaml":
         assert ".envs/" not in joined and "envs create" not in joined
         assert all(c.split()[0] in ("llmbuild", "exec", "torchrun") for c in cmds if c != "None")

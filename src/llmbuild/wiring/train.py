@@ -39,12 +39,17 @@ class TrainWiring(Base):
             return launch.slurm_torchrun(exe, nodes, self.train_ranks)
         return f"{lease}{exe} --standalone --nproc_per_node {self.train_ranks} -m llmbuild"
 
-    def train_rank_threads(self) -> str:
+    def train_threads(self) -> int:
+        """A training job's threads: one per rank, at least 2."""
+        return max(2, self.train_ranks)
+
+    def train_mem_mb(self) -> int:
+        return 6000 * self.train_ranks
+
+    def train_rank_threads(self, wildcards: Any, threads: int) -> int:
         """`--threads` of each rank: the job's threads shared out, at least 1 per rank."""
         n = self.train_ranks // self.config["train"]["nodes"]
-        if n <= 1:
-            return "{threads}"
-        return f"$(( {{threads}} > {n} ? {{threads}} / {n} : 1 ))"
+        return max(1, threads // max(1, n))
 
     def train_inputs(self, wildcards: Any) -> dict[str, str]:
         """The checkpoint a phase starts from, the proof of that checkpoint, its shards."""
