@@ -1,7 +1,8 @@
-"""What `make demo` ran, in a few lines: held-out accuracy and served dtype per variant, and
-the gates' verdicts. Standard library only (runs in the driver).
+"""What `make demo` ran, in a few lines: held-out accuracy and served dtype per variant, the
+gates' verdicts, and the times the demo took (setup, the graph, re-runs). Standard library
+only (runs in the driver).
 
-    python scripts/demo_summary.py results/<model>
+    python scripts/demo_summary.py results/<model> [times.txt]
 """
 
 import json
@@ -23,3 +24,6 @@ print("gates: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items
 for v in verdicts:
     if v["status"] != "pass":
         print(f"  {v['gate']} {v['subject']}: {v['status']}: {v['detail']}")
+if len(sys.argv) > 2 and Path(sys.argv[2]).is_file():
+    for line in Path(sys.argv[2]).read_text().splitlines():
+        print(line)
