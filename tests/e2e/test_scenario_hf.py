@@ -36,16 +36,7 @@ def snakemake(*args: str, timeout: int = 3600):
 
 
 @pytest.fixture(scope="module")
-def build():
-    model = ROOT / "results/models/qwen2.5"
-    if not (model / "model.safetensors").is_file():
-        python = ROOT / ".envs/train/bin/python"
-        subprocess.run(
-            [str(python), "tests/families.py", "--family", "qwen2.5", "--out", str(model)],
-            cwd=ROOT,
-            check=True,
-            timeout=600,
-        )
+def build(qwen25_stand_in):
     proc = snakemake()
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     return proc
