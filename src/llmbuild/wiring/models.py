@@ -66,7 +66,6 @@ class Models:
     def __init__(self, wirings: Mapping[str, Any], config: Mapping[str, Any]):
         self.wirings = dict(wirings)
         self.config = config  # the graph's own config (envs, plot)
-        self.names = list(self.wirings)
 
     def of(self, wildcards: Any) -> Any:
         return self.wirings[wildcards.model]
