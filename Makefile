@@ -86,11 +86,10 @@ test-slurm: envs
 	scripts/slurm-up.sh
 	$(VENV)/bin/python -m pytest -q -s -m slurm tests/cluster
 
-# End-to-end tests written but not yet run green on a whole build (kill-and-resume in the
-# graph, every CPU quantization scheme through its gate, LoRA adapters through one service):
-# over the default build, like tests/e2e.
+# End-to-end tests written but not yet run green on a whole build, over the default build
+# like tests/e2e (none now: pytest's "no tests collected", exit 5, is not a failure).
 test-pending: envs
-	$(VENV)/bin/python -m pytest -q -m pending tests/e2e
+	$(VENV)/bin/python -m pytest -q -m pending tests/e2e || [ $$? -eq 5 ]
 
 clean:
 	rm -rf results logs .snakemake .llmbuild
