@@ -41,8 +41,9 @@ try:
     )
     # the cluster the profile names (Slurm's partition, its nodes): once, not in each job
     if workflow.is_main_process:
-        for cfg in CONFIGS.values():
-            plan.check_cluster(cfg, workflow.resource_settings, CONFIG_SOURCE)
+        plan.check_cluster(
+            list(CONFIGS.values()), workflow.resource_settings, CONFIG_SOURCE
+        )
 except UserError as exc:
     sys.exit(f"llmbuild: error: {exc}")
 

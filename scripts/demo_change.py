@@ -1,6 +1,6 @@
 """The benchmark-parameter change `make demo` re-runs (and then undoes) to show what a change
 costs: the config's last static-benchmark concurrency doubled. Writes the overlay and prints
-the change. Standard library and PyYAML (runs in the driver).
+the change. PyYAML and llmbuild's schema (runs in the driver).
 
     python scripts/demo_change.py config/config.yaml results/demo-bench-change.yaml
 """
@@ -11,8 +11,11 @@ from pathlib import Path
 
 import yaml
 
+from llmbuild import schema
+
 config = yaml.safe_load(Path(sys.argv[1]).read_text())
-before = list(config.get("bench", {}).get("static", {}).get("concurrency") or [1, 2, 4])
+static = config.get("bench", {}).get("static", {})
+before = list(static.get("concurrency") or schema.default("bench.static.concurrency"))
 after = before[:-1] + [before[-1] * 2]
 Path(sys.argv[2]).write_text(json.dumps({"bench": {"static": {"concurrency": after}}}) + "\n")
 print(f"bench.static.concurrency {before} -> {after}")

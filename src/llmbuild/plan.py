@@ -625,20 +625,22 @@ def check_pipeline_split(config: dict[str, Any], source: str) -> None:
     )
 
 
-def check_cluster(config: dict[str, Any], resource_settings: Any, source: str) -> None:
+def check_cluster(configs: list[dict[str, Any]], resource_settings: Any, source: str) -> None:
     """With a Slurm profile (a slurm_partition resource): the partition exists and has the
-    nodes training asks for. Multi-node training splits its ranks evenly over the nodes."""
+    nodes training asks for (asked once: the models of a graph agree on train.nodes).
+    Multi-node training splits each model's ranks evenly over the nodes."""
     import sys
 
     from llmbuild.cluster import launch, slurm
 
-    train = config["train"]
-    try:
-        launch.ranks_per_node(train["tp"] * train["pp"] * train["dp"], train["nodes"])
-    except UserError as exc:
-        raise UserError(str(exc).split(": ", 1)[1], path=source, field="train.nodes") from None
+    for config in configs:
+        train = config["train"]
+        try:
+            launch.ranks_per_node(train["tp"] * train["pp"] * train["dp"], train["nodes"])
+        except UserError as exc:
+            raise UserError(exc.detail, path=source, field="train.nodes") from None
     defaults = getattr(resource_settings.default_resources, "args", None) or []
     partition = slurm.requested_partition(defaults, resource_settings.overwrite_resources)
     if partition:
         profile = slurm.profile_name(sys.argv, dict(os.environ))
-        slurm.check_partition(partition, train["nodes"], profile, source)
+        slurm.check_partition(partition, configs[0]["train"]["nodes"], profile, source)

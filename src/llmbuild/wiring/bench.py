@@ -64,8 +64,12 @@ class BenchWiring(Base):
             self.bench_gate_flags(),
         )
 
+    def bench_csv_paths(self, model: str, kind: str) -> list[str]:
+        """The ``kind`` (static or dynamic) CSV of each benchmarked variant, in order."""
+        return [f"results/{model}/bench/{v}/{kind}.csv" for v in self.benched]
+
     def bench_csvs(self, wildcards: Any) -> list[str]:
-        return [f"results/{wildcards.model}/bench/{v}/static.csv" for v in self.benched]
+        return self.bench_csv_paths(wildcards.model, "static")
 
     @staticmethod
     def keep_on_failure(kind: str) -> Any:
@@ -83,7 +87,7 @@ class BenchWiring(Base):
         return get
 
     def dynamic_csvs(self, wildcards: Any) -> list[str]:
-        return [f"results/{wildcards.model}/bench/{v}/dynamic.csv" for v in self.benched]
+        return self.bench_csv_paths(wildcards.model, "dynamic")
 
     # --- sweeps ---------------------------------------------------------------------------
 

@@ -21,8 +21,6 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from llmbuild.wiring.base import cli_flags, csv_list, join
-
 COMPARE_DIR = "results/compare"
 
 
@@ -100,19 +98,17 @@ class Models:
         for m, w in self.wirings.items():
             if kind == "dynamic" and not w.config["bench"]["dynamic"]["enabled"]:
                 continue
-            csv = "dynamic" if kind == "dynamic" else "static"
-            out += [(f"{m}/{v}", f"results/{m}/bench/{v}/{csv}.csv") for v in w.benched]
+            csvs = w.bench_csv_paths(m, "dynamic" if kind == "dynamic" else "static")
+            out += [(f"{m}/{v}", csv) for v, csv in zip(w.benched, csvs, strict=True)]
         return out
 
     def compare_csvs(self, wildcards: Any) -> list[str]:
         return [csv for _, csv in self.compare_inputs(wildcards.kind)]
 
     def compare_flags(self, wildcards: Any) -> str:
-        labels = [label for label, _ in self.compare_inputs(wildcards.kind)]
-        return join(
-            f"--labels {csv_list(labels)}",
-            cli_flags(self.config["plot"], ["slo_ttft_ms", "slo_tpot_ms"]),
-        )
+        # the plot section is the graph's own: every wiring's SLOs are the same
+        first = next(iter(self.wirings.values()))
+        return first.labelled_flags([label for label, _ in self.compare_inputs(wildcards.kind)])
 
     def compare_targets(self) -> list[str]:
         """The comparison plots across the models (several models only: one model's own
