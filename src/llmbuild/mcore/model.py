@@ -1,9 +1,10 @@
 """megatron-core's model for a description: TransformerConfig + GPTModel (local spec).
 
 The model uses megatron.core's local layer spec (no Transformer Engine): torch RMSNorm,
-ColumnParallelLinear/RowParallelLinear, DotProductAttention. What the model is comes from
-``description`` (torch-free; its names are re-exported here for the callers that build models:
-``M.load_description``, ``M.ModelDescription``, ...).
+ColumnParallelLinear/RowParallelLinear, and megatron's DotProductAttention with its forward
+through torch's fused scaled_dot_product_attention (mcore/attention.py). What the model is
+comes from ``description`` (torch-free; its names are re-exported here for the callers that
+build models: ``M.load_description``, ``M.ModelDescription``, ...).
 """
 
 from __future__ import annotations
@@ -116,9 +117,14 @@ def transformer_config(
 
 
 def layer_spec(args: ModelArgs):
+    """megatron-core's local layer spec, its core attention fused (mcore/attention.py)."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+    from llmbuild.mcore.attention import SdpaAttention
+
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SdpaAttention
+    return spec
 
 
 def build_gpt_model(

@@ -1,0 +1,88 @@
+"""Core attention through torch's scaled_dot_product_attention, for megatron-core's local spec.
+
+megatron-core's local layer spec (no Transformer Engine) computes attention unfused: a baddbmm
+for the scores, a masked softmax, a bmm for the context, each materialising [b, np, s, s]
+tensors and their gradients. ``SdpaAttention`` is that module (same constructor, same
+parameters: none, so checkpoints do not change) with its forward done by
+``torch.nn.functional.scaled_dot_product_attention``, which picks a fused kernel on CPU and
+CUDA. It takes over only where the two compute the same thing: a vanilla softmax, no sliding
+window, no attention bias or packed-sequence parameters, no attention dropout while training,
+no query-key layer scaling, and a boolean mask (True = masked, megatron's convention) in which
+every query may attend to something; anything else goes to megatron's own forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+
+
+class SdpaAttention(DotProductAttention):
+    """megatron's DotProductAttention with a fused forward (see the module's docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.config
+        self._fused_ok = (
+            self.softmax_offset is None
+            and self.scale_mask_softmax.window_size is None
+            and not cfg.apply_query_key_layer_scaling
+        )
+        self.fused_calls = 0  # how many forwards took the fused path (tests read it)
+
+    def forward(
+        self,
+        query: Any,
+        key: Any,
+        value: Any,
+        attention_mask: Any,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: Any = None,
+        packed_seq_params: Any = None,
+    ) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
+        dropout = self.attention_dropout.p if self.training else 0.0
+        usable = (
+            self._fused_ok
+            and attention_bias is None
+            and packed_seq_params is None
+            and dropout == 0.0
+            and (attention_mask is None or attention_mask.dtype == torch.bool)
+        )
+        attend = None
+        if usable and attention_mask is not None:
+            attend = ~attention_mask
+            # a row with nothing to attend to is NaN in SDPA, uniform in megatron's softmax
+            usable = bool(attend.any(dim=-1).all())
+        elif usable and not (mask_type == AttnMaskType.causal and query.size(0) == key.size(0)):
+            usable = False  # no mask and not plain causal: let megatron decide
+        if not usable:
+            return super().forward(
+                query,
+                key,
+                value,
+                attention_mask,
+                attn_mask_type=attn_mask_type,
+                attention_bias=attention_bias,
+                packed_seq_params=packed_seq_params,
+            )
+        self.fused_calls += 1
+        sq, b, heads, dim = query.shape
+        # [s, b, n, d] -> [b, n, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        context = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attend,
+            is_causal=attend is None,
+            scale=self.softmax_scale,
+            enable_gqa=k.size(1) != heads,
+        )
+        # [b, n, s, d] -> [s, b, n * d]
+        return context.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
