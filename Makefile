@@ -19,7 +19,7 @@ WORKERS ?= 2
 XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 XDIST_train = $(XDIST)
 
-.PHONY: setup envs demo report test test-full test-fast test-slurm test-pending lint clean
+.PHONY: setup envs demo report test test-full test-fast test-slurm test-gpu test-pending lint clean
 
 # The driver: Snakemake, pytest and linters, plus this package (for planning the graph).
 # Installed with compiled bytecode, as pip does: where Python may not write it
@@ -66,13 +66,28 @@ lint: setup
 	$(VENV)/bin/snakefmt --check .
 	$(VENV)/bin/snakemake --lint
 
-# unit + workflow tests in the driver, then each stack's tests in its own environment, then
-# the whole graph end to end on the embedded default, then once more through a real Slurm.
+# Each stack's tests in its own environment: $(call stack_tests,<stacks>)
+stack_tests = $(foreach s,$(1),.envs/$(s)/bin/python -m pytest -q $(XDIST_$(s)) -m "not gpu $(SLOW)" $(TESTS_$(s)) && ) true
+TEST_SLURM := $(VENV)/bin/python -m pytest -q -s -m slurm tests/cluster
+SLURM_LOG := logs/test-slurm.log
+# The Slurm graph mostly waits (on Slurm, on each job's Snakemake start): the train, quantize
+# and plot stacks' tests run beside it; the bench stack's (they time a mock server's
+# latencies) after it, alone.
+STACKS_BESIDE_SLURM := train quantize plot
+STACKS_ALONE := $(filter-out $(STACKS_BESIDE_SLURM),$(STACKS))
+
+# unit + workflow tests in the driver, the whole graph end to end on the embedded default,
+# then once more through a real Slurm beside the stacks' own tests (each in its environment).
 test: envs lint
 	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not gpu and not slurm $(SLOW)" tests/unit tests/workflow tests/serve tests/cluster
-	$(foreach s,$(STACKS),.envs/$(s)/bin/python -m pytest -q $(XDIST_$(s)) -m "not gpu $(SLOW)" $(TESTS_$(s)) && ) true
 	$(VENV)/bin/python -m pytest -q -m "e2e and not pending $(SLOW)" tests/e2e
-	$(MAKE) test-slurm
+	scripts/slurm-up.sh
+	@mkdir -p logs && echo "test-slurm runs beside the $(STACKS_BESIDE_SLURM) stacks' tests (its output: $(SLURM_LOG))" && \
+	  { $(TEST_SLURM) > $(SLURM_LOG) 2>&1; echo $$? > $(SLURM_LOG).rc; } & \
+	  $(call stack_tests,$(STACKS_BESIDE_SLURM)); rc=$$?; wait; \
+	  echo "--- test-slurm ($(SLURM_LOG))"; cat $(SLURM_LOG); \
+	  [ $$rc -eq 0 ] && [ "$$(cat $(SLURM_LOG).rc)" = 0 ]
+	$(call stack_tests,$(STACKS_ALONE))
 
 # make test and the variants it leaves to faster tests (marker slow: each family, writer and
 # layout; the serving stack's own tests beside the graph's)
@@ -84,7 +99,12 @@ test-full:
 # build; the environments in .envs/ are made once and shared by every job.
 test-slurm: envs
 	scripts/slurm-up.sh
-	$(VENV)/bin/python -m pytest -q -s -m slurm tests/cluster
+	$(TEST_SLURM)
+
+# The tests marked gpu (train.device: cuda: tests/train/test_cuda.py), on a machine with an
+# NVIDIA GPU and a CUDA build of torch in the train environment; skipped where there is none.
+test-gpu: envs
+	.envs/train/bin/python -m pytest -q -m gpu $(TESTS_train)
 
 # End-to-end tests written but not yet run green on a whole build, over the default build
 # like tests/e2e (none now: pytest's "no tests collected", exit 5, is not a failure).

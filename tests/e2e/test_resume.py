@@ -55,7 +55,7 @@ def test_killed_training_resumes_in_the_graph_to_the_same_bytes(copy):  # noqa: 
     target = f"{MODEL}/pretrain/mcore"
     want = digests(copy / target)
     want_losses = losses(copy / target / "train_log.jsonl")
-    interval = 50  # the schema's train.save_interval; the default pretrains 300 steps
+    interval = 50  # the schema's train.save_interval; the default pretrains 150 steps
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(copy)]
     cmd += ["--profile", str(ROOT / "profiles/local"), "--rerun-triggers", "mtime", "input"]
     cmd += ["code", "--forcerun", "train", "--", target]
@@ -82,6 +82,6 @@ def test_killed_training_resumes_in_the_graph_to_the_same_bytes(copy):  # noqa: 
     rerun = snakemake(copy, target, timeout=1800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     log = (copy / "logs/tiny-llama/pretrain/train.log").read_text()
-    assert f"resuming results/tiny-llama/pretrain/mcore.partial at step {saved}/300" in log
+    assert f"resuming results/tiny-llama/pretrain/mcore.partial at step {saved}/150" in log
     assert digests(copy / target) == want  # the same weights, optimizer state and records
     assert losses(copy / target / "train_log.jsonl") == want_losses  # every step once

@@ -186,7 +186,7 @@ def test_a_value_that_differs_becomes_a_function_of_the_jobs_model(qwen):
     assert "--save-interval 50" in run(wc("tiny-llama"))
     assert "--save-interval 25" in run(wc("qwen2.5-0.5b"))
     gate_iters = W.phase_iters
-    assert gate_iters(wc("tiny-llama", phase="sft")) == 400
+    assert gate_iters(wc("tiny-llama", phase="sft")) == 300
     assert gate_iters(wc("qwen2.5-0.5b", phase="sft")) == 70
     served = W.served  # an attribute that differs: a function of the job's model too
     assert served(wc("tiny-llama")) == ["base", "sft", "sft-w8a8"]

@@ -84,8 +84,8 @@ def _hf_dir(path, weights="model.safetensors"):
     ("overlay", "says"),
     [
         (
-            {"train": {"sft": {"warmup_iters": 400}}},
-            "train.sft.warmup_iters: 400 warmup steps but only 400 steps",
+            {"train": {"sft": {"warmup_iters": 300}}},
+            "train.sft.warmup_iters: 300 warmup steps but only 300 steps",
         ),
         (
             {"data": {"seq_length": 128}},

@@ -251,7 +251,7 @@ HF2MG_1 = (
 TRAIN_SFT_1 = (
     ".envs/train/bin/llmbuild train run --mode sft --input results/tiny-llama/pretrain/mcore"
     " --data results/tiny-llama/shards/sft --output results/tiny-llama/sft/mcore"
-    " --train-log results/tiny-llama/sft/train_log.jsonl --train-iters 400 --lr 0.001"
+    " --train-log results/tiny-llama/sft/train_log.jsonl --train-iters 300 --lr 0.001"
     " --min-lr 0.0001 --warmup-iters 20 --micro-batch-size 32 --global-batch-size 32"
     " --seq-length 64 --weight-decay 0.01 --seed 1234 --device cpu --dp 1 --save-interval 50"
     " --tp 1 --pp 1"
