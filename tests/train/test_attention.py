@@ -1,7 +1,8 @@
 """The fused core attention (llmbuild.mcore.attention.SdpaAttention) against megatron-core's own
 DotProductAttention: the same outputs and gradients for the masks training builds (causal,
 packed sequences), with grouped query heads, and megatron's forward where the fused one would
-differ (a row with nothing to attend to, attention dropout while training)."""
+differ (a row with nothing to attend to, attention dropout while training); the lean rotary
+embedding against megatron's, bit for bit."""
 
 from __future__ import annotations
 
@@ -137,3 +138,34 @@ def test_the_models_layers_use_it(backend):
     gpt = M.build_gpt_model(args, M.transformer_config(args))
     layers = [m for m in gpt.modules() if type(m).__name__ == "SelfAttention"]
     assert layers and all(isinstance(m.core_attention, SdpaAttention) for m in layers)
+
+
+@pytest.mark.parametrize(
+    ("rot", "interleaved"),
+    [(DIM, False), (DIM // 2, False), (DIM, True)],
+    ids=["full", "partial", "interleaved"],
+)
+def test_lean_rotary_embedding_gives_megatrons_bits(rot, interleaved):
+    from llmbuild.mcore import attention as A
+
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(S, B, 2, 3 * DIM, generator=g)
+    t = qkv[..., DIM : 2 * DIM]  # a strided view, as megatron splits its fused projection
+    freqs = torch.randn(S, 1, 1, rot, generator=g)
+    grads = []
+    for fn in (A._MEGATRON_ROPE_BSHD, A._lean_rope_bshd):
+        x = t.detach().clone().requires_grad_(True)
+        out = fn(x, freqs, rotary_interleaved=interleaved, mscale=1.5)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append((out.detach(), x.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_the_model_uses_the_lean_rotary_embedding(backend):
+    from megatron.core.models.common.embeddings import rope_utils
+
+    from llmbuild.mcore import attention as A
+    from llmbuild.mcore import model as M
+
+    M.layer_spec(None)
+    assert rope_utils._apply_rotary_pos_emb_bshd is A._lean_rope_bshd

@@ -1,4 +1,5 @@
-"""Core attention through torch's scaled_dot_product_attention, for megatron-core's local spec.
+"""Core attention through torch's scaled_dot_product_attention, for megatron-core's local spec,
+and its rotary embedding without the copies it makes when it rotates every channel.
 
 megatron-core's local layer spec (no Transformer Engine) computes attention unfused: a baddbmm
 for the scores, a masked softmax, a bmm for the context, each materialising [b, np, s, s]
@@ -9,14 +10,45 @@ CUDA. It takes over only where the two compute the same thing: a vanilla softmax
 window, no attention bias or packed-sequence parameters, no attention dropout while training,
 no query-key layer scaling, and a boolean mask (True = masked, megatron's convention) in which
 every query may attend to something; anything else goes to megatron's own forward.
+
+``use_lean_rope`` swaps megatron's ``_apply_rotary_pos_emb_bshd`` for one that, when the
+rotation covers every channel of a head (rotary_percent 1, not interleaved, not MLA), skips
+slicing off and concatenating back an empty pass-through part: the same arithmetic in the same
+order (so the same bits), two full-size copies fewer per call, forward and backward.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from megatron.core.models.common.embeddings import rope_utils
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
+
+_MEGATRON_ROPE_BSHD = rope_utils._apply_rotary_pos_emb_bshd
+
+
+def _lean_rope_bshd(
+    t: Any,
+    freqs: Any,
+    rotary_interleaved: bool = False,
+    multi_latent_attention: bool = False,
+    mscale: float = 1.0,
+) -> Any:
+    """megatron's _apply_rotary_pos_emb_bshd without the empty pass-through part's copies."""
+    import torch
+
+    if rotary_interleaved or multi_latent_attention or freqs.shape[-1] != t.shape[-1]:
+        return _MEGATRON_ROPE_BSHD(t, freqs, rotary_interleaved, multi_latent_attention, mscale)
+    cos_ = (torch.cos(freqs) * mscale).to(t.dtype)
+    sin_ = (torch.sin(freqs) * mscale).to(t.dtype)
+    x1, x2 = torch.chunk(t, 2, dim=-1)
+    return (t * cos_) + (torch.cat((-x2, x1), dim=-1) * sin_)
+
+
+def use_lean_rope() -> None:
+    """Route megatron's rotary embedding (bshd layout) through ``_lean_rope_bshd``."""
+    rope_utils._apply_rotary_pos_emb_bshd = _lean_rope_bshd
 
 
 class SdpaAttention(DotProductAttention):

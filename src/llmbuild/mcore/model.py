@@ -117,11 +117,13 @@ def transformer_config(
 
 
 def layer_spec(args: ModelArgs):
-    """megatron-core's local layer spec, its core attention fused (mcore/attention.py)."""
+    """megatron-core's local layer spec, its core attention fused and its rotary embedding
+    lean (mcore/attention.py)."""
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    from llmbuild.mcore.attention import SdpaAttention
+    from llmbuild.mcore.attention import SdpaAttention, use_lean_rope
 
+    use_lean_rope()
     spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SdpaAttention
     return spec
