@@ -6,9 +6,6 @@ torchrun with the one-GPU losses. Skipped where torch sees no CUDA device."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ pytest.importorskip("megatron.core")
 pytest.importorskip("transformers")
 
 import synth  # noqa: E402
+import test_parallel as P  # noqa: E402  (its launchers: llmbuild, torchrun, run)
 import tiny  # noqa: E402
 
 pytestmark = [
@@ -28,24 +26,12 @@ pytestmark = [
 ITERS = 12
 
 
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONWARNINGS="ignore")
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
-
-
-def _llmbuild(*args: str) -> list[str]:
-    return [sys.executable, "-m", "llmbuild", *args]
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("cuda")
     tiny.make_model(root / "hf", arch="llama", layers=2, vocab_size=128, hidden=64, inter=128)
     args = ("--input", str(root / "hf"), "--output", str(root / "mg"))
-    r = _run(_llmbuild("convert", "hf2mg", *args))
+    r = P._run(P._llmbuild("convert", "hf2mg", *args))
     assert r.returncode == 0, r.stderr[-2000:]
     synth.make_pretrain(root / "pt")
     return root
@@ -63,34 +49,31 @@ def _train(root: Path, name: str, device: str, *extra: str) -> list[str]:
 
 
 def _losses(root: Path, name: str) -> list[float]:
-    return [json.loads(x)["loss"] for x in (root / f"{name}.jsonl").read_text().splitlines()]
+    return P._losses(root / f"{name}.jsonl")
 
 
 @pytest.fixture(scope="module")
 def cpu_losses(work):
-    r = _run(_llmbuild(*_train(work, "cpu", "cpu", "--threads", "2")))
+    r = P._run(P._llmbuild(*_train(work, "cpu", "cpu", "--threads", "2")))
     assert r.returncode == 0, r.stderr[-3000:]
     return _losses(work, "cpu")
 
 
 def test_cuda_training_follows_the_cpu_run_and_converts(work, cpu_losses):
-    r = _run(_llmbuild(*_train(work, "gpu", "cuda")))
+    r = P._run(P._llmbuild(*_train(work, "gpu", "cuda")))
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(x) for x in (work / "gpu.jsonl").read_text().splitlines()]
     assert [x["devices"] for x in log] == [1] * ITERS
     assert _losses(work, "gpu") == pytest.approx(cpu_losses, rel=2e-3)
     out = work / "gpu-hf"
     args = ("--input", str(work / "gpu"), "--hf-source", str(work / "hf"), "--output", str(out))
-    r = _run(_llmbuild("convert", "mg2hf", *args))
+    r = P._run(P._llmbuild("convert", "mg2hf", *args))
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file()
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_tensor_parallel_on_two_gpus_keeps_the_losses(work, cpu_losses):
-    exe = Path(sys.executable).parent / "torchrun"
-    launcher = [str(exe)] if exe.is_file() else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = [*launcher, "--standalone", "--nproc_per_node", "2", "-m", "llmbuild"]
-    r = _run([*cmd, *_train(work, "tp2", "cuda", "--tp", "2")])
+    r = P._run(P._torchrun(2, *_train(work, "tp2", "cuda", "--tp", "2")))
     assert r.returncode == 0, r.stderr[-3000:]
     assert _losses(work, "tp2") == pytest.approx(cpu_losses, rel=5e-3)

@@ -19,6 +19,7 @@ order (so the same bits), two full-size copies fewer per call, forward and backw
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from megatron.core.models.common.embeddings import rope_utils
@@ -49,6 +50,24 @@ def _lean_rope_bshd(
 def use_lean_rope() -> None:
     """Route megatron's rotary embedding (bshd layout) through ``_lean_rope_bshd``."""
     rope_utils._apply_rotary_pos_emb_bshd = _lean_rope_bshd
+
+
+# The mask of the last forward and what it gives SDPA: every layer of a forward gets the same
+# mask tensor, so it is inverted and checked once (the check reads the tensor: on CUDA a sync)
+_LAST_MASK: tuple[Any, int, Any] | None = None
+
+
+def _sdpa_mask(attention_mask: Any) -> Any:
+    """SDPA's boolean mask (True = attend) for megatron's (True = masked), or None when some
+    query may attend to nothing (NaN in SDPA, uniform in megatron's softmax)."""
+    global _LAST_MASK
+    last = _LAST_MASK
+    if last is not None and last[0]() is attention_mask and last[1] == attention_mask._version:
+        return last[2]
+    attend = ~attention_mask
+    attend = attend if bool(attend.any(dim=-1).all()) else None
+    _LAST_MASK = (weakref.ref(attention_mask), attention_mask._version, attend)
+    return attend
 
 
 class SdpaAttention(DotProductAttention):
@@ -88,9 +107,8 @@ class SdpaAttention(DotProductAttention):
         )
         attend = None
         if usable and attention_mask is not None:
-            attend = ~attention_mask
-            # a row with nothing to attend to is NaN in SDPA, uniform in megatron's softmax
-            usable = bool(attend.any(dim=-1).all())
+            attend = _sdpa_mask(attention_mask)
+            usable = attend is not None
         elif usable and not (mask_type == AttnMaskType.causal and query.size(0) == key.size(0)):
             usable = False  # no mask and not plain causal: let megatron decide
         if not usable:
