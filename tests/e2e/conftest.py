@@ -1,24 +1,34 @@
-"""Shared by the end-to-end tests: the Qwen2.5 stand-in the hf scenario reads."""
+"""Shared by the end-to-end tests: the Qwen2.5 stand-in the hf scenario reads, and that
+scenario's build, started beside the default's (tests/e2e/hf_scenario.py)."""
 
-import subprocess
 from pathlib import Path
 
+import hf_scenario
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+# the modules whose fixtures build the default graph in the repository
+DEFAULT_BUILDERS = {"test_audit.py", "test_demo.py", "test_gates.py"}
 
 
 @pytest.fixture(scope="session")
 def qwen25_stand_in() -> Path:
-    """results/models/qwen2.5: a random-weight Qwen2.5 with the family's real tokenizer and
-    template, made by tests/families.py as the scenario's README says a user would."""
-    model = ROOT / "results/models/qwen2.5"
-    if not (model / "model.safetensors").is_file():
-        python = ROOT / ".envs/train/bin/python"
-        subprocess.run(
-            [str(python), "tests/families.py", "--family", "qwen2.5", "--out", str(model)],
-            cwd=ROOT,
-            check=True,
-            timeout=600,
-        )
-    return model
+    """results/models/qwen2.5 (hf_scenario.make_stand_in)."""
+    return hf_scenario.make_stand_in()
+
+
+@pytest.fixture(scope="session")
+def hf_scenario_build() -> hf_scenario.Build:
+    """The hf scenario's build; `.result()` waits for it."""
+    return hf_scenario.BUILD
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hf_scenario_beside_the_default(request):
+    """When this session runs the hf scenario's tests and builds the default too, the
+    scenario's build starts now, beside the default's; whatever is left of it stops with
+    the session."""
+    files = {item.path.name for item in request.session.items}
+    if "test_scenario_hf.py" in files and files & DEFAULT_BUILDERS:
+        hf_scenario.BUILD.start()
+    yield
+    hf_scenario.BUILD.stop()

@@ -45,16 +45,29 @@ def built():
 
 @pytest.fixture
 def copy(built, tmp_path):
-    """A copy of the build (results, Snakemake's records, config) using the same .envs."""
+    """A copy of the default's build (its results, Snakemake's records, config) using the
+    same .envs. Another model's build may be running in the repository meanwhile (the hf
+    scenario's, tests/e2e/hf_scenario.py): its results are not copied, and a record of it
+    that is replaced while the records are copied is skipped (the copy's graph reads none)."""
     wd = tmp_path / "wd"
     wd.mkdir()
-    for rel in ("config", "envs", "results", ".snakemake/metadata"):
+    for rel in ("config", "envs", MODEL):
         shutil.copytree(built / rel, wd / rel, symlinks=True)
+    shutil.copytree(
+        built / ".snakemake/metadata", wd / ".snakemake/metadata", copy_function=_copy_if_there
+    )
     (wd / ".envs").symlink_to(built / ".envs")
     (wd / "src").symlink_to(built / "src")  # the rules' source inputs read as in the build
     proc = snakemake(wd, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
     return wd
+
+
+def _copy_if_there(src: str, dst: str) -> None:
+    try:
+        shutil.copy2(src, dst)
+    except FileNotFoundError:
+        pass
 
 
 def error_lines(proc) -> list[str]:

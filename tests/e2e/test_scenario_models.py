@@ -14,16 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hf_scenario
 import pytest
 import yaml
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-HF_CONFIGS = [
-    "config/scenarios/hf-qwen2.5.yaml",
-    "config/scenarios/quick.yaml",
-    "tests/e2e/bench-quantized.yaml",
-]
+HF_CONFIGS = hf_scenario.CONFIGS[1:]  # the scenario's overlays over config/config.yaml
 MODELS_CONFIG = "results/e2e-models.yaml"
 COMPARE = ROOT / "results/compare"
 
@@ -51,7 +48,8 @@ def snakemake(*args: str, configs: list[str], timeout: int = 5400):
 
 
 @pytest.fixture(scope="module")
-def build(qwen25_stand_in):
+def build(qwen25_stand_in, hf_scenario_build):
+    hf_scenario_build.wait_if_started()
     (ROOT / MODELS_CONFIG).parent.mkdir(exist_ok=True)
     (ROOT / MODELS_CONFIG).write_text(json.dumps(models_config(), indent=1))
     proc = snakemake("-p", configs=[MODELS_CONFIG])

@@ -1,0 +1,121 @@
+"""The hf-qwen2.5 scenario's build for the end-to-end tests, started beside the default's.
+
+Both graphs spend much of their time in one-threaded work (interpreters importing torch,
+megatron and vLLM; a CPU vLLM engine computes on one thread), so on 2 cores the scenario's
+build runs beside the default's instead of after it: `start` begins it in a thread (the
+stand-in model, then Snakemake in the repository, its outputs under results/qwen2.5-0.5b/,
+disjoint from the default's), `result` waits for it. The device check both graphs read is
+made first, so the two Snakemake runs never both need to write it (Snakemake's lock would
+refuse the second). Timings of the scenario's benchmark are not asserted (its validity gate
+is: rate and lag within gates.*), only that it ran and passed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "qwen2.5-0.5b"
+STAND_IN = ROOT / "results/models/qwen2.5"
+CONFIGS = [
+    "config/config.yaml",
+    "config/scenarios/hf-qwen2.5.yaml",
+    "config/scenarios/quick.yaml",
+    "tests/e2e/bench-quantized.yaml",
+]
+CHECK = ".envs/checks/cpu.json"
+
+_STAND_IN_LOCK = threading.Lock()
+
+
+def make_stand_in() -> Path:
+    """results/models/qwen2.5: a random-weight Qwen2.5 with the family's real tokenizer and
+    template, made by tests/families.py as the scenario's README says a user would."""
+    with _STAND_IN_LOCK:
+        if not (STAND_IN / "model.safetensors").is_file():
+            python = ROOT / ".envs/train/bin/python"
+            subprocess.run(
+                [str(python), "tests/families.py", "--family", "qwen2.5", "--out", str(STAND_IN)],
+                cwd=ROOT,
+                check=True,
+                timeout=600,
+            )
+    return STAND_IN
+
+
+def snakemake_cmd(*args: str) -> list[str]:
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local"]
+    return [*cmd, *args, "--configfile", *CONFIGS]
+
+
+class Build:
+    """The scenario's build in a thread: `start` (once), `result` (its CompletedProcess),
+    `stop` (terminates a build still running, so nothing outlives the test session)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stopped = False
+        self._outcome: subprocess.CompletedProcess | BaseException | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hf-scenario", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            make_stand_in()
+            check = subprocess.run(
+                [*snakemake_cmd(CHECK)], cwd=ROOT, capture_output=True, text=True, timeout=600
+            )
+            if check.returncode:
+                self._outcome = check
+                return
+            cmd = snakemake_cmd()
+            with self._lock:
+                if self._stopped:
+                    raise RuntimeError("the hf scenario's build was stopped before it began")
+                self._proc = subprocess.Popen(
+                    cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            out, err = self._proc.communicate(timeout=3600)
+            self._outcome = subprocess.CompletedProcess(cmd, self._proc.returncode, out, err)
+        except BaseException as exc:  # handed to the test that waits for it
+            self._outcome = exc
+
+    def result(self) -> subprocess.CompletedProcess:
+        self.start()
+        assert self._thread is not None
+        self._thread.join()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+    def wait_if_started(self) -> None:
+        """Waits for a build begun earlier in the session (another build of the same
+        outputs would find them locked); a build not begun is left to the caller."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # Snakemake stops its jobs and services on SIGTERM
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._thread is not None:
+            self._thread.join(timeout=90)
+
+
+BUILD = Build()
