@@ -6,8 +6,11 @@ from pathlib import Path
 import hf_scenario
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
 # the modules whose fixtures build the default graph in the repository
 DEFAULT_BUILDERS = {"test_audit.py", "test_demo.py", "test_gates.py"}
+# the default's SFT model converted back to HF: its graph's two-core part is over
+DEFAULT_TRAINED = ROOT / "results/tiny-llama/sft/hf/config.json"
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +28,10 @@ def hf_scenario_build() -> hf_scenario.Build:
 @pytest.fixture(scope="session", autouse=True)
 def _hf_scenario_beside_the_default(request):
     """When this session runs the hf scenario's tests and builds the default too, the
-    scenario's build starts now, beside the default's; whatever is left of it stops with
-    the session."""
+    scenario's build starts beside the default's once the default's model is trained (or
+    when its own tests come); whatever is left of it stops with the session."""
     files = {item.path.name for item in request.session.items}
     if "test_scenario_hf.py" in files and files & DEFAULT_BUILDERS:
-        hf_scenario.BUILD.start()
+        hf_scenario.BUILD.start(after=DEFAULT_TRAINED)
     yield
     hf_scenario.BUILD.stop()
