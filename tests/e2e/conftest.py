@@ -32,6 +32,7 @@ def _hf_scenario_beside_the_default(request):
     when its own tests come); whatever is left of it stops with the session."""
     files = {item.path.name for item in request.session.items}
     if "test_scenario_hf.py" in files and files & DEFAULT_BUILDERS:
+        hf_scenario.make_device_check()
         hf_scenario.BUILD.start(after=DEFAULT_TRAINED)
     yield
     hf_scenario.BUILD.stop()

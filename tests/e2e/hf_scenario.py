@@ -6,8 +6,9 @@ scenario's build is one-threaded work too (interpreters importing torch, megatro
 So in `make test` the scenario's build does not wait for the default's to end: `start(after)`
 begins it in a thread once ``after`` exists (the default's converted SFT model) or once a test
 asks for its `result`; its outputs are under results/qwen2.5-0.5b/, disjoint from the
-default's, so the two Snakemake runs share the repository. Timings of the scenario's
-benchmark are not asserted, only its validity gate (rate and lag within gates.*).
+default's, so the two Snakemake runs share the repository (the device check both read is made
+before either starts). Timings of the scenario's benchmark are not asserted, only its validity
+gate (rate and lag within gates.*).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ CONFIGS = [
     "tests/e2e/bench-quantized.yaml",
 ]
 POLL_S = 2.0
+# The device check both graphs read: a graph that makes it holds Snakemake's output lock on it
+# for its whole run, and the other graph (which reads it) could not start.
+CHECK = ".envs/checks/cpu.json"
 
 _STAND_IN_LOCK = threading.Lock()
 
@@ -44,6 +48,13 @@ def make_stand_in() -> Path:
                 timeout=600,
             )
     return STAND_IN
+
+
+def make_device_check() -> None:
+    """The device check, made before either graph starts (see CHECK)."""
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", CHECK]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def snakemake_cmd(*args: str) -> list[str]:
