@@ -19,7 +19,7 @@ WORKERS ?= 2
 XDIST = $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 XDIST_train = $(XDIST)
 
-.PHONY: setup envs demo report test test-full test-fast test-slurm test-gpu test-pending lint clean
+.PHONY: setup envs demo report setup-and-slurm test test-full test-fast test-slurm test-gpu test-pending lint clean
 
 # The driver: Snakemake, pytest and linters, plus this package (for planning the graph).
 # Installed with compiled bytecode, as pip does: where Python may not write it
@@ -76,9 +76,19 @@ SLURM_LOG := logs/test-slurm.log
 STACKS_BESIDE_SLURM := train quantize plot
 STACKS_ALONE := $(filter-out $(STACKS_BESIDE_SLURM),$(STACKS))
 
+# Slurm comes up (installed when missing) while the driver and the environments are
+# installed, before any Snakemake starts: Snakemake loads the Slurm executor plugin at every
+# start, which asks `scontrol` for the configuration, and where Slurm's clients are installed
+# but slurmctld is down that call retries for about 9 s per start.
+SLURM_UP_LOG := logs/slurm-up.log
+setup-and-slurm:
+	@mkdir -p logs && { scripts/slurm-up.sh > $(SLURM_UP_LOG) 2>&1; echo $$? > $(SLURM_UP_LOG).rc; } & \
+	  $(MAKE) --no-print-directory envs lint; rc=$$?; wait; cat $(SLURM_UP_LOG); \
+	  [ $$rc -eq 0 ] && [ "$$(cat $(SLURM_UP_LOG).rc)" = 0 ]
+
 # unit + workflow tests in the driver, the whole graph end to end on the embedded default,
 # then once more through a real Slurm beside the stacks' own tests (each in its environment).
-test: envs lint
+test: setup-and-slurm
 	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not gpu and not slurm $(SLOW)" tests/unit tests/workflow tests/serve tests/cluster
 	$(VENV)/bin/python -m pytest -q -m "e2e and not pending $(SLOW)" tests/e2e
 	scripts/slurm-up.sh
