@@ -46,10 +46,60 @@ def _import_statements(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
     return out
 
 
+#: the llmbuild modules each parsed module imports, by "<file digest> <module>", kept between
+#: plannings in STAMP_DIR/IMPORTS_CACHE of the working directory: parsing the package's ~130
+#: modules is a third of every Snakemake start's planning; a digest (read for the stamps
+#: anyway) finds an unchanged module's imports without parsing it, an edited one is parsed
+IMPORTS_CACHE = "imports.json"
+_parsed: dict[str, list[str]] = {}
+_used: set[str] = set()
+_parsed_loaded: set[str] = set()
+
+
+def _load_parsed(cwd: str) -> None:
+    import json
+
+    if cwd in _parsed_loaded:
+        return
+    _parsed_loaded.add(cwd)
+    try:
+        doc = json.loads((Path(cwd) / STAMP_DIR / IMPORTS_CACHE).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(doc, dict):
+        _parsed.update(
+            (k, v)
+            for k, v in doc.items()
+            if isinstance(v, list) and all(isinstance(m, str) for m in v)
+        )
+
+
+def _save_parsed(cwd: str, before: dict[str, list[str]]) -> None:
+    """Writes the cache when this planning parsed something new; entries of files that
+    changed since fall out (only what this process used and what the file had are kept, up
+    to four times what was used)."""
+    import json
+
+    from llmbuild.atomic import atomic_file
+
+    if _parsed == before:
+        return
+    keep = (
+        dict(_parsed) if len(_parsed) <= 4 * max(len(_used), 1) else {k: _parsed[k] for k in _used}
+    )
+    with atomic_file(Path(cwd) / STAMP_DIR / IMPORTS_CACHE) as fh:
+        fh.write(json.dumps(keep, sort_keys=True))
+
+
 @functools.cache
 def _imports(path: Path, name: str) -> frozenset[str]:
     """llmbuild modules a module imports anywhere (also inside functions); parsed once per
-    planning however many groups' closures share it."""
+    planning however many groups' closures share it, and not at all when the module's
+    digest is in the cache (IMPORTS_CACHE)."""
+    key = f"{_digest(path)} {name}"
+    _used.add(key)
+    if key in _parsed:
+        return frozenset(_parsed[key])
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -65,7 +115,9 @@ def _imports(path: Path, name: str) -> frozenset[str]:
                 mod = node.module or ""
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)  # submodules imported by name
-    return frozenset(m for m in found if m == "llmbuild" or m.startswith("llmbuild."))
+    out = frozenset(m for m in found if m == "llmbuild" or m.startswith("llmbuild."))
+    _parsed[key] = sorted(out)
+    return out
 
 
 @functools.cache
@@ -120,7 +172,10 @@ def _stamp(group: str, cwd: str) -> str:
     from llmbuild.atomic import atomic_file
 
     root = PACKAGE_DIR.parent
+    _load_parsed(cwd)
+    before = dict(_parsed)
     files = [(rel, root / rel) for rel in group_sources(group)]
+    _save_parsed(cwd, before)
     text = "".join(f"{_digest(f)}  {rel}\n" for rel, f in files)
     path = Path(cwd) / STAMP_DIR / f"{group}.txt"
     try:
