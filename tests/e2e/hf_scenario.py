@@ -87,9 +87,9 @@ class Build:
 
     def _run(self, after: Path | None) -> None:
         try:
+            make_stand_in()  # one interpreter, while the default's graph starts its own
             while not (self._go.is_set() or (after is not None and after.exists())):
                 self._go.wait(POLL_S)
-            make_stand_in()
             cmd = snakemake_cmd()
             with self._lock:
                 if self._stopped:
