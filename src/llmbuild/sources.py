@@ -46,13 +46,13 @@ def _import_statements(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
     return out
 
 
-#: the llmbuild modules each parsed module imports, by "<file digest> <module>", kept between
-#: plannings in STAMP_DIR/IMPORTS_CACHE of the working directory: parsing the package's ~130
-#: modules is a third of every Snakemake start's planning; a digest (read for the stamps
-#: anyway) finds an unchanged module's imports without parsing it, an edited one is parsed
+#: module -> [its file's digest, the llmbuild modules it imports], kept between plannings in
+#: STAMP_DIR/IMPORTS_CACHE of the working directory: parsing the package's ~130 modules is a
+#: third of every Snakemake start's planning; the digest (read for the stamps anyway) finds an
+#: unchanged module's imports without parsing it, and an edited one's entry is replaced
 IMPORTS_CACHE = "imports.json"
-_parsed: dict[str, list[str]] = {}
-_used: set[str] = set()
+_parsed: dict[str, list] = {}
+_parsed_new = False
 _parsed_loaded: set[str] = set()
 
 
@@ -67,28 +67,23 @@ def _load_parsed(cwd: str) -> None:
     except (OSError, ValueError):
         return
     if isinstance(doc, dict):
-        _parsed.update(
-            (k, v)
-            for k, v in doc.items()
-            if isinstance(v, list) and all(isinstance(m, str) for m in v)
-        )
+        for name, entry in doc.items():
+            ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+            if ok and isinstance(entry[1], list) and all(isinstance(m, str) for m in entry[1]):
+                _parsed.setdefault(name, entry)
 
 
-def _save_parsed(cwd: str, before: dict[str, list[str]]) -> None:
-    """Writes the cache when this planning parsed something new; entries of files that
-    changed since fall out (only what this process used and what the file had are kept, up
-    to four times what was used)."""
+def _save_parsed(cwd: str) -> None:
+    """Writes the cache when this planning parsed a module it did not have."""
     import json
 
     from llmbuild.atomic import atomic_file
 
-    if _parsed == before:
-        return
-    keep = (
-        dict(_parsed) if len(_parsed) <= 4 * max(len(_used), 1) else {k: _parsed[k] for k in _used}
-    )
-    with atomic_file(Path(cwd) / STAMP_DIR / IMPORTS_CACHE) as fh:
-        fh.write(json.dumps(keep, sort_keys=True))
+    global _parsed_new
+    if _parsed_new:
+        with atomic_file(Path(cwd) / STAMP_DIR / IMPORTS_CACHE) as fh:
+            fh.write(json.dumps(_parsed, sort_keys=True))
+        _parsed_new = False
 
 
 @functools.cache
@@ -96,10 +91,11 @@ def _imports(path: Path, name: str) -> frozenset[str]:
     """llmbuild modules a module imports anywhere (also inside functions); parsed once per
     planning however many groups' closures share it, and not at all when the module's
     digest is in the cache (IMPORTS_CACHE)."""
-    key = f"{_digest(path)} {name}"
-    _used.add(key)
-    if key in _parsed:
-        return frozenset(_parsed[key])
+    global _parsed_new
+    digest = _digest(path)
+    cached = _parsed.get(name)
+    if cached is not None and cached[0] == digest:
+        return frozenset(cached[1])
     tree = ast.parse(path.read_text(), filename=str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -116,7 +112,8 @@ def _imports(path: Path, name: str) -> frozenset[str]:
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)  # submodules imported by name
     out = frozenset(m for m in found if m == "llmbuild" or m.startswith("llmbuild."))
-    _parsed[key] = sorted(out)
+    _parsed[name] = [digest, sorted(out)]
+    _parsed_new = True
     return out
 
 
@@ -173,9 +170,8 @@ def _stamp(group: str, cwd: str) -> str:
 
     root = PACKAGE_DIR.parent
     _load_parsed(cwd)
-    before = dict(_parsed)
     files = [(rel, root / rel) for rel in group_sources(group)]
-    _save_parsed(cwd, before)
+    _save_parsed(cwd)
     text = "".join(f"{_digest(f)}  {rel}\n" for rel, f in files)
     path = Path(cwd) / STAMP_DIR / f"{group}.txt"
     try:

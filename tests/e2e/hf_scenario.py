@@ -50,16 +50,19 @@ def make_stand_in() -> Path:
     return STAND_IN
 
 
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--profile", "profiles/local"]
+
+
 def make_device_check() -> None:
     """The device check, made before either graph starts (see CHECK)."""
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", CHECK]
+    cmd = [*SNAKEMAKE, CHECK]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def snakemake_cmd(*args: str) -> list[str]:
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local"]
-    return [*cmd, *args, "--configfile", *CONFIGS]
+    """Snakemake on the scenario's configs."""
+    return [*SNAKEMAKE, *args, "--configfile", *CONFIGS]
 
 
 class Build:

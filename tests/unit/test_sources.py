@@ -20,7 +20,7 @@ def fresh(monkeypatch, tmp_path):
         for cached in (sources._imports, sources.closure, sources._digest, sources._stamp):
             cached.cache_clear()
         sources._parsed.clear()
-        sources._used.clear()
+        sources._parsed_new = False
         sources._parsed_loaded.clear()
 
     reset()
@@ -51,7 +51,7 @@ def test_an_edited_module_is_parsed_again(fresh, monkeypatch, tmp_path):
     module.write_text("import os\n")
     assert sources._imports(module, "llmbuild.mod") == frozenset()
     module.write_text("import os\n\n\ndef f():\n    from llmbuild.train import cli\n")
-    sources._imports.cache_clear()  # a later planning; the first version's entry stays
+    sources._imports.cache_clear()  # a later planning, with the first version's entry
     sources._digest.cache_clear()
     assert sources._imports(module, "llmbuild.mod") == {"llmbuild.train", "llmbuild.train.cli"}
     # and the edited version is not parsed a third time
