@@ -1,13 +1,17 @@
-"""What does a vLLM service on CPU cost to start, with its model in the engine process or in a
-worker process of its own? (issue 15: the graph's services are most of its wall time)
+"""What does a vLLM service on CPU cost to start: its engine core forked from a preloaded fork
+server or spawned, its model in the engine process or in a worker process of its own?
+(issue 15: the graph's services are most of its wall time)
 
 For a served model directory, starts vLLM's OpenAI server the way `llmbuild serve run` does
-(llmbuild.serve.config: build_argv, child_env) in two modes, alternating --runs times so load
-drifts hit both alike:
+(llmbuild.serve.config: build_argv, child_env) in three modes, rotating their order over
+--runs rounds so load drifts hit all alike:
 
-- in-process: llmbuild's default with one CPU rank (executor "uni", the model in the engine
-  process);
-- worker: vLLM's own CPU default (executor "mp": one more interpreter per rank).
+- preloaded: llmbuild's default with one CPU rank (executor "uni", the model in the engine
+  process; the engine core forked from a fork server that imported vLLM meanwhile,
+  serve/boot.py);
+- spawned: the same with vLLM's own start method (the engine core spawned: a fresh
+  interpreter importing torch and vLLM once the API server has);
+- worker: vLLM's own CPU default (spawned, executor "mp": one more interpreter per rank).
 
 Each start is timed to the first 200 from /health, then --requests completions of
 --max-tokens tokens are sent 8 at a time (ignore_eos). Prints the medians and the ratios.
@@ -34,7 +38,12 @@ sys.path.insert(0, str(ROOT / "src"))
 from llmbuild.serve.config import ServeConfig, build_argv, child_env  # noqa: E402
 from llmbuild.serve.endpoint import free_port, is_healthy  # noqa: E402
 
-MODES = {"in-process": (), "worker": ("--distributed-executor-backend", "mp")}
+WORKER = ("--distributed-executor-backend", "mp")
+MODES: dict[str, dict[str, object]] = {
+    "preloaded": {},
+    "spawned": {"preload_engine": False},
+    "worker": {"preload_engine": False, "extra_args": WORKER},
+}
 
 
 def one(cfg: ServeConfig, requests: int, max_tokens: int, timeout: float) -> tuple[float, float]:
@@ -92,18 +101,19 @@ def main() -> None:
     )  # fmt: skip
     got: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
     for i in range(args.runs):
-        order = list(MODES) if i % 2 == 0 else list(reversed(MODES))
+        order = list(MODES)[i % len(MODES) :] + list(MODES)[: i % len(MODES)]
         for mode in order:
-            cfg = replace(base, extra_args=MODES[mode])
+            cfg = replace(base, **MODES[mode])  # type: ignore[arg-type]
             got[mode].append(one(cfg, args.requests, args.max_tokens, args.timeout))
             ready, burst = got[mode][-1]
-            print(f"run {i + 1} {mode:10s} ready {ready:6.1f} s  burst {burst:5.2f} s", flush=True)
+            print(f"run {i + 1} {mode:9s} ready {ready:6.1f} s  burst {burst:5.2f} s", flush=True)
     med = {m: [statistics.median(x[k] for x in got[m]) for k in (0, 1)] for m in MODES}
     for mode, (ready, burst) in med.items():
-        print(f"median {mode:10s} ready {ready:6.1f} s  burst {burst:5.2f} s")
-    ratio_ready = med["worker"][0] / med["in-process"][0]
-    ratio_burst = med["worker"][1] / med["in-process"][1]
-    print(f"worker / in-process: ready {ratio_ready:.2f}x, burst {ratio_burst:.2f}x")
+        print(f"median {mode:9s} ready {ready:6.1f} s  burst {burst:5.2f} s")
+    for other in ("spawned", "worker"):
+        ready = med[other][0] / med["preloaded"][0]
+        burst = med[other][1] / med["preloaded"][1]
+        print(f"{other} / preloaded: ready {ready:.2f}x, burst {burst:.2f}x")
 
 
 if __name__ == "__main__":

