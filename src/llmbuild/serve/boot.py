@@ -15,7 +15,9 @@ spawn gives beyond that is the parent's environment as it is at ``start()``, whi
 just before (OMP_NUM_THREADS, LD_PRELOAD, ...): the process object carries that environment
 and the child applies it before the engine runs. Libraries named in LD_PRELOAD cannot be
 loaded after the fact; a child that lacks one says so on its output (then serve with
-``--no-preload-engine``). If the fork server cannot start, vLLM spawns as usual.
+``--no-preload-engine``). If the fork server cannot start, vLLM spawns as usual. The fork
+server is a new interpreter, so it asks for AMX state at start-up like every interpreter of a
+CPU service (amx_site/), and the kernel keeps that permission across fork.
 
 Standard library only at module level: every child re-runs this module as ``__mp_main__``.
 """

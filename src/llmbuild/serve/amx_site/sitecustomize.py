@@ -6,9 +6,11 @@ SIGILL. vLLM 0.32's CPU kernels (the bf16 attention ``cpu_attention_with_kv_cach
 W8A8 and int4 GEMMs) execute AMX instructions without asking, so on a kernel where nothing
 else asked first the worker dies with exit code -4 at the first request (seen on a 2-core
 KVM guest with amx_tile: every bf16 service died, float32 ones lived). vLLM starts its
-engine and workers as new interpreters, which do not inherit the permission, so
-``llmbuild serve`` puts this directory on the server's PYTHONPATH and each interpreter asks
-at start-up. Harmless where AMX is absent (the call fails and is ignored).
+engine and workers as new interpreters, which do not inherit the permission (exec clears
+it), so ``llmbuild serve`` puts this directory on the server's PYTHONPATH and each
+interpreter asks at start-up; an engine forked from serve/boot.py's fork server (itself a new
+interpreter that asked) inherits it, as fork keeps it. Harmless where AMX is absent (the call
+fails and is ignored).
 """
 
 import ctypes
