@@ -109,6 +109,7 @@ FLAGS: dict[str, tuple] = {
     "serve.kv_cache_space_gib": (2, {"serve"}),
     "serve.enable_prefix_caching": (True, {"serve"}),
     "serve.enforce_eager": (False, {"serve"}),
+    "serve.preload_engine": (False, {"serve"}),
     "serve.quantization": ("compressed-tensors", {"serve"}),
     "serve.kv_cache_dtype": ("fp8", {"serve"}),
     "serve.chat_template": ("in/template.jinja", {"serve"}),

@@ -169,13 +169,7 @@ class ServeConfig:
         ),
     )
     ready_timeout: float = field(default_factory=lambda: float(default("serve.ready_timeout")))
-    preload_engine: bool = field(
-        default=True,
-        metadata=_flag(
-            help="device cpu: fork vLLM's engine core from a fork server that imported it while"
-            " the API server started, instead of spawning it (about 9 s less per start)"
-        ),
-    )
+    preload_engine: bool = field(default_factory=lambda: bool(default("serve.preload_engine")))
 
     def __post_init__(self) -> None:
         self.lora_modules = tuple(self.lora_modules)

@@ -24,6 +24,7 @@ SERVE_KEYS = (
     "kv_cache_space_gib",
     "enable_prefix_caching",
     "enforce_eager",
+    "preload_engine",
     "quantization",
     "kv_cache_dtype",
     "chat_template",
