@@ -41,7 +41,6 @@ def lazy(real: Callable[..., Any]) -> Callable[..., Any]:
                 compiled = real(model, **kwargs)
             return compiled(*args, **kw)
 
-        call.__wrapped_compile__ = real  # type: ignore[attr-defined]
         return call
 
     compile.__lazy__ = True  # type: ignore[attr-defined]
@@ -62,13 +61,12 @@ class _BeforeMegatron(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: Any = None
     ) -> None:
-        if fullname == "megatron.core":
+        if fullname == "megatron.core":  # asked only while it is not imported
             uninstall()
-            if "megatron.core" not in sys.modules:
-                try:
-                    make_lazy()
-                except ImportError:  # no torch: megatron's own import will say so
-                    pass
+            try:
+                make_lazy()
+            except ImportError:  # no torch: megatron's own import will say so
+                pass
         return None
 
 

@@ -45,14 +45,15 @@ PRELOAD = (
 
 def _missing_preloads(names: str) -> list[str]:
     """The LD_PRELOAD libraries (``names``, as in the variable) not mapped in this process."""
+    wanted = [n for n in names.replace(":", " ").split() if n]
+    if not wanted:
+        return []
     try:
-        with open("/proc/self/maps") as fh:
+        with open("/proc/self/maps") as fh:  # the kernel names each mapping by its real path
             mapped = {line.split()[-1] for line in fh if "/" in line}
     except OSError:
         return []
-    mapped |= {os.path.realpath(p) for p in mapped}
-    wanted = [n for n in names.replace(":", " ").split() if n]
-    return [n for n in wanted if n not in mapped and os.path.realpath(n) not in mapped]
+    return [n for n in wanted if os.path.realpath(n) not in mapped]
 
 
 class EngineProcess(multiprocessing.context.ForkServerProcess):
