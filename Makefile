@@ -92,8 +92,8 @@ setup-and-slurm:
 # while a peer is descheduled make every small parallel region wait out a time slice there
 # (SmoothQuant's calibration in the Slurm graph ran at 8 it/s against 200 it/s alone), so in
 # that phase waiting threads sleep instead (OMP_WAIT_POLICY=PASSIVE): 390 s -> 328 s on this
-# 2-core VM. Not elsewhere: a training alone on the cores steps slower with it (0.24 s per
-# step against 0.17-0.21 s, the same losses).
+# 2-core VM. Not elsewhere: a training alone on the cores steps 1.31x slower with it (0.210 s
+# against 0.160 s per step, the same losses). benchmarks/omp_wait_policy.py measures both.
 test: setup-and-slurm
 	$(VENV)/bin/python -m pytest -q $(XDIST) -m "not gpu and not slurm $(SLOW)" tests/unit tests/workflow tests/serve tests/cluster
 	$(VENV)/bin/python -m pytest -q -m "e2e and not pending $(SLOW)" tests/e2e
